@@ -1,0 +1,3 @@
+from glmaas.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The FastAPI application: routes of every resource, error handling in the caller's dialect,
+and the request-size guard."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from glmaas.api.chat.router import router as chat_router
+from glmaas.api.errors import ApiError, response_for
+from glmaas.api.models.router import router as models_router
+from glmaas.api.state import AppState
+
+log = logging.getLogger("glmaas.api")
+
+
+class BodySizeLimit:
+    """Refuses a body over `limit` bytes: at once when Content-Length says so, otherwise as soon as
+    the bytes read pass it. The rest is never read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = ApiError("body_too_large", f"The request body exceeds {self.limit} bytes.")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await response_for(Request(scope), too_large)(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(state: AppState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        await state.registry.close()
+        state.db.dispose()
+
+    app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.glmaas = state
+    app.include_router(chat_router)
+    app.include_router(models_router)
+    app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):  # type: ignore[no-untyped-def]
+        return response_for(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):  # type: ignore[no-untyped-def]
+        if exc.status_code == 405:
+            return response_for(request, ApiError("method_not_allowed", "Method not allowed."))
+        return response_for(request, ApiError("route_not_found", f"No such API: {request.url.path}"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
+        return response_for(request, ApiError("invalid_request", "Invalid request."))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return response_for(request, ApiError("internal", "Internal error; it has been logged."))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,1 @@
+"""`/chat/completions` in both dialects."""

@@ -1,0 +1,132 @@
+"""Wire schemas of a chat completion request, and the canonical request they map to.
+
+Fields are in the order of the public docs. Both dialects share one schema: `null` means absent,
+unknown fields are ignored, and what we cannot honour (n > 1, image parts) is a clear 400.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_STOP_STRINGS = 4
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class Message(_Lenient):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, value: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        if isinstance(value, list):
+            for part in value:
+                if part.type != "text" or part.text is None:
+                    raise ValueError(f"content parts of type {part.type!r} are not supported; use text parts")
+        return value
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text or "" for p in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str = Field(min_length=1, max_length=128)
+    messages: list[Message] = Field(min_length=1)
+    request_id: str | None = Field(default=None, max_length=128)
+    user_id: str | None = Field(default=None, max_length=128)
+    user: str | None = Field(default=None, max_length=256)
+    do_sample: bool | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+
+    @field_validator("n")
+    @classmethod
+    def _only_one_choice(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        return value
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The canonical chat request, dialect-free."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    request_id: str | None
+    user: str | None
+
+
+def to_canonical(body: ChatCompletionRequest, *, always_usage: bool) -> ChatRequest:
+    """Map a parsed request onto the canonical one. `do_sample: false` means greedy."""
+    greedy = body.do_sample is False
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    messages = []
+    for m in body.messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.text()}
+        if m.name is not None:
+            msg["name"] = m.name
+        if m.tool_calls:
+            msg["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+        messages.append(msg)
+    include_usage = always_usage or bool(body.stream_options and body.stream_options.include_usage)
+    return ChatRequest(
+        model=body.model,
+        messages=messages,
+        tools=body.tools,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=0.0 if greedy else (1.0 if body.temperature is None else body.temperature),
+        top_p=1.0 if greedy or body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=stop,
+        stream=bool(body.stream),
+        include_usage=include_usage,
+        request_id=body.request_id,
+        user=body.user_id or body.user,
+    )

@@ -1,0 +1,1 @@
+"""Engines: the `Engine` interface, its implementations and the registry of served models."""

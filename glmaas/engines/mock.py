@@ -1,0 +1,118 @@
+"""A deterministic engine for API tests: byte-level tokens, a fixed reply, optional pacing.
+
+Each UTF-8 byte is one token (id = byte + len(SPECIALS)), so token counts are easy to check by
+hand. The reply is `MockEngine.reply` cut to `max_tokens`; it ends with `stop` when the whole reply
+fits and `length` otherwise. `delay` seconds pass before each token, which lets tests disconnect
+mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from glmaas.engines.base import Delta, GenerationRequest, ModelInfo, PromptTooLong, Usage
+from glmaas.engines.text import IncrementalDecoder, StopMatcher
+
+SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+_SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+DEFAULT_REPLY = "This is the mock engine. 你好，世界。"
+
+
+class MockEngine:
+    """Deterministic stand-in for a model; see the module docstring."""
+
+    def __init__(
+        self,
+        model_id: str = "mock",
+        *,
+        reply: str = DEFAULT_REPLY,
+        delay: float = 0.0,
+        context_length: int = 4096,
+    ) -> None:
+        self.info = ModelInfo(
+            model_id=model_id,
+            context_length=context_length,
+            chat_template=CHAT_TEMPLATE,
+            eos_token="<|im_end|>",
+        )
+        self.reply = reply
+        self.delay = delay
+
+    @classmethod
+    def from_spec(cls, model_id: str, options: dict[str, str]) -> MockEngine:
+        """Build from `--model ID=mock:delay=0.05,reply=hi` options."""
+        kwargs: dict = {}
+        if "delay" in options:
+            kwargs["delay"] = float(options["delay"])
+        if "reply" in options:
+            kwargs["reply"] = options["reply"]
+        if "context" in options:
+            kwargs["context_length"] = int(options["context"])
+        return cls(model_id, **kwargs)
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        ids: list[int] = []
+        parts = _SPECIAL_RE.split(text) if special else [text]
+        for part in parts:
+            if special and part in SPECIALS:
+                ids.append(SPECIALS.index(part))
+            else:
+                ids.extend(b + len(SPECIALS) for b in part.encode("utf-8"))
+        return ids
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self._bytes(token_ids).decode("utf-8", errors="replace")
+
+    def _bytes(self, token_ids: list[int]) -> bytes:
+        out = bytearray()
+        for t in token_ids:
+            out += SPECIALS[t].encode() if t < len(SPECIALS) else bytes([t - len(SPECIALS)])
+        return bytes(out)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        n_prompt = len(request.prompt_token_ids)
+        if n_prompt + 1 > self.info.context_length:
+            raise PromptTooLong(
+                f"prompt has {n_prompt} tokens; the context window of "
+                f"{self.info.model_id} is {self.info.context_length}"
+            )
+        reply_ids = self.tokenize(self.reply, special=False)
+        limit = min(request.sampling.max_tokens, self.info.context_length - n_prompt)
+        decoder = IncrementalDecoder()
+        stops = StopMatcher(request.sampling.stop)
+        produced = 0
+        finish = "stop"
+        hit_stop = False
+        for token in reply_ids:
+            if produced >= limit:
+                finish = "length"
+                break
+            # Sleeping (even for 0 s) yields to the loop, so a closed stream stops here.
+            await asyncio.sleep(self.delay)
+            produced += 1
+            text, hit_stop = stops.push(decoder.push(self._bytes([token])))
+            yield Delta((token,), text)
+            if hit_stop:
+                break
+        tail = ""
+        if not hit_stop:
+            tail, hit_stop = stops.push(decoder.flush())
+            if not hit_stop:
+                tail += stops.flush()
+        yield Delta(
+            (),
+            tail,
+            finish_reason=finish,  # type: ignore[arg-type]
+            usage=Usage(prompt_tokens=n_prompt, completion_tokens=produced),
+        )
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Models: GLM architectures (PyTorch, imported only where used) and chat templates."""

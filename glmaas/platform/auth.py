@@ -1,0 +1,150 @@
+"""Authenticating a request from its `Authorization` header.
+
+Accepted, per the Zhipu SDKs (reference zhipu-api.md §1.7): `Bearer <id>.<secret>`, a bare
+`<id>.<secret>`, and `Bearer <JWT>` or a bare JWT signed HS256 with the key's secret, carrying
+`api_key` (the key id) and `exp` in milliseconds (seconds accepted, told apart by magnitude).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jwt
+from sqlalchemy.orm import Session
+
+from glmaas.platform.errors import AuthError
+from glmaas.platform.secrets import SecretBox
+from glmaas.store.tables import ApiKey
+
+JWT_LEEWAY_S = 60.0
+# A key row is re-read at most this often, so a revocation reaches every replica within it.
+KEY_CACHE_TTL_S = 1.0
+_MS_EPOCH_THRESHOLD = 10**11
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and its account."""
+
+    key_id: str
+    account_id: str
+    allowed_models: frozenset[str] | None
+
+    def may_use(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+
+@dataclass
+class _KeyRecord:
+    row: ApiKey
+    secret: str | None = None  # unsealed on first JWT use
+
+
+class Authenticator:
+    """Verifies credentials against the key table, with a short-lived cache of key rows."""
+
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        box: SecretBox,
+        *,
+        cache_ttl: float = KEY_CACHE_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sessions = session_factory
+        self._box = box
+        self._ttl = cache_ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[float, _KeyRecord | None]] = {}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of a request, or `AuthError`."""
+        token = _credential(authorization)
+        dots = token.count(".")
+        if dots == 1:
+            return self._raw_key(token)
+        if dots == 2:
+            return self._jwt(token)
+        raise AuthError("malformed", "The API key or token is malformed.")
+
+    def _raw_key(self, token: str) -> Principal:
+        key_id, secret = token.split(".")
+        record = self._record(key_id)
+        # Hash even when the key is unknown, so timing does not tell which ids exist.
+        digest = record.row.secret_hash if record else b"\0" * 32
+        if not self._box.matches(secret, digest) or record is None:
+            raise AuthError("invalid", "The API key is invalid.")
+        return self._usable(record)
+
+    def _jwt(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AuthError("malformed", "The token is malformed.") from None
+        key_id = claims.get("api_key")
+        if header.get("alg") != "HS256" or not isinstance(key_id, str):
+            raise AuthError("malformed", "The token must be HS256 and carry api_key.")
+        record = self._record(key_id)
+        if record is None:
+            raise AuthError("invalid", "The token's API key is invalid.")
+        if record.secret is None:
+            record.secret = self._box.open(record.row.secret_sealed, key_id=key_id)
+        try:
+            # exp is in milliseconds, which PyJWT would read as seconds: we check it ourselves.
+            jwt.decode(
+                token, record.secret, algorithms=["HS256"],
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
+        except jwt.PyJWTError:
+            raise AuthError("invalid", "The token's signature does not verify.") from None
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float):
+            raise AuthError("malformed", "The token has no exp.")
+        exp_s = exp / 1000 if exp >= _MS_EPOCH_THRESHOLD else exp
+        if self._clock() > exp_s + JWT_LEEWAY_S:
+            raise AuthError("expired", "The token has expired.")
+        return self._usable(record)
+
+    def _usable(self, record: _KeyRecord) -> Principal:
+        row = record.row
+        now = self._clock()
+        if row.revoked_at is not None:
+            raise AuthError("invalid", "The API key has been revoked.")
+        if row.expires_at is not None and now >= row.expires_at:
+            raise AuthError("expired", "The API key has expired.")
+        models = frozenset(row.allowed_models.split(",")) if row.allowed_models else None
+        return Principal(row.id, row.account_id, models)
+
+    def _record(self, key_id: str) -> _KeyRecord | None:
+        now = self._clock()
+        hit = self._cache.get(key_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        with self._sessions() as session:
+            row = session.get(ApiKey, key_id) if len(key_id) <= 64 else None
+            if row is not None:
+                session.expunge(row)
+        old = hit[1] if hit else None
+        record = None
+        if row is not None:
+            # Keep an unsealed secret across refreshes unless the key changed.
+            keep = old.secret if old and old.row.secret_sealed == row.secret_sealed else None
+            record = _KeyRecord(row, keep)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key_id] = (now, record)
+        return record
+
+
+def _credential(authorization: str | None) -> str:
+    if not authorization or not authorization.strip():
+        raise AuthError("missing", "No API key was given in the Authorization header.")
+    value = authorization.strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    if not value or len(value) > 4096 or any(c.isspace() for c in value):
+        raise AuthError("malformed", "The API key or token is malformed.")
+    return value

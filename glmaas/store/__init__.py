@@ -1,0 +1,1 @@
+"""Persistence: the SQLAlchemy engine and session, the tables, and their migrations."""

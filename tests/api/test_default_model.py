@@ -1,0 +1,48 @@
+"""The embedded default model, SmolLM2-135M-Instruct in llama.cpp, through both SDKs."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import zhipuai
+
+from tests.conftest import Server, start_server
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory):
+    server = start_server(tmp_path_factory.mktemp("real-model"), timeout=120)
+    yield server
+    server.stop()
+
+
+def test_default_model_generates_with_exact_usage(real_server: Server) -> None:
+    key = real_server.create_key()
+    client = openai.OpenAI(api_key=key, base_url=real_server.openai_url, max_retries=0)
+    assert "smollm2-135m-instruct" in {m.id for m in client.models.list()}
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=8, temperature=0,
+    )
+    resp = raw.parse()
+    assert resp.choices[0].message.content.strip()
+    assert resp.choices[0].finish_reason in {"length", "stop"}
+    assert 1 <= resp.usage.completion_tokens <= 8
+    assert resp.usage.prompt_tokens > 10
+    row = real_server.wait_usage(raw.headers["x-request-id"])
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        resp.usage.prompt_tokens, resp.usage.completion_tokens)
+
+
+def test_default_model_streams_chinese_via_zhipuai(real_server: Server) -> None:
+    key = real_server.create_key()
+    client = zhipuai.ZhipuAI(api_key=key, base_url=real_server.zhipu_url, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "你好，请介绍一下北京。"}],
+        max_tokens=6, stream=True, do_sample=False,
+    ))
+    last = chunks[-1]
+    assert last.choices[0].finish_reason in {"length", "stop"}
+    assert last.usage.completion_tokens <= 6
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert "\ufffd" not in text  # no character split across tokens

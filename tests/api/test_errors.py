@@ -1,0 +1,137 @@
+"""Bad input gets a clear 4xx in the caller's dialect; the server stays up."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+PATHS = {"openai": "/v1/chat/completions", "zhipu": "/api/paas/v4/chat/completions"}
+GOOD = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _post(server: Server, dialect: str, key: str, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    return httpx.post(server.base_url + PATHS[dialect], headers=headers, timeout=10, **kwargs)
+
+
+def _assert_shape(r: httpx.Response, dialect: str, status: int, zhipu_code: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    if dialect == "zhipu":
+        assert set(err) == {"code", "message"}
+        assert err["code"] == zhipu_code
+    else:
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "invalid_request_error"
+    assert "Traceback" not in r.text
+    return err
+
+
+@pytest.mark.parametrize("dialect", ["openai", "zhipu"])
+@pytest.mark.parametrize(
+    "content, zhipu_code",
+    [
+        (b"{not json", "1210"),
+        (b"", "1210"),
+        (b"[1, 2]", "1210"),
+        (b'"just a string"', "1210"),
+        (b"\xff\xfe\x00garbage", "1210"),
+        (b'{"model": "mock"}', "1213"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "1213"),
+        (b'{"model": "mock", "messages": "hello"}', "1214"),
+        (b'{"model": "mock", "messages": []}', "1214"),
+        (b'{"model": "mock", "messages": [{"role": "wizard", "content": "x"}]}', "1214"),
+        (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "1214"),
+        (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', "1214"),
+        (b'{"model": "mock", "messages": [{"role": "user", "content": "x"}], "n": 3}', "1214"),
+        (b'{"model": "mock", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', "1214"),
+    ],
+)
+def test_malformed_bodies_are_400(mock_server: Server, api_key: str, dialect: str,
+                                  content: bytes, zhipu_code: str) -> None:
+    r = _post(mock_server, dialect, api_key, content=content)
+    _assert_shape(r, dialect, 400, zhipu_code)
+    assert mock_server.alive()
+
+
+@pytest.mark.parametrize("dialect", ["openai", "zhipu"])
+def test_nulls_are_absent_and_unknown_fields_ignored(mock_server: Server, api_key: str, dialect: str) -> None:
+    body = {**GOOD, "response_format": None, "thinking": None, "temperature": None,
+            "stop": None, "frobnicate": {"x": 1}, "presence_penalty": 0.5}
+    r = _post(mock_server, dialect, api_key, json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == r.json()["request_id"]
+
+
+@pytest.mark.parametrize("dialect", ["openai", "zhipu"])
+def test_text_parts_content_is_accepted(mock_server: Server, api_key: str, dialect: str) -> None:
+    body = {"model": "mock", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    assert _post(mock_server, dialect, api_key, json=body).status_code == 200
+
+
+@pytest.mark.parametrize("dialect", ["openai", "zhipu"])
+def test_missing_key_is_401(mock_server: Server, dialect: str) -> None:
+    r = httpx.post(mock_server.base_url + PATHS[dialect], json=GOOD)
+    assert r.status_code == 401
+    if dialect == "zhipu":
+        assert r.json()["error"]["code"] == "1001"
+        assert r.headers["x-should-retry"] == "false"
+    else:
+        assert r.json()["error"]["code"] == "missing_api_key"
+
+
+def test_revoked_key_is_refused_at_once(mock_server: Server) -> None:
+    key = mock_server.create_key("--name", "to-revoke")
+    assert _post(mock_server, "openai", key, json=GOOD).status_code == 200
+    mock_server.cli("keys", "revoke", key.split(".")[0])
+    import time
+
+    time.sleep(1.1)  # the key cache's lifetime
+    r = _post(mock_server, "zhipu", key, json=GOOD)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "1000"
+
+
+def test_key_restricted_to_models(mock_server: Server) -> None:
+    key = mock_server.create_key("--models", "slow")
+    r = _post(mock_server, "zhipu", key, json=GOOD)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "1220"
+    r = _post(mock_server, "openai", key, json=GOOD)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+
+
+@pytest.mark.parametrize("dialect", ["openai", "zhipu"])
+def test_oversized_body_by_content_length_is_413(mock_server: Server, api_key: str, dialect: str) -> None:
+    r = _post(mock_server, dialect, api_key, content=b"x" * (5 * 1024 * 1024))
+    _assert_shape(r, dialect, 413, "1210")
+
+
+def test_oversized_chunked_body_is_refused_before_reading_it_all(mock_server: Server, api_key: str) -> None:
+    sent = 0
+
+    def body():  # type: ignore[no-untyped-def]
+        nonlocal sent
+        for _ in range(1000):  # up to 64 MiB, far more than the server accepts
+            sent += 65536
+            yield b"x" * 65536
+
+    try:
+        r = httpx.post(mock_server.base_url + PATHS["zhipu"], content=body(),
+                       headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+        assert r.status_code == 413
+    except httpx.HTTPError:
+        pass  # the server may close the connection while we are still sending
+    assert sent < 64 * 1024 * 1024
+    assert mock_server.alive()
+    assert _post(mock_server, "openai", api_key, json=GOOD).status_code == 200
+
+
+@pytest.mark.parametrize("dialect", ["openai", "zhipu"])
+def test_unknown_route_is_404_in_dialect(mock_server: Server, api_key: str, dialect: str) -> None:
+    path = "/v1/nothing" if dialect == "openai" else "/api/paas/v4/nothing"
+    r = httpx.get(mock_server.base_url + path, headers={"Authorization": f"Bearer {api_key}"})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert ("code" in err) and (("type" in err) == (dialect == "openai"))
