@@ -1,0 +1,216 @@
+"""GGUF models run in process by llama.cpp, many requests sharing one batched decode loop.
+
+The model and its llama.cpp context live in `DecodeLoop` (`llamacpp_batch.py`), whose one thread
+owns the context: every step it feeds one token for each generating sequence plus a chunk of some
+waiting prompt into a single `llama_batch` (one sequence id per request slot), samples each
+sequence's next token and hands the deltas to the request's event loop. This module is the
+`Engine` face of it: loading, GGUF metadata, tokenizer, and the asyncio side of each request.
+
+Spec options (`--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,chunk=256`):
+  threads  CPU threads for llama.cpp (default: all cores)
+  slots    sequences decoded together, each with its own KV cache slot (default 16)
+  ctx      context window of one slot, in tokens (default: min(2048, trained context))
+  chunk    most prompt tokens fed per step; longer prompts are prefilled over several steps
+           interleaved with decoding (default 256)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import llama_cpp
+
+from glmaas.engines.base import (
+    Delta,
+    EngineError,
+    GenerationRequest,
+    ModelInfo,
+    PromptTooLong,
+    Usage,
+)
+from glmaas.engines.llamacpp_batch import DecodeLoop, LoopConfig, Sequence
+from glmaas.engines.sampling import Sampler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOTS = 16
+DEFAULT_SLOT_CONTEXT = 2048
+DEFAULT_CHUNK = 256
+_GGML_LOG_WARN, _GGML_LOG_ERROR = 3, 4  # enum ggml_log_level
+
+
+@llama_cpp.llama_log_callback
+def _log_to_python(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp narrates every load at INFO on stderr; keep only warnings and errors, via logging.
+    if level in (_GGML_LOG_WARN, _GGML_LOG_ERROR):
+        message = text.decode("utf-8", errors="replace").rstrip()
+        log.log(logging.WARNING if level == _GGML_LOG_WARN else logging.ERROR, "%s", message)
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def _meta(model: llama_cpp.llama_model_p, key: str) -> str | None:
+    """A GGUF metadata value as text, or None when the key is absent."""
+    size = 1 << 12
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.value.decode("utf-8", errors="replace")
+        size = n + 1  # a chat template can be longer than the first guess
+
+
+class LlamaCppEngine:
+    """A GGUF model served by a shared batched decode loop; see the module docstring."""
+
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        *,
+        threads: int | None = None,
+        slots: int = DEFAULT_SLOTS,
+        slot_context: int | None = None,
+        chunk: int = DEFAULT_CHUNK,
+    ) -> None:
+        _init_backend()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise EngineError(f"model {model_id!r}: llama.cpp could not load {path.name}")
+        self._model = model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
+        per_slot = slot_context or min(DEFAULT_SLOT_CONTEXT, n_ctx_train)
+        config = LoopConfig(
+            slots=max(1, slots),
+            slot_context=max(16, min(per_slot, n_ctx_train)),
+            chunk=max(1, chunk),
+            threads=threads or os.cpu_count() or 1,
+        )
+        self._loop = DecodeLoop(model, self._vocab, config)
+        self.info = ModelInfo(
+            model_id=model_id,
+            context_length=self._loop.slot_context,
+            chat_template=_meta(model, "tokenizer.chat_template"),
+            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
+            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            owned_by="glmaas",
+            extra={"engine": "llamacpp", "file": path.name, "n_ctx_train": str(n_ctx_train)},
+        )
+
+    @classmethod
+    def from_spec(cls, model_id: str, path: Path, options: dict[str, str]) -> LlamaCppEngine:
+        """Build from the options of `--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048`."""
+        known = {"threads", "slots", "ctx", "chunk"}
+        unknown = set(options) - known
+        if unknown:
+            raise EngineError(f"model {model_id!r}: unknown llamacpp options {sorted(unknown)}")
+        try:
+            ints = {k: int(v) for k, v in options.items()}
+        except ValueError as e:
+            raise EngineError(f"model {model_id!r}: llamacpp options are integers ({e})") from None
+        return cls(
+            model_id,
+            path,
+            threads=ints.get("threads"),
+            slots=ints.get("slots", DEFAULT_SLOTS),
+            slot_context=ints.get("ctx"),
+            chunk=ints.get("chunk", DEFAULT_CHUNK),
+        )
+
+    # -- tokenizer ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of `text`; special tokens parsed when `special`; never adds BOS."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            out = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, cap, False, special)
+            if n >= 0:
+                return list(out[:n])
+            cap = -n
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for; special tokens (e.g. `<|im_end|>`) render as their text."""
+        return self._loop.token_bytes(token)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of `token_ids` (special tokens rendered as their text)."""
+        return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str:
+        return self.token_bytes(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    # -- generation --------------------------------------------------------------------------
+
+    def active_sequences(self) -> int:
+        """Requests holding a slot or waiting for one (for tests and metrics)."""
+        return self._loop.active_sequences()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream the continuation of the prompt; see `Engine.generate`."""
+        prompt = list(request.prompt_token_ids)
+        n_ctx = self.info.context_length
+        if len(prompt) + 1 > n_ctx:
+            raise PromptTooLong(
+                f"prompt has {len(prompt)} tokens; the context window of "
+                f"{self.info.model_id} is {n_ctx}"
+            )
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        params = request.sampling
+        max_new = min(params.max_tokens, n_ctx - len(prompt))
+        if max_new <= 0:
+            yield Delta(finish_reason="length", usage=Usage(len(prompt), 0))
+            return
+        queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        seq = Sequence(
+            request_id=request.request_id,
+            prompt=prompt,
+            max_new=max_new,
+            sampler=Sampler(params.temperature, params.top_p, params.seed),
+            stops=params.stop,
+            loop=asyncio.get_running_loop(),
+            queue=queue,
+        )
+        self._loop.submit(seq)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            # Reached on normal end, on aclose() (GeneratorExit) and on task cancellation; the
+            # decode loop drops a cancelled sequence before building its next batch.
+            if not seq.finished:
+                self._loop.cancel(seq)
+
+    async def close(self) -> None:
+        """Stop the decode loop and free the context and the model."""
+        if self._model is None:
+            return
+        await asyncio.to_thread(self._loop.close)
+        llama_cpp.llama_model_free(self._model)
+        self._model = None

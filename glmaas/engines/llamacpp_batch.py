@@ -1,0 +1,353 @@
+"""The decode loop: one thread owns the llama.cpp context and runs every request through it.
+
+Each step builds one `llama_batch`: first the last sampled token of every generating sequence
+(one token each, its logits wanted), then prompt tokens of sequences still prefilling, at most
+`chunk` of them, so a long prompt is fed over several steps while the others keep decoding. One
+`llama_decode` computes it all; then each sequence samples from its own logits row with its own
+sampler, and its deltas go to its event loop in one `call_soon_threadsafe` per loop and step.
+
+Every slot is a llama.cpp sequence id with its own region of the KV cache (`kv_unified=false`, so
+a sequence attends only to its own cells) and remembers the tokens whose keys and values it holds.
+A new request takes the free slot whose tokens share the longest prefix with its prompt and keeps
+that prefix (reported as cached prompt tokens); the rest is removed with `llama_memory_seq_rm`.
+Requests join at any step (when a slot is free) and leave at any step: finished, stopped or
+cancelled sequences give back their slot before the next batch is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import llama_cpp
+import numpy as np
+
+from glmaas.engines.base import Delta, EngineError, FinishReason, Usage
+from glmaas.engines.sampling import Sampler
+from glmaas.engines.text import IncrementalDecoder, StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    slots: int
+    slot_context: int
+    chunk: int
+    threads: int
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the loop. Fields below `queue` belong to the loop thread."""
+
+    request_id: str
+    prompt: list[int]
+    max_new: int
+    sampler: Sampler
+    stops: tuple[str, ...]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    slot: _Slot | None = None
+    n_fed: int = 0  # prompt tokens whose KV is in the slot
+    n_cached: int = 0  # of those, reused from an earlier request
+    pending: int = -1  # last sampled token, fed at the next step
+    n_generated: int = 0
+    cancelled: bool = False  # set by the request's task; read by the loop
+    finished: bool = False
+    decoder: IncrementalDecoder = field(default_factory=IncrementalDecoder)
+    matcher: StopMatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.matcher = StopMatcher(self.stops)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_fed < len(self.prompt)
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds, by position
+    owner: Sequence | None = None
+    last_used: int = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class _Batch:
+    """A `llama_batch` with numpy views over its arrays, refilled every step."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.raw = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.token = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
+        self.pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
+        self.n_seq_id = np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
+        self._seq_id = self.raw.seq_id
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, tokens: list[int], start_pos: int, seq_id: int, want_last_logits: bool) -> None:
+        n, k = self.n, len(tokens)
+        self.token[n : n + k] = tokens
+        self.pos[n : n + k] = np.arange(start_pos, start_pos + k, dtype=np.int32)
+        self.n_seq_id[n : n + k] = 1
+        self.logits[n : n + k] = 0
+        if want_last_logits:
+            self.logits[n + k - 1] = 1
+        for i in range(n, n + k):
+            self._seq_id[i][0] = seq_id
+        self.n = n + k
+        self.raw.n_tokens = self.n
+
+    def free(self) -> None:
+        llama_cpp.llama_batch_free(self.raw)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Delta | BaseException]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+class DecodeLoop:
+    """Owns a llama.cpp context and the thread that decodes all sequences; see module docstring."""
+
+    def __init__(self, model: llama_cpp.llama_model_p, vocab: llama_cpp.llama_vocab_p, config: LoopConfig) -> None:
+        self._vocab = vocab
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_seq_max = config.slots
+        cparams.n_ctx = config.slots * config.slot_context
+        cparams.n_batch = config.chunk + config.slots
+        cparams.n_ubatch = cparams.n_batch
+        cparams.n_threads = config.threads
+        cparams.n_threads_batch = config.threads
+        # Per-slot KV regions: attention cost follows a sequence's own length, not the sum of all.
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise EngineError("llama.cpp could not create a context")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self.slot_context = llama_cpp.llama_n_ctx_seq(ctx)
+        self.chunk = config.chunk
+        self._batch = _Batch(cparams.n_batch)
+        self._slots = [_Slot(i) for i in range(config.slots)]
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._cv = threading.Condition()
+        self._inbox: list[Sequence] = []
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._closing = False
+        self._steps = 0
+        self._thread = threading.Thread(target=self._run, name="llamacpp-decode", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread ------------------------------------------------------------
+
+    def token_bytes(self, token: int, special: bool = True) -> bytes:
+        """The bytes of one token, cached (the vocabulary never changes)."""
+        key = (token, special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            piece = buf.raw[:n]
+            self._pieces[key] = piece
+        return piece
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cv:
+            if self._closing:
+                raise EngineError("the engine is closed")
+            self._inbox.append(seq)
+            self._cv.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        with self._cv:
+            seq.cancelled = True
+            self._cv.notify()
+
+    def active_sequences(self) -> int:
+        with self._cv:
+            return len(self._inbox) + len(self._waiting) + len(self._running)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join()
+        self._batch.free()
+        llama_cpp.llama_free(self._ctx)
+
+    # -- the loop thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._closing or self._inbox or self._waiting or self._running):
+                    self._cv.wait()
+                if self._closing:
+                    break
+                self._waiting.extend(self._inbox)
+                self._inbox.clear()
+                self._drop_cancelled()
+            try:
+                self.step()
+            except Exception as exc:  # a fault fails the requests in flight, not the engine
+                log.exception("decode step failed")
+                self._fail_all(EngineError(f"decode failed: {exc}"))
+        self._fail_all(EngineError("the engine was closed"))
+
+    def step(self) -> None:
+        """Admit waiting sequences, feed one batch, sample and deliver each sequence's token."""
+        self._steps += 1
+        self._admit()
+        batch = self._batch
+        batch.clear()
+        outputs: list[Sequence] = []
+        for seq in self._running:
+            if not seq.prefilling:
+                slot = seq.slot
+                assert slot is not None
+                batch.add([seq.pending], len(slot.tokens), slot.seq_id, True)
+                slot.tokens.append(seq.pending)
+                outputs.append(seq)
+        budget = batch.capacity - batch.n
+        budget = min(budget, self.chunk)
+        for seq in self._running:
+            if budget <= 0:
+                break
+            if seq.prefilling:
+                slot = seq.slot
+                assert slot is not None
+                part = seq.prompt[seq.n_fed : seq.n_fed + budget]
+                done = seq.n_fed + len(part) == len(seq.prompt)
+                batch.add(part, seq.n_fed, slot.seq_id, done)
+                slot.tokens.extend(part)
+                seq.n_fed += len(part)
+                budget -= len(part)
+                if done:
+                    outputs.append(seq)
+        if batch.n == 0:
+            return
+        rc = llama_cpp.llama_decode(self._ctx, batch.raw)
+        if rc != 0:
+            raise EngineError(f"llama_decode returned {rc}")
+        # Output rows follow batch order; `outputs` was filled in that same order.
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits(self._ctx), shape=(len(outputs), self.n_vocab)
+        )
+        deliveries: dict[asyncio.AbstractEventLoop, list] = {}
+        for row, seq in enumerate(outputs):
+            token = seq.sampler.sample(logits[row])
+            delta = self._advance(seq, token)
+            deliveries.setdefault(seq.loop, []).append((seq.queue, delta))
+        self._running = [s for s in self._running if not s.finished]
+        for loop, items in deliveries.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the request's event loop is gone: nobody is listening
+                for seq in outputs:
+                    if seq.loop is loop:
+                        seq.cancelled = True
+
+    def _advance(self, seq: Sequence, token: int) -> Delta:
+        """Account one sampled token: its text, and whether the sequence ends here."""
+        seq.n_generated += 1
+        finish: FinishReason | None = None
+        text, hit = "", False
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            finish = "stop"
+        else:
+            text, hit = seq.matcher.push(seq.decoder.push(self.token_bytes(token, special=False)))
+            if hit:
+                finish = "stop"
+            elif seq.n_generated >= seq.max_new:
+                finish = "length"
+        if finish is None:
+            seq.pending = token
+            return Delta((token,), text)
+        if not hit:  # text after a stop string is dropped; otherwise release what was held back
+            tail, hit = seq.matcher.push(seq.decoder.flush())
+            text += tail if hit else tail + seq.matcher.flush()
+        self._release(seq)
+        usage = Usage(len(seq.prompt), seq.n_generated, seq.n_cached)
+        return Delta((token,), text, finish_reason=finish, usage=usage)
+
+    def _admit(self) -> None:
+        """Give free slots to waiting sequences, each the slot with its longest cached prefix."""
+        while self._waiting:
+            free = [s for s in self._slots if s.owner is None]
+            if not free:
+                return
+            seq = self._waiting.popleft()
+            best = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.last_used))
+            # Keep at least the last prompt token to compute: its logits give the first token.
+            keep = min(common_prefix(best.tokens, seq.prompt), len(seq.prompt) - 1)
+            if keep == 0:
+                best = min(free, key=lambda s: s.last_used)  # evict the least recently used
+            if len(best.tokens) > keep:
+                llama_cpp.llama_memory_seq_rm(self._mem, best.seq_id, keep, -1)
+                del best.tokens[keep:]
+            best.owner = seq
+            seq.slot = best
+            seq.n_fed = seq.n_cached = keep
+            self._running.append(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        seq.finished = True
+        slot = seq.slot
+        if slot is not None:
+            slot.owner = None
+            slot.last_used = self._steps
+            seq.slot = None
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._running if s.cancelled]:
+            self._release(seq)
+        self._running = [s for s in self._running if not s.finished]
+        kept = deque(s for s in self._waiting if not s.cancelled)
+        self._waiting = kept
+
+    def _fail_all(self, error: EngineError) -> None:
+        with self._cv:
+            doomed = list(self._running) + list(self._waiting) + self._inbox
+            self._running, self._waiting, self._inbox = [], deque(), []
+        for seq in doomed:
+            self._release(seq)
+            try:
+                seq.loop.call_soon_threadsafe(seq.queue.put_nowait, error)
+            except RuntimeError:
+                pass
+        # A failed decode may leave a slot's cache out of step with its token list.
+        for slot in self._slots:
+            if slot.owner is None:
+                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.tokens.clear()
