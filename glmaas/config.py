@@ -24,6 +24,8 @@ class Settings:
     models: list[str] = field(default_factory=list)
     default_model: bool = True
     max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout: float = 600.0
+    usage_retention_days: float = 90.0
 
     def db_url(self) -> str:
         from glmaas.store.db import sqlite_url

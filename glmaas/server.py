@@ -8,6 +8,8 @@ from glmaas.config import Settings
 from glmaas.platform.secrets import SecretBox, load_master_key
 from glmaas.store.db import Database, open_database
 
+log = logging.getLogger("glmaas")
+
 
 def open_platform(settings: Settings) -> tuple[Database, SecretBox]:
     """The database (migrated) and the secret box of a deployment."""
@@ -16,20 +18,45 @@ def open_platform(settings: Settings) -> tuple[Database, SecretBox]:
     return db, SecretBox(load_master_key(settings.data_dir))
 
 
+def build_limiter(settings: Settings):  # type: ignore[no-untyped-def]
+    """Limits in this process, or in Redis when several replicas share them."""
+    if settings.redis_url:
+        from glmaas.platform.limits_redis import RedisLimiter
+        from glmaas.store.redis import connect
+
+        return RedisLimiter(connect(settings.redis_url))
+    from glmaas.platform.limits import LocalLimiter
+
+    return LocalLimiter()
+
+
 def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     from glmaas.api.state import AppState
     from glmaas.engines.registry import ModelRegistry
+    from glmaas.platform.admin_token import load_admin_token
     from glmaas.platform.auth import Authenticator
     from glmaas.platform.metering import Meter
+    from glmaas.platform.recovery import heartbeat, new_owner_id, recover
 
     db, box = open_platform(settings)
+    limiter = build_limiter(settings)
+    owner = new_owner_id()
+    with db.session() as session, session.begin():
+        heartbeat(session, owner)
+    recovered = recover(db.session, owner, limiter.forget)
+    if recovered:
+        log.warning("settled %d requests left open by a replica that stopped", recovered)
     registry = ModelRegistry.from_options(settings.models, with_default=settings.default_model)
     return AppState(
         db=db,
         registry=registry,
         authenticator=Authenticator(db.session, box),
-        meter=Meter(db.session),
+        meter=Meter(db.session, limiter, owner),
+        box=box,
+        admin_token=load_admin_token(settings.data_dir),
         max_body_bytes=settings.max_body_bytes,
+        request_timeout=settings.request_timeout,
+        usage_retention_days=settings.usage_retention_days,
     )
 
 

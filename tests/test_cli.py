@@ -39,10 +39,10 @@ def test_usage_totals_by_key_and_model(mock_server: Server) -> None:
         told["prompt"] += r.json()["usage"]["prompt_tokens"]
         told["completion"] += r.json()["usage"]["completion_tokens"]
     rows = json.loads(mock_server.cli("usage", "--format", "json").stdout)
-    mine = [r for r in rows if r["key_id"] == key_id]
+    mine = [r for r in rows if r["key"] == key_id]
     assert len(mine) == 1
     assert (mine[0]["model"], mine[0]["requests"]) == ("mock", 2)
     assert (mine[0]["prompt_tokens"], mine[0]["completion_tokens"]) == (told["prompt"], told["completion"])
     table = list(csv.DictReader(io.StringIO(mock_server.cli("usage", "--format", "csv").stdout)))
-    assert any(r["key_id"] == key_id and r["completion_tokens"] == "8" for r in table)
+    assert any(r["key"] == key_id and r["completion_tokens"] == "8" for r in table)
     assert key_id in mock_server.cli("usage").stdout

@@ -3,6 +3,7 @@ and the request-size guard."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from glmaas.api.admin.router import router as admin_router
 from glmaas.api.chat.router import router as chat_router
+from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.errors import ApiError, response_for
 from glmaas.api.models.router import router as models_router
 from glmaas.api.state import AppState
@@ -55,14 +58,18 @@ class BodySizeLimit:
 def create_app(state: AppState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        housekeeping = asyncio.create_task(run_housekeeping(state))
         yield
+        housekeeping.cancel()
         await state.registry.close()
+        retire_replica(state)
         state.db.dispose()
 
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.glmaas = state
     app.include_router(chat_router)
     app.include_router(models_router)
+    app.include_router(admin_router)
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)
 
     @app.exception_handler(ApiError)

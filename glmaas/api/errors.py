@@ -8,10 +8,17 @@ retrying cannot fix carry `x-should-retry: false`, since the Zhipu SDKs otherwis
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from glmaas.platform.errors import (
+    Conflict, DuplicateRequest, ModelNotAllowed, NotFound, PlatformError,
+)
+from glmaas.platform.ledger import BudgetExceeded, InsufficientBalance
+from glmaas.platform.limits import RateLimited
 
 ZHIPU_PREFIX = "/api/paas/v4"
 
@@ -56,6 +63,15 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "body_too_large": ErrorKind(413, "1210", "invalid_request_error", "request_too_large", False),
     "route_not_found": ErrorKind(404, "1222", "invalid_request_error", "not_found", False),
     "method_not_allowed": ErrorKind(405, "1222", "invalid_request_error", "method_not_allowed", False),
+    "insufficient_balance": ErrorKind(429, "1113", "insufficient_quota", "insufficient_quota", False),
+    "budget_exceeded": ErrorKind(429, "1113", "insufficient_quota", "budget_exceeded", False),
+    "concurrency_limited": ErrorKind(429, "1302", "requests", "rate_limit_exceeded"),
+    "rate_limited": ErrorKind(429, "1303", "requests", "rate_limit_exceeded"),
+    "token_rate_limited": ErrorKind(429, "1303", "tokens", "rate_limit_exceeded"),
+    "duplicate_request": ErrorKind(400, "1231", "invalid_request_error", "duplicate_request_id", False),
+    "admin_auth": ErrorKind(401, "1000", "invalid_request_error", "invalid_admin_token", False),
+    "not_found": ErrorKind(404, "1222", "invalid_request_error", "not_found", False),
+    "conflict": ErrorKind(409, "1214", "invalid_request_error", "conflict", False),
     "engine_error": ErrorKind(500, "1234", "server_error", "engine_error", None),
     "internal": ErrorKind(500, "500", "server_error", None, None),
 }
@@ -86,7 +102,7 @@ def error_body(error: ApiError, dialect: Dialect) -> dict:
 def error_response(error: ApiError, dialect: Dialect, request_id: str | None = None) -> JSONResponse:
     kind = ERROR_KINDS[error.kind]
     headers = dict(error.headers)
-    if kind.retry is not None and dialect is Dialect.ZHIPU:
+    if kind.retry is not None and "x-should-retry" not in headers:
         headers["x-should-retry"] = "true" if kind.retry else "false"
     if request_id:
         headers["x-request-id"] = request_id
@@ -96,3 +112,28 @@ def error_response(error: ApiError, dialect: Dialect, request_id: str | None = N
 def response_for(request: Request, error: ApiError) -> JSONResponse:
     return error_response(error, Dialect.of_path(request.url.path),
                           getattr(request.state, "request_id", None))
+
+
+def from_platform(exc: PlatformError) -> ApiError:
+    """The wire error for a refusal of the platform's."""
+    if isinstance(exc, RateLimited):
+        retry_after = max(1, math.ceil(exc.retry_after))
+        headers = {"retry-after": str(retry_after),
+                   # Zhipu and OpenAI SDKs retry 429s within ~7 s; past that, retrying cannot help.
+                   "x-should-retry": "true" if retry_after <= 4 else "false"}
+        if exc.kind == "tpm":
+            headers |= {"x-ratelimit-limit-tokens": str(exc.limit), "x-ratelimit-remaining-tokens": "0"}
+            return ApiError("token_rate_limited", str(exc), headers=headers)
+        if exc.kind == "rpm":
+            headers |= {"x-ratelimit-limit-requests": str(exc.limit), "x-ratelimit-remaining-requests": "0"}
+            return ApiError("rate_limited", str(exc), headers=headers)
+        return ApiError("concurrency_limited", str(exc), headers=headers)
+    kinds: list[tuple[type[PlatformError], str]] = [
+        (InsufficientBalance, "insufficient_balance"), (BudgetExceeded, "budget_exceeded"),
+        (ModelNotAllowed, "model_not_allowed"), (DuplicateRequest, "duplicate_request"),
+        (NotFound, "not_found"), (Conflict, "conflict"),
+    ]
+    for cls, kind in kinds:
+        if isinstance(exc, cls):
+            return ApiError(kind, str(exc))
+    return ApiError("invalid_request", str(exc))

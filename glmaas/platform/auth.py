@@ -15,6 +15,7 @@ import jwt
 from sqlalchemy.orm import Session
 
 from glmaas.platform.errors import AuthError
+from glmaas.platform.limits import LimitSpec
 from glmaas.platform.secrets import SecretBox
 from glmaas.store.tables import ApiKey
 
@@ -31,6 +32,7 @@ class Principal:
     key_id: str
     account_id: str
     allowed_models: frozenset[str] | None
+    limits: LimitSpec = LimitSpec()
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -116,7 +118,7 @@ class Authenticator:
         if row.expires_at is not None and now >= row.expires_at:
             raise AuthError("expired", "The API key has expired.")
         models = frozenset(row.allowed_models.split(",")) if row.allowed_models else None
-        return Principal(row.id, row.account_id, models)
+        return Principal(row.id, row.account_id, models, LimitSpec(row.rpm, row.tpm, row.concurrency))
 
     def _record(self, key_id: str) -> _KeyRecord | None:
         now = self._clock()

@@ -27,3 +27,7 @@ class NotFound(PlatformError):
 
 class Conflict(PlatformError):
     """The thing already exists."""
+
+
+class DuplicateRequest(PlatformError):
+    """The account already has a request with this request_id."""

@@ -1,8 +1,10 @@
 """Admission and settlement: the two points where a request meets the platform's books.
 
-`admit` runs before generation and decides whether the request may go on; `settle` runs exactly
-once when it ends, however it ends (finished, failed after admission, aborted by the client), and
-writes its usage record. The numbers settled are the ones the client is told.
+`admit` runs before generation: it checks the key may use the model, takes the request into every
+rate-limit scope at once, and holds its worst-case cost. `settle` runs exactly once when the
+request ends, however it ends (finished, failed, aborted, timed out), and charges the exact cost of
+the tokens produced. In between, `progress` makes the count of delivered tokens durable every
+`DURABILITY_STEP` tokens, so a crash loses at most `DURABILITY_STEP - 1` billed tokens per stream.
 """
 
 from __future__ import annotations
@@ -10,15 +12,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from glmaas.platform.auth import Principal
-from glmaas.platform.errors import ModelNotAllowed
-from glmaas.store.tables import UsageRecord
+from glmaas.platform.errors import DuplicateRequest, ModelNotAllowed
+from glmaas.platform.ledger import HoldTicket, UsageFacts, place_hold, record_progress, settle_hold
+from glmaas.platform.limits import Grant, LimitSpec, Scope, account_model_scope, key_scope
+from glmaas.platform.pricing import FREE, PriceSheet
+from glmaas.store.tables import AccountModelLimit, Hold, Price
 
-Status = Literal["ok", "error", "aborted"]
+Status = Literal["ok", "error", "aborted", "timeout", "recovered"]
+
+# Progress is made durable at the first token and then every this many tokens.
+DURABILITY_STEP = 16
+# Prices and account limits are re-read at most this often.
+CONFIG_TTL_S = 1.0
+
+
+class Limiter(Protocol):
+    def acquire(self, scopes: list[Scope], request_id: str, tokens: int) -> Grant: ...
+    def release(self, grant: Grant, used_tokens: int) -> None: ...
+    def forget(self, request_id: str, scopes: list[str]) -> None: ...
 
 
 @dataclass
@@ -30,8 +48,16 @@ class Admission:
     model: str
     prompt_tokens: int
     max_tokens: int
+    ticket: HoldTicket
+    grant: Grant
     admitted_at: float = field(default_factory=time.monotonic)
+    durable_tokens: int = 0
     settled: bool = False
+
+    def needs_progress(self, completion_tokens: int) -> bool:
+        """Whether delivering up to `completion_tokens` must first be made durable."""
+        return completion_tokens > self.durable_tokens and (
+            self.durable_tokens == 0 or completion_tokens >= self.durable_tokens + DURABILITY_STEP)
 
 
 @dataclass(frozen=True)
@@ -48,40 +74,89 @@ class Outcome:
     total_ms: float
 
 
+class _TtlCache:
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self._ttl, self._clock, self._data = ttl, clock, {}
+
+    def get(self, key, load):  # type: ignore[no-untyped-def]
+        now = self._clock()
+        hit = self._data.get(key)
+        if hit is None or now - hit[0] >= self._ttl:
+            hit = (now, load())
+            self._data[key] = hit
+        return hit[1]
+
+
 class Meter:
-    """Admits requests and settles them into usage records."""
+    """Admits requests and settles them into the ledger and the usage records."""
 
-    def __init__(self, session_factory: Callable[[], Session]) -> None:
+    def __init__(self, session_factory: Callable[[], Session], limiter: Limiter, owner: str,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions = session_factory
+        self.limiter = limiter
+        self.owner = owner
+        self._prices = _TtlCache(CONFIG_TTL_S, clock)
+        self._account_limits = _TtlCache(CONFIG_TTL_S, clock)
 
-    def admit(
-        self, principal: Principal, model: str, request_id: str, prompt_tokens: int, max_tokens: int
-    ) -> Admission:
-        """Admit a request or raise a `PlatformError` saying why not."""
+    def admit(self, principal: Principal, model: str, request_id: str, prompt_tokens: int,
+              max_tokens: int) -> Admission:
+        """Admit a request or raise a `PlatformError` saying why not (`ModelNotAllowed`,
+        `RateLimited`, `InsufficientBalance`, `BudgetExceeded`, `DuplicateRequest`)."""
         if not principal.may_use(model):
             raise ModelNotAllowed(f"This API key may not use the model {model!r}.")
-        return Admission(request_id, principal, model, prompt_tokens, max_tokens)
+        scopes = [key_scope(principal.key_id, principal.limits),
+                  account_model_scope(principal.account_id, model, self._limits_of(principal.account_id, model))]
+        price = self.price(model)  # read before the transaction: SQLite has one writer at a time
+        grant = self.limiter.acquire(scopes, f"{principal.account_id}/{request_id}", prompt_tokens + max_tokens)
+        try:
+            with self._sessions() as session, session.begin():
+                if session.get(Hold, (principal.account_id, request_id)) is not None:
+                    raise DuplicateRequest(f"A request with request_id {request_id!r} already exists.")
+                ticket = place_hold(session, request_id=request_id, account_id=principal.account_id,
+                                    key_id=principal.key_id, model=model, price=price,
+                                    prompt_tokens=prompt_tokens, max_tokens=max_tokens, owner=self.owner)
+        except IntegrityError:
+            self.limiter.release(grant, 0)
+            raise DuplicateRequest(f"A request with request_id {request_id!r} already exists.") from None
+        except BaseException:
+            self.limiter.release(grant, 0)
+            raise
+        return Admission(request_id, principal, model, prompt_tokens, max_tokens, ticket, grant)
+
+    def progress(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
+        """Make `completion_tokens` durable before they are delivered."""
+        with self._sessions() as session, session.begin():
+            record_progress(session, admission.ticket.account_id, admission.request_id,
+                            completion_tokens, cached_tokens)
+        admission.durable_tokens = completion_tokens
 
     def settle(self, admission: Admission, outcome: Outcome) -> None:
-        """Write the request's usage record. A second call for the same admission does nothing."""
+        """Charge the exact cost and write the usage record. A second call does nothing."""
         if admission.settled:
             return
         admission.settled = True
-        with self._sessions() as session, session.begin():
-            session.add(
-                UsageRecord(
-                    request_id=admission.request_id,
-                    account_id=admission.principal.account_id,
-                    key_id=admission.principal.key_id,
-                    model=admission.model,
-                    prompt_tokens=outcome.prompt_tokens,
-                    cached_tokens=outcome.cached_tokens,
-                    completion_tokens=outcome.completion_tokens,
-                    status=outcome.status,
-                    finish_reason=outcome.finish_reason,
-                    queue_ms=outcome.queue_ms,
-                    first_token_ms=outcome.first_token_ms,
-                    total_ms=outcome.total_ms,
-                    created_at=time.time(),
-                )
-            )
+        facts = UsageFacts(outcome.status, outcome.cached_tokens, outcome.completion_tokens,
+                           outcome.finish_reason, outcome.queue_ms, outcome.first_token_ms, outcome.total_ms)
+        try:
+            with self._sessions() as session, session.begin():
+                settle_hold(session, admission.ticket, facts)
+        finally:
+            self.limiter.release(admission.grant, outcome.prompt_tokens + outcome.completion_tokens)
+
+    def price(self, model: str) -> PriceSheet:
+        return self._prices.get(model, lambda: self._load_price(model))
+
+    def _load_price(self, model: str) -> PriceSheet:
+        with self._sessions() as session:
+            row = session.get(Price, model)
+        return FREE if row is None else PriceSheet(row.input, row.cached_input, row.output)
+
+    def _limits_of(self, account_id: str, model: str) -> LimitSpec:
+        return self._account_limits.get((account_id, model), lambda: self._load_limits(account_id, model))
+
+    def _load_limits(self, account_id: str, model: str) -> LimitSpec:
+        with self._sessions() as session:
+            rows = {r.model: r for r in session.scalars(select(AccountModelLimit).where(
+                AccountModelLimit.account_id == account_id, AccountModelLimit.model.in_((model, "*"))))}
+        row = rows.get(model) or rows.get("*")
+        return LimitSpec() if row is None else LimitSpec(row.rpm, row.tpm, row.concurrency)

@@ -29,8 +29,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 def create_db_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # The driver's own transaction handling off, so that every transaction starts with
+        # BEGIN IMMEDIATE: it takes the write lock up front, and concurrent writers from other
+        # processes wait (busy_timeout) instead of failing on a stale read snapshot.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

@@ -19,6 +19,8 @@ class Account(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
+    # The sum of the account's ledger entries, kept in step in the same transaction.
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ApiKey(Base):
@@ -37,6 +39,13 @@ class ApiKey(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Comma-separated model ids this key may call; NULL means every model.
     allowed_models: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Most the key may spend, in micro-units; spent and held so far, kept with the ledger.
+    budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    held: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class UsageRecord(Base):
@@ -61,3 +70,95 @@ class UsageRecord(Base):
     total_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, index=True)
     cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Price(Base):
+    """Price of a model per million tokens, in micro-units. A model with no row is free."""
+
+    __tablename__ = "prices"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    input: Mapped[int] = mapped_column(BigInteger)
+    cached_input: Mapped[int] = mapped_column(BigInteger)
+    output: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AccountModelLimit(Base):
+    """Limits of one account on one model (`*` for every model)."""
+
+    __tablename__ = "account_model_limits"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class LedgerEntry(Base):
+    """One append-only movement of money. Never updated, never deleted."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_account_id", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # topup | hold | settlement | release | adjustment | refund
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Hold(Base):
+    """An admitted request's reservation, open until its one settlement.
+
+    `progress_tokens` is the request's last durable count of generated tokens: recovery after a
+    crash settles from it."""
+
+    __tablename__ = "holds"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    price_input: Mapped[int] = mapped_column(BigInteger)
+    price_cached_input: Mapped[int] = mapped_column(BigInteger)
+    price_output: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    progress_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str] = mapped_column(String(128))
+    # open | settled
+    state: Mapped[str] = mapped_column(String(8), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Replica(Base):
+    """A running `glmaas serve` process, for recovering the holds of one that died."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+class UsageDaily(Base):
+    """Per-day totals, upserted with each settlement so reports never scan request rows."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)

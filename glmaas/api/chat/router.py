@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
-from glmaas.api.chat.serving import complete, start_chat, stream
+from glmaas.api.chat.serving import complete, rate_limit_headers, start_chat, stream
 from glmaas.api.errors import ZHIPU_PREFIX, Dialect
 from glmaas.api.requests import app_state, authenticate, new_request_id, parse_body
 
@@ -27,7 +27,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = chat.request_id or new_request_id()
     request.state.request_id = request_id
     run = start_chat(app_state(request), principal, chat, request_id, arrived)
-    headers = {"x-request-id": request_id}
+    headers = {"x-request-id": request_id, **rate_limit_headers(run)}
     if chat.stream:
         return StreamingResponse(
             stream(run, dialect),

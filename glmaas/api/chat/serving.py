@@ -10,17 +10,21 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from glmaas.api.errors import ApiError, Dialect, error_body
+from glmaas.api.errors import ApiError, Dialect, error_body, from_platform
 from glmaas.api.chat.protocol import ChatRequest
 from glmaas.api.state import AppState
 from glmaas.engines.base import Delta, Engine, EngineError, GenerationRequest, PromptTooLong, SamplingParams
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.auth import Principal
-from glmaas.platform.errors import ModelNotAllowed
+from glmaas.platform.errors import PlatformError
 from glmaas.platform.metering import Admission, Outcome, Status
 
 # When the client sets no limit, a reply may run to the end of the context, capped here.
 DEFAULT_MAX_TOKENS = 1024
+
+
+class GenerationTimeout(EngineError):
+    """The request ran past the server's time limit; it is stopped and billed as produced."""
 
 
 @dataclass
@@ -35,6 +39,9 @@ class ChatRun:
     prompt_ids: tuple[int, ...]
     max_tokens: int
     arrived: float
+    # Streams make progress durable before delivering tokens (see platform.metering).
+    durable: bool = False
+    deadline: float = float("inf")
     created: int = field(default_factory=lambda: int(time.time()))
     first_token_at: float | None = None
     completion_tokens: int = 0
@@ -54,8 +61,9 @@ class ChatRun:
         stream = self.engine.generate(GenerationRequest(self.request_id, self.prompt_ids, sampling))
         try:
             async for delta in stream:
+                now = time.monotonic()
                 if delta.token_ids and self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
+                    self.first_token_at = now
                 self.completion_tokens += len(delta.token_ids)
                 if delta.usage is not None:
                     # The engine's count is the truth; it equals the sum of the deltas.
@@ -63,7 +71,16 @@ class ChatRun:
                     self.cached_tokens = delta.usage.cached_prompt_tokens
                     self.finish_reason = delta.finish_reason
                     status = "ok"
+                elif now > self.deadline:
+                    status = "timeout"
+                    raise GenerationTimeout(
+                        f"generation passed the server's limit of {self.state.request_timeout:g} s")
+                if self.durable and self.admission.needs_progress(self.completion_tokens):
+                    self.state.meter.progress(self.admission, self.completion_tokens, self.cached_tokens)
                 yield delta
+        except GenerationTimeout:
+            self.finish_reason = "timeout"
+            raise
         except Exception:
             # Engine faults and bugs alike; a disconnect (cancellation) stays "aborted".
             status = "error"
@@ -131,9 +148,10 @@ def start_chat(
     max_tokens = min(request.max_tokens or DEFAULT_MAX_TOKENS, room)
     try:
         admission = state.meter.admit(principal, request.model, request_id, len(prompt_ids), max_tokens)
-    except ModelNotAllowed as exc:
-        raise ApiError("model_not_allowed", str(exc), param="model") from None
-    return ChatRun(state, engine, request, request_id, admission, prompt_ids, max_tokens, arrived)
+    except PlatformError as exc:
+        raise from_platform(exc) from None
+    return ChatRun(state, engine, request, request_id, admission, prompt_ids, max_tokens, arrived,
+                   durable=request.stream, deadline=arrived + state.request_timeout)
 
 
 async def complete(run: ChatRun, dialect: Dialect) -> dict:
@@ -198,6 +216,19 @@ async def stream(run: ChatRun, dialect: Dialect) -> AsyncIterator[bytes]:
     usage = run.usage() if run.request.include_usage else None
     yield chunk({}, run.finish_reason, usage)
     yield b"data: [DONE]\n\n"
+
+
+def rate_limit_headers(run: ChatRun) -> dict[str, str]:
+    """`x-ratelimit-*` of the key's limits, as OpenAI sends them."""
+    left = run.admission.grant.remaining
+    headers: dict[str, str] = {}
+    if left is not None and left.limit_requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(left.limit_requests)
+        headers["x-ratelimit-remaining-requests"] = str(left.requests)
+    if left is not None and left.limit_tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(left.limit_tokens)
+        headers["x-ratelimit-remaining-tokens"] = str(left.tokens)
+    return headers
 
 
 def _completion_id(run: ChatRun, dialect: Dialect) -> str:

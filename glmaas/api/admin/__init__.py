@@ -1,0 +1,1 @@
+"""`/admin`: the operator's API, behind the admin token (never a tenant key)."""

@@ -1,0 +1,135 @@
+"""Operator actions, shared by the `glmaas` CLI and the `/admin` API: accounts, top-ups, keys,
+prices, limits and usage reports. Each takes an open session inside the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from glmaas.platform import ledger
+from glmaas.platform.accounts import create_account, get_account
+from glmaas.platform.keys import KeyView, create_key, list_keys
+from glmaas.platform.pricing import PriceSheet, all_prices, format_amount, set_price
+from glmaas.platform.secrets import SecretBox
+from glmaas.store.tables import Account, AccountModelLimit, Hold, UsageDaily
+
+USAGE_DIMENSIONS = ("day", "account", "key", "model")
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    name: str = ""
+    models: tuple[str, ...] | None = None
+    expires_at: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    budget: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("rpm", "tpm", "concurrency", "budget"):
+            value = getattr(self, field)
+            if value is not None and value < 0:
+                raise ValueError(f"{field} cannot be negative")
+
+
+def new_account(session: Session, name: str) -> dict:
+    if not name or len(name) > 128 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError("an account name is 1-128 letters, digits, '-', '_' or '.'")
+    return account_summary(session, create_account(session, name).name)
+
+
+def topup(session: Session, name: str, amount: int, note: str = "") -> dict:
+    account = get_account(session, name)
+    ledger.credit(session, account.id, "topup", amount, note)
+    return account_summary(session, name)
+
+
+def adjust(session: Session, name: str, amount: int, note: str) -> dict:
+    account = get_account(session, name)
+    ledger.credit(session, account.id, "adjustment", amount, note)
+    return account_summary(session, name)
+
+
+def account_summary(session: Session, name: str) -> dict:
+    account = get_account(session, name)
+    held = session.scalar(select(func.coalesce(func.sum(Hold.amount), 0)).where(
+        Hold.account_id == account.id, Hold.state == "open"))
+    limits = session.scalars(select(AccountModelLimit).where(AccountModelLimit.account_id == account.id))
+    return {
+        "id": account.id,
+        "name": account.name,
+        "balance": format_amount(account.balance),
+        "balance_micro": account.balance,
+        "held_micro": int(held or 0),
+        "keys": [_key_dict(k) for k in list_keys(session, name)],
+        "limits": [{"model": r.model, "rpm": r.rpm, "tpm": r.tpm, "concurrency": r.concurrency}
+                   for r in limits],
+    }
+
+
+def new_key(session: Session, box: SecretBox, account_name: str, options: KeyOptions) -> tuple[dict, str]:
+    account = get_account(session, account_name)
+    row, key = create_key(session, box, account, name=options.name, expires_at=options.expires_at,
+                          allowed_models=options.models)
+    row.rpm, row.tpm, row.concurrency, row.budget = options.rpm, options.tpm, options.concurrency, options.budget
+    session.flush()
+    return _key_dict(list_keys_by_id(session, row.id)), key
+
+
+def list_keys_by_id(session: Session, key_id: str) -> KeyView:
+    return next(k for k in list_keys(session) if k.id == key_id)
+
+
+def _key_dict(view: KeyView) -> dict:
+    return asdict(view)
+
+
+def set_account_limits(session: Session, name: str, model: str, rpm: int | None, tpm: int | None,
+                       concurrency: int | None) -> dict:
+    account = get_account(session, name)
+    row = session.get(AccountModelLimit, (account.id, model))
+    if row is None:
+        session.add(AccountModelLimit(account_id=account.id, model=model, rpm=rpm, tpm=tpm,
+                                      concurrency=concurrency))
+    else:
+        row.rpm, row.tpm, row.concurrency = rpm, tpm, concurrency
+    session.flush()
+    return account_summary(session, name)
+
+
+def put_price(session: Session, model: str, price: PriceSheet) -> dict:
+    set_price(session, model, price)
+    return prices(session)
+
+
+def prices(session: Session) -> dict:
+    return {m: {"input": format_amount(p.input), "cached_input": format_amount(p.cached_input),
+                "output": format_amount(p.output)} for m, p in all_prices(session).items()}
+
+
+def usage_report(session: Session, by: tuple[str, ...], account: str | None = None) -> list[dict]:
+    """Usage totals from the daily aggregates, grouped by any of day, account, key, model."""
+    unknown = set(by) - set(USAGE_DIMENSIONS)
+    if unknown or not by:
+        raise ValueError(f"--by takes a comma-separated subset of {', '.join(USAGE_DIMENSIONS)}")
+    columns = {"day": UsageDaily.day, "account": Account.name, "key": UsageDaily.key_id,
+               "model": UsageDaily.model}
+    groups = [columns[d] for d in by]
+    query = (select(*groups, func.sum(UsageDaily.requests), func.sum(UsageDaily.prompt_tokens),
+                    func.sum(UsageDaily.cached_tokens), func.sum(UsageDaily.completion_tokens),
+                    func.sum(UsageDaily.cost))
+             .join(Account, Account.id == UsageDaily.account_id).group_by(*groups).order_by(*groups))
+    if account is not None:
+        query = query.where(Account.name == account)
+    rows = []
+    for row in session.execute(query):
+        dims = dict(zip(by, row[: len(by)], strict=True))
+        requests, prompt, cached, completion, cost = (int(v or 0) for v in row[len(by):])
+        rows.append({**dims, "requests": requests, "prompt_tokens": prompt, "cached_tokens": cached,
+                     "completion_tokens": completion, "total_tokens": prompt + completion,
+                     "cost": format_amount(cost), "cost_micro": cost})
+    return rows
+

@@ -1,0 +1,194 @@
+"""The ledger: append-only entries, balances folded from them, holds and their one settlement.
+
+Entry kinds and signs (an account's balance is the sum of its entries):
+
+  topup       +amount      money in
+  hold        -worst case  admission reserves the worst-case cost of a request
+  release     +worst case  the end of the request gives the reservation back ...
+  settlement  -exact cost  ... and charges what the request really cost
+  adjustment  ±amount      an operator's correction
+  refund      +amount      money given back for a settled request
+
+`accounts.balance` and `api_keys.spent/held` are caches of these sums, updated in the same
+transaction as the entries. Every function here runs inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from glmaas.platform.errors import PlatformError
+from glmaas.platform.pricing import PriceSheet, cost, format_amount, hold_amount
+from glmaas.store.tables import Account, ApiKey, Hold, LedgerEntry, UsageDaily, UsageRecord
+
+ENTRY_KINDS = ("topup", "hold", "settlement", "release", "adjustment", "refund")
+
+
+class InsufficientBalance(PlatformError):
+    """The account cannot cover the request's worst-case cost."""
+
+
+class BudgetExceeded(PlatformError):
+    """The key's budget cannot cover the request's worst-case cost."""
+
+
+@dataclass(frozen=True)
+class HoldTicket:
+    """What admission reserved; enough to settle without reading the hold back."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    model: str
+    amount: int
+    prompt_tokens: int
+    price: PriceSheet
+
+
+@dataclass(frozen=True)
+class Settlement:
+    request_id: str
+    cost: int
+    completion_tokens: int
+
+
+def _entry(session: Session, account_id: str, kind: str, amount: int, *, request_id: str | None = None,
+           key_id: str | None = None, note: str = "", now: float | None = None) -> None:
+    session.execute(insert(LedgerEntry).values(
+        account_id=account_id, kind=kind, amount=amount, request_id=request_id, key_id=key_id,
+        note=note, created_at=now or time.time()))
+    session.execute(update(Account).where(Account.id == account_id)
+                    .values(balance=Account.balance + amount))
+
+
+def credit(session: Session, account_id: str, kind: str, amount: int, note: str = "",
+           request_id: str | None = None) -> int:
+    """A top-up, adjustment or refund; returns the new balance."""
+    if kind not in ("topup", "adjustment", "refund"):
+        raise ValueError(f"{kind!r} is not a manual entry kind")
+    if kind in ("topup", "refund") and amount <= 0:
+        raise ValueError(f"a {kind} must be positive")
+    _entry(session, account_id, kind, amount, note=note, request_id=request_id)
+    return balance(session, account_id)
+
+
+def balance(session: Session, account_id: str) -> int:
+    """The cached balance (equal to `folded_balance`)."""
+    return int(session.scalar(select(Account.balance).where(Account.id == account_id)) or 0)
+
+
+def folded_balance(session: Session, account_id: str) -> int:
+    """The balance as the sum of the account's entries: the definition."""
+    return int(session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0))
+                              .where(LedgerEntry.account_id == account_id)))
+
+
+def place_hold(session: Session, *, request_id: str, account_id: str, key_id: str, model: str,
+               price: PriceSheet, prompt_tokens: int, max_tokens: int, owner: str) -> HoldTicket:
+    """Reserve the worst-case cost of a request, or raise `InsufficientBalance`/`BudgetExceeded`.
+
+    The checks are conditional updates, so two requests racing for the last of a balance cannot
+    both pass, on SQLite or PostgreSQL."""
+    amount = hold_amount(price, prompt_tokens, max_tokens)
+    now = time.time()
+    if amount > 0:
+        ok = session.execute(update(Account).where(Account.id == account_id, Account.balance >= amount)
+                             .values(balance=Account.balance - amount)).rowcount
+        if not ok:
+            have = balance(session, account_id)
+            raise InsufficientBalance(
+                f"Insufficient balance: this request may cost up to {format_amount(amount)} "
+                f"({prompt_tokens} prompt tokens, up to {max_tokens} output tokens) and the "
+                f"account has {format_amount(have)}. Top up, or lower max_tokens.")
+        ok = session.execute(
+            update(ApiKey).where(ApiKey.id == key_id,
+                                 (ApiKey.budget.is_(None)) | (ApiKey.spent + ApiKey.held + amount <= ApiKey.budget))
+            .values(held=ApiKey.held + amount)).rowcount
+        if not ok:
+            raise BudgetExceeded(f"The API key's budget cannot cover this request (up to "
+                                 f"{format_amount(amount)}). Lower max_tokens or raise the budget.")
+        session.execute(insert(LedgerEntry).values(
+            account_id=account_id, kind="hold", amount=-amount, request_id=request_id, key_id=key_id,
+            note="", created_at=now))
+    session.execute(insert(Hold).values(
+        request_id=request_id, account_id=account_id, key_id=key_id, model=model, amount=amount,
+        prompt_tokens=prompt_tokens, max_tokens=max_tokens, price_input=price.input,
+        price_cached_input=price.cached_input, price_output=price.output, cached_tokens=0,
+        progress_tokens=0, owner=owner, state="open", created_at=now))
+    return HoldTicket(request_id, account_id, key_id, model, amount, prompt_tokens, price)
+
+
+def record_progress(session: Session, account_id: str, request_id: str, completion_tokens: int,
+                    cached_tokens: int) -> None:
+    """Make the request's progress durable: recovery after a crash bills from it."""
+    session.execute(update(Hold).where(Hold.account_id == account_id, Hold.request_id == request_id,
+                                       Hold.state == "open")
+                    .values(progress_tokens=completion_tokens, cached_tokens=cached_tokens))
+
+
+@dataclass(frozen=True)
+class UsageFacts:
+    """What a settled request is recorded with."""
+
+    status: str
+    cached_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    queue_ms: float
+    first_token_ms: float | None
+    total_ms: float
+
+
+def settle_hold(session: Session, ticket: HoldTicket, facts: UsageFacts) -> Settlement | None:
+    """Close the hold with its one settlement: charge the exact cost, release the reservation,
+    write the usage record and the day's totals. Returns None (and changes nothing) when the hold
+    was already settled, so a settlement can never happen twice."""
+    claimed = session.execute(update(Hold).where(
+        Hold.account_id == ticket.account_id, Hold.request_id == ticket.request_id, Hold.state == "open"
+    ).values(state="settled")).rowcount
+    if not claimed:
+        return None
+    now = time.time()
+    # The hold covers every outcome; clamp defensively so no bug can charge beyond it.
+    charged = min(cost(ticket.price, ticket.prompt_tokens, facts.cached_tokens, facts.completion_tokens),
+                  ticket.amount) if ticket.amount else 0
+    _entry(session, ticket.account_id, "release", ticket.amount, request_id=ticket.request_id,
+           key_id=ticket.key_id, now=now)
+    _entry(session, ticket.account_id, "settlement", -charged, request_id=ticket.request_id,
+           key_id=ticket.key_id, now=now)
+    if ticket.amount:
+        session.execute(update(ApiKey).where(ApiKey.id == ticket.key_id).values(
+            held=ApiKey.held - ticket.amount, spent=ApiKey.spent + charged))
+    session.execute(insert(UsageRecord).values(
+        request_id=ticket.request_id, account_id=ticket.account_id, key_id=ticket.key_id,
+        model=ticket.model, prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
+        completion_tokens=facts.completion_tokens, status=facts.status,
+        finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,
+        first_token_ms=facts.first_token_ms, total_ms=facts.total_ms, created_at=now, cost=charged))
+    _add_daily(session, now, ticket, facts, charged)
+    return Settlement(ticket.request_id, charged, facts.completion_tokens)
+
+
+def _add_daily(session: Session, now: float, ticket: HoldTicket, facts: UsageFacts, charged: int) -> None:
+    day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+    values = dict(day=day, account_id=ticket.account_id, key_id=ticket.key_id, model=ticket.model,
+                  requests=1, prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
+                  completion_tokens=facts.completion_tokens, cost=charged)
+    dialect = session.get_bind().dialect.name
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UsageDaily).values(**values)
+    excluded = stmt.excluded
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["day", "account_id", "key_id", "model"],
+        set_={c: getattr(UsageDaily, c) + getattr(excluded, c)
+              for c in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost")}))
+
+
+def ticket_of(hold: Hold) -> HoldTicket:
+    return HoldTicket(hold.request_id, hold.account_id, hold.key_id, hold.model, hold.amount,
+                      hold.prompt_tokens, PriceSheet(hold.price_input, hold.price_cached_input, hold.price_output))
