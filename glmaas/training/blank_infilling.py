@@ -1,0 +1,182 @@
+"""Autoregressive blank infilling: spans, Part A / Part B, 2D positions (glm.md §1.2–1.6).
+
+Follows `ConstructBlockStrategy` of THUDM/GLM `blocklm_utils.py`. Everything here is pure numpy on
+one sample; `make_block_data` is the heart and reproduces the worked example of glm.md §1.6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from glmaas.model.glm_tokenizer import SpecialIds
+
+# Poisson(3) weights for span lengths 1..39, as `poisson.pmf(i, 3) for i in range(1, 40)`.
+_LENGTHS = np.arange(1, 40)
+
+
+@lru_cache(maxsize=8)
+def poisson_weights(lam: float = 3.0) -> np.ndarray:
+    logp = _LENGTHS * np.log(lam) - lam - np.array([np.sum(np.log(np.arange(1, k + 1))) for k in _LENGTHS])
+    w = np.exp(logp)
+    return w / w.sum()
+
+
+@dataclass
+class Sample:
+    """One training sequence; every array has the same length."""
+
+    tokens: np.ndarray  # input ids
+    targets: np.ndarray  # position-aligned (not shifted): token i is trained to predict targets[i]
+    loss_mask: np.ndarray  # 1 where the loss counts
+    position_ids: np.ndarray  # position in the corrupted text
+    block_position_ids: np.ndarray  # 0 in Part A; 1, 2, ... inside a blank
+    sep: int  # length of Part A: bidirectional before, causal after
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def sample_span_lengths(rng: np.random.Generator, n: int, ratio: float = 0.15, lam: float = 3.0) -> list[int]:
+    """Poisson(lam) lengths in 1..39, drawn until at least int(ratio * n) tokens are covered."""
+    w = poisson_weights(lam)
+    lengths: list[int] = []
+    covered = 0
+    while covered < int(ratio * n):
+        k = int(rng.choice(_LENGTHS, p=w))
+        lengths.append(k)
+        covered += k
+    return lengths
+
+
+def place_spans(rng: np.random.Generator, n: int, lengths: list[int]) -> list[tuple[int, int]]:
+    """Place spans uniformly, non-overlapping and non-adjacent (`sample_spans` in THUDM/GLM).
+
+    Returns sorted half-open (start, end) ranges. Lengths that cannot fit are dropped from the end.
+    """
+    lengths = list(lengths)
+    while lengths and n - sum(lengths) - (len(lengths) - 1) < 0:
+        lengths.pop()
+    if not lengths:
+        return []
+    lengths = [int(x) for x in rng.permutation(lengths)]
+    free = n - sum(lengths) - len(lengths) + 1  # gap slots left after the mandatory 1-token gaps
+    places = np.sort(rng.integers(0, free + 1, size=len(lengths)))
+    spans, offset = [], 0
+    for place, k in zip(places, lengths):
+        start = offset + int(place)
+        spans.append((start, start + k))
+        offset += k + 1
+    return spans
+
+
+def make_block_data(
+    tokens: np.ndarray,
+    spans: list[tuple[int, int]],
+    order: list[tuple[int, int]],
+    ids: SpecialIds,
+    mask_id: int | None = None,
+) -> Sample:
+    """Part A = text with each span replaced by one mask; Part B = `[S] span` per span in `order`.
+
+    Targets in Part B are `span [E]`; the loss falls on Part B only. Positions are positions in the
+    corrupted text; every token of a span's Part B gets its mask's position, and block positions
+    count 1, 2, ... through the piece.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    mask_id = ids.mask if mask_id is None else mask_id
+    n = len(tokens)
+    pos = np.ones(n, dtype=np.int64)
+    for s, e in spans:
+        pos[s + 1 : e] = 0
+    pos = np.cumsum(pos) - 1  # each span collapses to one slot
+
+    a_tok, a_pos, last = [], [], 0
+    for s, e in sorted(spans):
+        a_tok += [tokens[last:s], [mask_id]]
+        a_pos += [pos[last:s], [pos[s]]]
+        last = e
+    a_tok.append(tokens[last:])
+    a_pos.append(pos[last:])
+    a_tok = np.concatenate(a_tok).astype(np.int64)
+    a_pos = np.concatenate(a_pos).astype(np.int64)
+
+    b_tok, b_tgt, b_pos, b_blk = [], [], [], []
+    for s, e in order:
+        piece = tokens[s:e]
+        b_tok += [[ids.sop], piece]
+        b_tgt += [piece, [ids.eop]]
+        b_pos.append(np.full(e - s + 1, pos[s]))
+        b_blk.append(np.arange(1, e - s + 2))
+    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    b_tok, b_tgt, b_pos, b_blk = cat(b_tok), cat(b_tgt), cat(b_pos), cat(b_blk)
+
+    sep = len(a_tok)
+    return Sample(
+        tokens=np.concatenate([a_tok, b_tok]),
+        targets=np.concatenate([a_tok, b_tgt]),
+        loss_mask=np.concatenate([np.zeros(sep, np.int64), np.ones(len(b_tok), np.int64)]),
+        position_ids=np.concatenate([a_pos, b_pos]),
+        block_position_ids=np.concatenate([np.zeros(sep, np.int64), b_blk]),
+        sep=sep,
+    )
+
+
+def token_infilling(
+    rng: np.random.Generator, tokens: np.ndarray, ids: SpecialIds, ratio: float = 0.15, lam: float = 3.0, shuffle: bool = True
+) -> Sample:
+    """Token-level blank infilling: Poisson(lam) spans covering >= ratio, `[MASK]`, shuffled Part B."""
+    spans = place_spans(rng, len(tokens), sample_span_lengths(rng, len(tokens), ratio, lam))
+    order = list(spans)
+    if shuffle:
+        order = [order[i] for i in rng.permutation(len(order))]
+    return make_block_data(tokens, spans, order, ids, ids.mask)
+
+
+def sentence_spans(tokens: np.ndarray, sentence_end: np.ndarray) -> list[tuple[int, int]]:
+    """Sentences as half-open ranges; a sentence ends at (and includes) a sentence-end token."""
+    ends = np.flatnonzero(np.isin(tokens, sentence_end)) + 1
+    bounds = [0] + [int(e) for e in ends if e < len(tokens)] + [len(tokens)]
+    return [(s, e) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+
+
+def sentence_infilling(
+    rng: np.random.Generator, tokens: np.ndarray, ids: SpecialIds, sentence_end: np.ndarray, ratio: float = 0.15, shuffle: bool = True
+) -> Sample:
+    """Sentence-level: whole sentences, taken in random order until >= ratio covered, `[sMASK]`."""
+    sentences = sentence_spans(tokens, sentence_end)
+    chosen, covered = [], 0
+    for i in rng.permutation(len(sentences)):
+        if covered >= int(ratio * len(tokens)) and chosen:
+            break
+        chosen.append(sentences[i])
+        covered += sentences[i][1] - sentences[i][0]
+    spans = sorted(chosen)
+    order = [spans[i] for i in rng.permutation(len(spans))] if shuffle else list(spans)
+    return make_block_data(tokens, spans, order, ids, ids.smask)
+
+
+def document_infilling(rng: np.random.Generator, tokens: np.ndarray, ids: SpecialIds, min_ratio: float = 0.5) -> Sample:
+    """Document-level `[gMASK]`: generate a suffix of min_ratio..100% of the text (at least one
+    prefix token stays). No `[E]` is appended, as in THUDM/GLM's suffix branch."""
+    n = len(tokens)
+    g = int(rng.integers(max(1, int(min_ratio * n)), n)) if n > 1 else 0
+    return gmask_sample(tokens[: n - g], tokens[n - g :], ids)
+
+
+def gmask_sample(prefix: np.ndarray, suffix: np.ndarray, ids: SpecialIds) -> Sample:
+    """`prefix [gMASK] [S] suffix[:-1]` -> `prefix [gMASK] suffix` (glm.md §1.3, §1.6)."""
+    prefix = np.asarray(prefix, dtype=np.int64)
+    suffix = np.asarray(suffix, dtype=np.int64)
+    p, g = len(prefix), len(suffix)
+    a_tok = np.concatenate([prefix, [ids.gmask]]).astype(np.int64)
+    return Sample(
+        tokens=np.concatenate([a_tok, [ids.sop], suffix[:-1]]).astype(np.int64),
+        targets=np.concatenate([a_tok, suffix]).astype(np.int64),
+        loss_mask=np.concatenate([np.zeros(p + 1, np.int64), np.ones(g, np.int64)]),
+        position_ids=np.concatenate([np.arange(p + 1), np.full(g, p)]).astype(np.int64),
+        block_position_ids=np.concatenate([np.zeros(p + 1, np.int64), np.arange(1, g + 1)]),
+        sep=p + 1,
+    )
