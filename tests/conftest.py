@@ -14,7 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.shared_state import UNREACHABLE, pg_url, redis_url  # noqa: F401 - fixtures
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    """Say loudly when the multi-replica tests could not run."""
+    for message in UNREACHABLE:
+        terminalreporter.write_sep("!", "MULTI-REPLICA TESTS DID NOT RUN", red=True, bold=True)
+        terminalreporter.write_line(f"{message}: start PostgreSQL and Redis and run make test again.",
+                                    red=True, bold=True)
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from glmaas.engines.base import Delta, GenerationRequest, ModelInfo, PromptTooLong, Usage
+from glmaas.engines.base import Delta, EngineError, GenerationRequest, ModelInfo, PromptTooLong, Usage
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
 
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
@@ -36,6 +36,7 @@ class MockEngine:
         reply: str = DEFAULT_REPLY,
         delay: float = 0.0,
         context_length: int = 4096,
+        fail_after: int | None = None,
     ) -> None:
         self.info = ModelInfo(
             model_id=model_id,
@@ -45,17 +46,23 @@ class MockEngine:
         )
         self.reply = reply
         self.delay = delay
+        # Raise an engine fault after this many tokens, to test what a fault costs.
+        self.fail_after = fail_after
 
     @classmethod
     def from_spec(cls, model_id: str, options: dict[str, str]) -> MockEngine:
-        """Build from `--model ID=mock:delay=0.05,reply=hi` options."""
+        """Build from `--model ID=mock:delay=0.05,reply=hi,repeat=3,context=64,fail_after=5` options."""
         kwargs: dict = {}
         if "delay" in options:
             kwargs["delay"] = float(options["delay"])
         if "reply" in options:
             kwargs["reply"] = options["reply"]
+        if "repeat" in options:
+            kwargs["reply"] = kwargs.get("reply", DEFAULT_REPLY) * int(options["repeat"])
         if "context" in options:
             kwargs["context_length"] = int(options["context"])
+        if "fail_after" in options:
+            kwargs["fail_after"] = int(options["fail_after"])
         return cls(model_id, **kwargs)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -95,6 +102,8 @@ class MockEngine:
             if produced >= limit:
                 finish = "length"
                 break
+            if self.fail_after is not None and produced >= self.fail_after:
+                raise EngineError("the mock engine failed on purpose")
             # Sleeping (even for 0 s) yields to the loop, so a closed stream stops here.
             await asyncio.sleep(self.delay)
             produced += 1

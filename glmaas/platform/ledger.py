@@ -143,6 +143,8 @@ class UsageFacts:
     queue_ms: float
     first_token_ms: float | None
     total_ms: float
+    # False when the client received nothing it can use (a non-streamed request that failed).
+    billable: bool = True
 
 
 def settle_hold(session: Session, ticket: HoldTicket, facts: UsageFacts) -> Settlement | None:
@@ -157,7 +159,7 @@ def settle_hold(session: Session, ticket: HoldTicket, facts: UsageFacts) -> Sett
     now = time.time()
     # The hold covers every outcome; clamp defensively so no bug can charge beyond it.
     charged = min(cost(ticket.price, ticket.prompt_tokens, facts.cached_tokens, facts.completion_tokens),
-                  ticket.amount) if ticket.amount else 0
+                  ticket.amount) if ticket.amount and facts.billable else 0
     _entry(session, ticket.account_id, "release", ticket.amount, request_id=ticket.request_id,
            key_id=ticket.key_id, now=now)
     _entry(session, ticket.account_id, "settlement", -charged, request_id=ticket.request_id,

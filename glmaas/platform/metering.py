@@ -72,6 +72,7 @@ class Outcome:
     queue_ms: float
     first_token_ms: float | None
     total_ms: float
+    billable: bool = True
 
 
 class _TtlCache:
@@ -136,7 +137,8 @@ class Meter:
             return
         admission.settled = True
         facts = UsageFacts(outcome.status, outcome.cached_tokens, outcome.completion_tokens,
-                           outcome.finish_reason, outcome.queue_ms, outcome.first_token_ms, outcome.total_ms)
+                           outcome.finish_reason, outcome.queue_ms, outcome.first_token_ms, outcome.total_ms,
+                           outcome.billable)
         try:
             with self._sessions() as session, session.begin():
                 settle_hold(session, admission.ticket, facts)

@@ -6,6 +6,7 @@ A cost is rounded up to a whole micro-unit once, over the whole request.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -56,14 +57,16 @@ def hold_amount(price: PriceSheet, prompt_tokens: int, max_tokens: int) -> int:
     return _ceil_div(prompt_tokens * dearest_input + max_tokens * price.output, PER)
 
 
+_AMOUNT = re.compile(r"([+-]?)(\d*)(?:\.(\d{0,6}))?")
+
+
 def parse_amount(text: str) -> int:
     """'12.5' (units of currency) → 12_500_000 micro-units, exactly; at most 6 decimals."""
-    whole, _, frac = text.strip().partition(".")
-    sign = -1 if whole.startswith("-") else 1
-    whole = whole.lstrip("+-")
-    if not (whole or frac) or not (whole or "0").isdigit() or (frac and not frac.isdigit()) or len(frac) > 6:
+    match = _AMOUNT.fullmatch(text.strip())
+    if match is None or not (match[2] or match[3]):
         raise ValueError(f"not an amount: {text!r} (use units of currency, at most 6 decimals)")
-    return sign * (int(whole or "0") * MICRO + int(frac.ljust(6, "0") or "0"))
+    micro = int(match[2] or "0") * MICRO + int((match[3] or "").ljust(6, "0"))
+    return -micro if match[1] == "-" else micro
 
 
 def format_amount(micro: int) -> str:

@@ -105,6 +105,8 @@ class ChatRun:
                 queue_ms=(self.admission.admitted_at - self.arrived) * 1000,
                 first_token_ms=(self.first_token_at - self.arrived) * 1000 if self.first_token_at else None,
                 total_ms=(now - self.arrived) * 1000,
+                # A stream delivered what it produced; a failed plain request delivered nothing.
+                billable=self.durable or status in ("ok", "aborted"),
             ),
         )
 

@@ -1,0 +1,74 @@
+"""The admin API and tenant isolation."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.api.billing_helpers import admin, balance_micro, funded_key, price_all
+from tests.conftest import Server, start_server
+
+BODY = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(tmp_path_factory.mktemp("admin"), "--no-default-model", "--model", "mock=mock",
+                       "--model", "other=mock")
+    price_all(srv, "mock")
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer nope", "tenant"])
+def test_admin_refuses_anyone_but_the_admin(server: Server, auth: str | None) -> None:
+    if auth == "tenant":
+        auth = "Bearer " + funded_key(server, "tenant-probe", "0")
+    headers = {"Authorization": auth} if auth else {}
+    for method, path, body in [("GET", "/admin/accounts/tenant-probe", None), ("GET", "/admin/usage", None),
+                               ("POST", "/admin/accounts/tenant-probe/topup", {"amount": "100"}),
+                               ("POST", "/admin/keys", {"account": "tenant-probe"}),
+                               ("PUT", "/admin/prices/mock", {"input": "0", "output": "0"})]:
+        r = httpx.request(method, server.base_url + path, json=body, headers=headers)
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"]["code"] == "invalid_admin_token"
+
+
+def test_admin_manages_accounts_keys_prices(server: Server) -> None:
+    with admin(server) as client:
+        assert client.post("/admin/accounts", json={"name": "acme"}).status_code == 201
+        assert client.post("/admin/accounts", json={"name": "acme"}).status_code == 409
+        assert client.post("/admin/accounts/acme/topup", json={"amount": "2.5"}).json()["balance"] == "2.500000"
+        assert client.post("/admin/accounts/acme/topup", json={"amount": "-1"}).status_code == 400
+        assert client.post("/admin/accounts/nobody/topup", json={"amount": "1"}).status_code == 404
+        r = client.post("/admin/keys", json={"account": "acme", "name": "ci", "rpm": 100, "models": ["mock"]})
+        key = r.json()["key"]
+        assert client.get("/admin/prices").json()["mock"]["output"] == "10.000000"
+    r = httpx.post(f"{server.openai_url}/chat/completions", json=BODY, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+    with admin(server) as client:
+        usage = client.get("/admin/usage", params={"by": "account,key,model", "account": "acme"}).json()["data"]
+        assert usage[0]["requests"] == 1 and usage[0]["model"] == "mock"
+        revoked = client.delete(f"/admin/keys/{key.split('.')[0]}").json()
+        assert revoked["revoked"] is True
+
+
+def test_tenants_cannot_touch_each_others_money(server: Server) -> None:
+    a = funded_key(server, "tenant-a", "1")
+    b = funded_key(server, "tenant-b", "1", models=["other"])
+    before_b = balance_micro(server, "tenant-b")
+    for _ in range(3):
+        assert httpx.post(f"{server.zhipu_url}/chat/completions", json=BODY,
+                          headers={"Authorization": f"Bearer {a}"}).status_code == 200
+    assert balance_micro(server, "tenant-b") == before_b
+    assert balance_micro(server, "tenant-a") < 1_000_000
+    # B's key sees only its own models and cannot call others.
+    ids = [m["id"] for m in httpx.get(f"{server.openai_url}/models",
+                                      headers={"Authorization": f"Bearer {b}"}).json()["data"]]
+    assert ids == ["other"]
+    r = httpx.post(f"{server.zhipu_url}/chat/completions", json=BODY, headers={"Authorization": f"Bearer {b}"})
+    assert r.status_code == 403
+    # Nobody can pass off another account's key id with their own secret.
+    forged = b.split(".")[0] + "." + a.split(".")[1]
+    assert httpx.post(f"{server.zhipu_url}/chat/completions", json=BODY,
+                      headers={"Authorization": f"Bearer {forged}"}).status_code == 401
