@@ -57,6 +57,7 @@ BODY = {"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "m
 PRICE_IN, PRICE_CACHED, PRICE_OUT = 1.0, 0.1, 2.0
 # Limits far above what one core can reach, so that they are checked but never refuse.
 RPM, TPM, CONCURRENCY = 10_000_000, 1_000_000_000, 1024
+SYSTEMS = ("glmaas", "glmaas+pg+redis", "litellm", "litellm+redis")
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
@@ -381,7 +382,7 @@ def environment() -> dict[str, str]:
     dirty = " + uncommitted changes" if sh("git", "status", "--porcelain", "--", "glmaas") else ""
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "glmaas": sh("git", "log", "-1", "--format=%h %s") + dirty,
+        "glmaas": sh("git", "log", "-1", "--format=%h %s", "--", "glmaas") + dirty,
         "litellm": LITELLM_VERSION,
         "wrk": sh("wrk", "-v").splitlines()[0].split(" [")[0],
         "python": sys.version.split()[0],
@@ -393,8 +394,9 @@ def print_report(phases: list[Phase], env: dict[str, str], args: argparse.Namesp
     print()
     for k, v in env.items():
         print(f"{k:8} {v}")
-    print(f"load     wrk -t1 -cC -d{args.duration:g}s after a {args.warmup:g} s warm-up; server on core "
-          f"{SERVER_CORE}, wrk + mock upstream on core {LOAD_CORE}")
+    print(f"load     wrk -t1 -c<c> -d{args.duration:g}s --latency after a {args.warmup:g} s warm-up; "
+          f"server on core {SERVER_CORE}, wrk + mock upstream on core {LOAD_CORE}")
+    print(f"request  POST /v1/chat/completions {json.dumps(BODY)}")
     print()
     head = (f"{'system':16} {'c':>3} {'req/s':>8} {'CPU ms/req':>10} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'added p50':>9} {'db CPU ms/req':>13} {'errors':>6} {'load1':>5} {'core0 other':>11}")
@@ -437,12 +439,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10, help="seconds of load per phase")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of unrecorded load first")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
-    parser.add_argument("--skip-postgres", action="store_true", help="leave out glmaas pg+redis")
-    parser.add_argument("--skip-litellm", action="store_true", help="leave out LiteLLM")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma-separated, from {','.join(SYSTEMS)} (the upstream baseline always runs)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    systems = args.systems.split(",")
+    if unknown := set(systems) - set(SYSTEMS):
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     for tool, hint in (("wrk", "apt-get install -y wrk"), ("taskset", "apt-get install -y util-linux")):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing; install it: {hint}")
@@ -450,7 +455,7 @@ def main() -> None:
         import glmaas  # noqa: F401
     except ImportError:
         sys.exit("run this with the project's Python: .venv/bin/python bench/gateway.py")
-    if not args.skip_litellm:
+    if "litellm" in systems or "litellm+redis" in systems:
         litellm_bin()
 
     env = environment()
@@ -465,13 +470,15 @@ def main() -> None:
             check_reply("upstream", url, None)
             phases += [measure("upstream", url, None, upstream.pid, c, args.duration, args.warmup)
                        for c in args.concurrency]
-            phases += run_glmaas("glmaas sqlite", work, args, None, None)
-            if not args.skip_postgres:
+            if "glmaas" in systems:
+                phases += run_glmaas("glmaas sqlite", work, args, None, None)
+            if "glmaas+pg+redis" in systems:
                 with postgres_database() as database_url:
                     phases += run_glmaas("glmaas pg+redis", work, args, database_url,
                                          f"{REDIS}/{GLMAAS_REDIS_DB}")
-            if not args.skip_litellm:
+            if "litellm" in systems:
                 phases += run_litellm("litellm", work, args, port, with_redis=False)
+            if "litellm+redis" in systems:
                 phases += run_litellm("litellm+redis", work, args, port, with_redis=True)
     finally:
         if not args.keep:
