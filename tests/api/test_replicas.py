@@ -85,7 +85,7 @@ def test_revocation_reaches_every_replica_within_a_second(replicas) -> None:  # 
 
 
 def test_a_dead_replicas_holds_are_settled_by_the_survivor(replicas, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    a, b, url, _ = replicas
+    a, b, url, redis_url = replicas
     key = funded_key(a, "orphaned", "10")
     # A third replica that will die mid-stream.
     args = [*MODELS, "--database-url", url, "--redis-url", redis_url]
