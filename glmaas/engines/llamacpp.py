@@ -55,7 +55,8 @@ def _log_to_python(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None
 _backend_ready = False
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
+    """Start llama.cpp once per process, its logging routed to `logging` (warnings and errors)."""
     global _backend_ready
     if not _backend_ready:
         llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
@@ -89,7 +90,7 @@ class LlamaCppEngine:
         slot_context: int | None = None,
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
-        _init_backend()
+        init_backend()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)

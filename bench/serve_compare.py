@@ -1,0 +1,187 @@
+"""glmaas against llama-cpp-python's server, on the default model, in one run.
+
+Both servers get the same streaming chat load from `glmaas bench serve`'s engine (fixed
+concurrency 1, 4, 8, 16; same prompts, max_tokens, temperature 0), one server at a time so they
+never share the CPU. Then, with no server running, llama.cpp's own batched decode in process at 8
+sequences (low-level batch API, greedy, nothing else in the process): the ceiling a server on this
+machine could reach. Prints every figure, the ratios and the targets of issue 5; writes JSON and a
+PNG next to each other.
+
+    python bench/serve_compare.py                      # threads = all cores
+    python bench/serve_compare.py --threads 2 --max-tokens 128 --out-dir bench/out
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from glmaas.benchmarks.serve import BenchConfig, format_summary, make_prompt, plot_sweep, run_benchmark
+from glmaas.benchmarks.servers import glmaas_server, llama_cpp_server
+from glmaas.engines.llamacpp import init_backend
+from glmaas.engines.registry import default_model_path
+
+
+def sweep(server, base: BenchConfig, levels: list[int], prompts_per_level: int) -> list[dict]:
+    out = []
+    for c in levels:
+        config = replace(
+            base, base_url=server.base_url, api_key=server.api_key, model=server.model,
+            concurrency=c, num_prompts=max(prompts_per_level, 2 * c),
+        )
+        summary = asyncio.run(run_benchmark(config))
+        print(format_summary(server.name, summary), flush=True)
+        out.append(summary)
+    return out
+
+
+def batched_decode_ceiling(model_path: Path, threads: int, n_seq: int, prompt_words: int, steps: int) -> dict:
+    """Decode tokens/s of `n_seq` sequences stepped together by llama.cpp in process: prefill
+    all prompts, then `steps` batches of one token per sequence, argmax sampling."""
+    init_backend()
+    mparams = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_seq_max = n_seq
+    cparams.n_ctx = n_seq * 1024
+    cparams.n_batch = cparams.n_ubatch = 512
+    cparams.n_threads = cparams.n_threads_batch = threads
+    cparams.kv_unified = False
+    ctx = llama_cpp.llama_init_from_model(model, cparams)
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+
+    def tokenize(text: str) -> list[int]:
+        buf = (llama_cpp.llama_token * 1024)()
+        n = llama_cpp.llama_tokenize(vocab, text.encode(), len(text.encode()), buf, 1024, False, True)
+        return list(buf[:n])
+
+    def fill(items: list[tuple[int, int, int, bool]]) -> None:
+        for i, (tok, pos, seq, logits) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        batch.n_tokens = len(items)
+
+    prompts = [
+        tokenize(f"<|im_start|>user\n{make_prompt(i, prompt_words)}<|im_end|>\n<|im_start|>assistant\n")
+        for i in range(n_seq)
+    ]
+    t0 = time.perf_counter()
+    last: list[int] = []
+    for s, p in enumerate(prompts):
+        fill([(t, i, s, i == len(p) - 1) for i, t in enumerate(p)])
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+        last.append(int(np.argmax(row)))
+    t1 = time.perf_counter()
+    pos = [len(p) for p in prompts]
+    for _ in range(steps):
+        fill([(last[s], pos[s], s, True) for s in range(n_seq)])
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(n_seq, n_vocab))
+        last = [int(x) for x in rows.argmax(axis=1)]
+        pos = [p + 1 for p in pos]
+    t2 = time.perf_counter()
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+    decoded = n_seq * steps
+    return {
+        "sequences": n_seq,
+        "threads": threads,
+        "prompt_tokens": sum(len(p) for p in prompts),
+        "decode_tokens": decoded,
+        "decode_tok_s": decoded / (t2 - t1),
+        "with_prefill_tok_s": (decoded + n_seq) / (t2 - t0),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--prompts-per-level", type=int, default=8, help="at least 2× the concurrency")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--input-words", type=int, default=32)
+    parser.add_argument("--slots", type=int, default=16, help="glmaas engine slots")
+    parser.add_argument("--out-dir", default="bench/out")
+    parser.add_argument("--skip", choices=["glmaas", "llama_cpp.server", "ceiling"], nargs="*", default=[])
+    args = parser.parse_args()
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = default_model_path()
+    load = os.getloadavg()
+    print(f"model {model.name}; {os.cpu_count()} cores, threads {args.threads}; "
+          f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    base = BenchConfig(base_url="", model="", max_tokens=args.max_tokens, input_words=args.input_words)
+    runs: dict[str, list[dict]] = {}
+    if "glmaas" not in args.skip:
+        with glmaas_server(model, f"threads={args.threads},slots={args.slots}", str(out_dir / "glmaas.log")) as srv:
+            runs["glmaas"] = sweep(srv, base, args.concurrency, args.prompts_per_level)
+    if "llama_cpp.server" not in args.skip:
+        with llama_cpp_server(model, args.threads, log_path=str(out_dir / "llama_cpp_server.log")) as srv:
+            runs["llama_cpp.server"] = sweep(srv, base, args.concurrency, args.prompts_per_level)
+    ceiling = None
+    if "ceiling" not in args.skip:
+        ceiling = batched_decode_ceiling(model, args.threads, 8, args.input_words, args.max_tokens)
+        print(f"== llama.cpp in-process batched decode, 8 sequences, {args.threads} threads: "
+              f"{ceiling['decode_tok_s']:.1f} tok/s decoding ({ceiling['with_prefill_tok_s']:.1f} with prefill)")
+    load_after = os.getloadavg()
+    print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+
+    report = {"model": model.name, "threads": args.threads, "load_before": load, "load_after": load_after,
+              "runs": runs, "ceiling_8": ceiling}
+    (out_dir / "serve_compare.json").write_text(json.dumps(report, indent=2))
+    if runs:
+        plot_sweep(runs, str(out_dir / "serve_compare.png"),
+                   title=f"{model.name}, {args.threads} threads, max_tokens {args.max_tokens}")
+    print_verdict(runs, ceiling, args.concurrency)
+    return 0
+
+
+def print_verdict(runs: dict[str, list[dict]], ceiling: dict | None, levels: list[int]) -> None:
+    ours, peer = runs.get("glmaas"), runs.get("llama_cpp.server")
+    print("\nconcurrency  glmaas tok/s  llama_cpp.server tok/s  ratio  glmaas TTFT p50/p99 ms  peer TTFT p50/p99 ms")
+    for i, c in enumerate(levels):
+        g = ours[i] if ours else None
+        p = peer[i] if peer else None
+        ratio = f"{g['output_throughput'] / p['output_throughput']:.2f}" if g and p else "-"
+        print(f"{c:11d}  {g['output_throughput'] if g else float('nan'):12.1f}  "
+              f"{p['output_throughput'] if p else float('nan'):22.1f}  {ratio:>5}  "
+              f"{(g or {}).get('ttft_ms', {}).get('p50', float('nan')):10.0f}/{(g or {}).get('ttft_ms', {}).get('p99', float('nan')):<10.0f}  "
+              f"{(p or {}).get('ttft_ms', {}).get('p50', float('nan')):8.0f}/{(p or {}).get('ttft_ms', {}).get('p99', float('nan')):.0f}")
+    if not ours:
+        return
+    by_c = {s["settings"]["concurrency"]: s for s in ours}
+    peer_c = {s["settings"]["concurrency"]: s for s in peer or []}
+    checks = []
+    if 1 in by_c and 1 in peer_c:
+        r = by_c[1]["output_throughput"] / peer_c[1]["output_throughput"]
+        checks.append(("concurrency 1: ≥ 0.95× llama_cpp.server", r >= 0.95, f"{r:.2f}×"))
+    if 8 in by_c and 8 in peer_c:
+        r = by_c[8]["output_throughput"] / peer_c[8]["output_throughput"]
+        checks.append(("concurrency 8: ≥ 2× llama_cpp.server", r >= 2.0, f"{r:.2f}×"))
+    if 8 in by_c and ceiling:
+        r = by_c[8]["output_throughput"] / ceiling["decode_tok_s"]
+        checks.append(("concurrency 8: ≥ 85% of in-process batched decode", r >= 0.85, f"{r:.0%}"))
+    if 8 in by_c:
+        p99 = by_c[8]["ttft_ms"]["p99"]
+        checks.append(("concurrency 8: p99 TTFT < 1 s", p99 < 1000, f"{p99:.0f} ms"))
+    print()
+    for name, ok, value in checks:
+        print(f"{'MET ' if ok else 'MISSED'}  {name}: {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks of serving: `glmaas bench serve` load-tests any OpenAI-compatible endpoint."""

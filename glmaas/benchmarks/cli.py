@@ -1,0 +1,99 @@
+"""`glmaas bench serve`: the command-line face of `glmaas.benchmarks.serve`.
+
+`register(subparsers)` adds the `bench` command to the main `glmaas` parser; until it is wired in,
+run `python -m glmaas.benchmarks.cli serve ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import replace
+
+from glmaas.benchmarks.serve import BenchConfig, format_summary, plot_sweep, run_benchmark
+
+
+def _slo(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition(":")
+    if not sep or key not in ("ttft", "tpot", "e2e"):
+        raise argparse.ArgumentTypeError(f"SLO {text!r} is not ttft|tpot|e2e:MILLISECONDS")
+    return key, float(value)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="up to and including /v1")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--api-key", default="", help="sent as a Bearer token")
+    parser.add_argument("--num-prompts", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1],
+        help="most requests in flight; several values sweep them, one run each",
+    )
+    parser.add_argument(
+        "--request-rate", type=float, default=float("inf"),
+        help="Poisson arrivals per second (default inf: start requests as slots free up)",
+    )
+    parser.add_argument("--input-words", type=int, default=32, help="about this many words per prompt")
+    parser.add_argument("--max-tokens", type=int, default=128, help="output tokens asked for per request")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
+    parser.add_argument(
+        "--goodput", type=_slo, nargs="*", default=[], metavar="KEY:MS",
+        help="SLOs for goodput, e.g. ttft:1000 tpot:100",
+    )
+    parser.add_argument("--label", default="server", help="name of the server in output and plot")
+    parser.add_argument("--json", dest="json_path", help="write the summaries here")
+    parser.add_argument("--plot", help="write a PNG of throughput and latency against concurrency")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the sweep the arguments describe; print, and write JSON and a plot if asked."""
+    base = BenchConfig(
+        base_url=args.base_url.rstrip("/"),
+        model=args.model,
+        api_key=args.api_key,
+        num_prompts=args.num_prompts,
+        request_rate=args.request_rate,
+        input_words=args.input_words,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        slo_ms=dict(args.goodput),
+    )
+    summaries = []
+    for concurrency in args.concurrency:
+        summary = asyncio.run(run_benchmark(replace(base, concurrency=concurrency)))
+        print(format_summary(args.label, summary), flush=True)
+        summaries.append(summary)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump({args.label: summaries}, f, indent=2)
+    if args.plot:
+        plot_sweep({args.label: summaries}, args.plot, title=f"{args.model} via {args.base_url}")
+    return 0 if all(s["failed"] == 0 for s in summaries) else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bench serve` to the `glmaas` command's subparsers."""
+    bench = subparsers.add_parser("bench", help="benchmarks")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+    serve = kinds.add_parser("serve", help="load-test an OpenAI-compatible server (streaming chat)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="glmaas")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] != "bench":
+        argv = ["bench", *argv]  # `python -m glmaas.benchmarks.cli serve ...`
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
