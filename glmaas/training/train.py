@@ -156,9 +156,9 @@ def train(cfg: TrainConfig) -> dict:
 
         bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
     result: dict = {}
-    t_last = time.perf_counter()
     model.train()
     for step in range(start, end):
+        t_step = time.perf_counter()
         lr = get_lr(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -180,9 +180,7 @@ def train(cfg: TrainConfig) -> dict:
             t = torch.tensor([loss_sum], device=device)
             dist.all_reduce(t)
             loss_sum = t.item() / world
-        now = time.perf_counter()
-        tps = tokens_per_step / max(now - t_last, 1e-9)
-        t_last = now
+        tps = tokens_per_step / max(time.perf_counter() - t_step, 1e-9)  # eval and saving excluded
         done = step + 1
         if rank == 0:
             result["loss"] = loss_sum
@@ -197,7 +195,6 @@ def train(cfg: TrainConfig) -> dict:
                 log.write({"step": done, "eval_loss": held["loss"], "infill_acc": acc["acc"]})
             if done % cfg.checkpoint_every == 0 or done == end:
                 _save(ckpt, model, optimizer, tok, cfg, done)
-        t_last = time.perf_counter() if rank == 0 and (done % cfg.eval_every == 0 or done == end) else t_last
     if bar is not None:
         bar.close()
     if rank == 0 and end == cfg.steps:

@@ -76,3 +76,17 @@ def test_generate_continues_a_prompt_and_fills_masks(trained):
     assert out.startswith("ROMEO:") and len(out.strip()) > len("ROMEO:")
     filled = run_cli("generate", "--checkpoint", ckpt, "--prompt", "First [MASK] Citizen", "--temperature", "0", "--max-new-tokens", "4").stdout
     assert filled.startswith("First") and filled.rstrip().endswith("Citizen") and "[MASK]" not in filled
+
+
+def test_bf16_autocast_trains(corpus, trained, tmp_path):
+    import math
+
+    import torch
+
+    from glmaas.training.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(data=[str(corpus)], out_dir=str(tmp_path), model="glm-micro", tokenizer=str(trained / "tokenizer.json"),
+                      seq_len=64, batch_size=4, steps=2, warmup=1, bf16=True, eval_every=2, eval_batches=1, progress=False)  # fmt: skip
+    result = train(cfg)
+    assert math.isfinite(result["loss"]) and math.isfinite(result["eval_loss"])
