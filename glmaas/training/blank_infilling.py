@@ -98,10 +98,8 @@ def make_block_data(
         a_tok += [tokens[last:s], [mask_id]]
         a_pos += [pos[last:s], [pos[s]]]
         last = e
-    a_tok.append(tokens[last:])
-    a_pos.append(pos[last:])
-    a_tok = np.concatenate(a_tok).astype(np.int64)
-    a_pos = np.concatenate(a_pos).astype(np.int64)
+    a_tok = _cat(a_tok + [tokens[last:]])
+    a_pos = _cat(a_pos + [pos[last:]])
 
     b_tok, b_tgt, b_pos, b_blk = [], [], [], []
     for s, e in order:
@@ -110,8 +108,7 @@ def make_block_data(
         b_tgt += [piece, [ids.eop]]
         b_pos.append(np.full(e - s + 1, pos[s]))
         b_blk.append(np.arange(1, e - s + 2))
-    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
-    b_tok, b_tgt, b_pos, b_blk = cat(b_tok), cat(b_tgt), cat(b_pos), cat(b_blk)
+    b_tok, b_tgt, b_pos, b_blk = _cat(b_tok), _cat(b_tgt), _cat(b_pos), _cat(b_blk)
 
     sep = len(a_tok)
     return Sample(
@@ -122,6 +119,10 @@ def make_block_data(
         block_position_ids=np.concatenate([np.zeros(sep, np.int64), b_blk]),
         sep=sep,
     )
+
+
+def _cat(parts: list) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def token_infilling(

@@ -115,9 +115,6 @@ def make_objective(name: str, ids: SpecialIds, vocab_size: int, sentence_end=Non
     return table[name]()
 
 
-OBJECTIVES = ["glm", "glm-noshuffle", "glm-token", "glm-doc", "glm-multitask", "clm", "mlm"]
-
-
 def fit(sample: Sample, seq_len: int) -> Sample:
     """Cut a sample that grew past seq_len (rare: many short spans); the tail of Part B goes."""
     if len(sample) <= seq_len:
