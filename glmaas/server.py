@@ -51,7 +51,7 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
         db=db,
         registry=registry,
         authenticator=Authenticator(db.session, box),
-        meter=Meter(db.session, limiter, owner),
+        meter=Meter(db.engine, db.session, limiter, owner),
         box=box,
         admin_token=load_admin_token(settings.data_dir),
         max_body_bytes=settings.max_body_bytes,

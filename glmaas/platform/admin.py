@@ -54,6 +54,7 @@ def adjust(session: Session, name: str, amount: int, note: str) -> dict:
 
 
 def account_summary(session: Session, name: str) -> dict:
+    session.expire_all()  # balances move through plain SQL (ledger.py), behind the ORM's back
     account = get_account(session, name)
     held = session.scalar(select(func.coalesce(func.sum(Hold.amount), 0)).where(
         Hold.account_id == account.id, Hold.state == "open"))

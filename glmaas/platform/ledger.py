@@ -10,7 +10,8 @@ Entry kinds and signs (an account's balance is the sum of its entries):
   refund      +amount      money given back for a settled request
 
 `accounts.balance` and `api_keys.spent/held` are caches of these sums, updated in the same
-transaction as the entries. Every function here runs inside the caller's transaction.
+transaction as the entries. Every function here runs inside the caller's transaction; the ones on
+the request path use the hand-written statements of `glmaas.store.sql`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
-from glmaas.platform.errors import PlatformError
+from glmaas.platform.errors import DuplicateRequest, PlatformError
 from glmaas.platform.pricing import PriceSheet, cost, format_amount, hold_amount
-from glmaas.store.tables import Account, ApiKey, Hold, LedgerEntry, UsageDaily, UsageRecord
+from glmaas.store.sql import run
+from glmaas.store.tables import Hold, LedgerEntry
 
 ENTRY_KINDS = ("topup", "hold", "settlement", "release", "adjustment", "refund")
 
@@ -58,13 +59,10 @@ class Settlement:
     completion_tokens: int
 
 
-def _entry(session: Session, account_id: str, kind: str, amount: int, *, request_id: str | None = None,
+def _entry(conn: Connection, account_id: str, kind: str, amount: int, *, request_id: str | None = None,
            key_id: str | None = None, note: str = "", now: float | None = None) -> None:
-    session.execute(insert(LedgerEntry).values(
-        account_id=account_id, kind=kind, amount=amount, request_id=request_id, key_id=key_id,
-        note=note, created_at=now or time.time()))
-    session.execute(update(Account).where(Account.id == account_id)
-                    .values(balance=Account.balance + amount))
+    run(conn, "insert_entry", account_id=account_id, kind=kind, amount=amount, request_id=request_id,
+        key_id=key_id, note=note, created_at=now or time.time())
 
 
 def credit(session: Session, account_id: str, kind: str, amount: int, note: str = "",
@@ -74,13 +72,17 @@ def credit(session: Session, account_id: str, kind: str, amount: int, note: str 
         raise ValueError(f"{kind!r} is not a manual entry kind")
     if kind in ("topup", "refund") and amount <= 0:
         raise ValueError(f"a {kind} must be positive")
-    _entry(session, account_id, kind, amount, note=note, request_id=request_id)
-    return balance(session, account_id)
+    conn = session.connection()
+    _entry(conn, account_id, kind, amount, note=note, request_id=request_id)
+    run(conn, "credit_account", account_id=account_id, amount=amount)
+    return balance(conn, account_id)
 
 
-def balance(session: Session, account_id: str) -> int:
+def balance(conn: Connection | Session, account_id: str) -> int:
     """The cached balance (equal to `folded_balance`)."""
-    return int(session.scalar(select(Account.balance).where(Account.id == account_id)) or 0)
+    if isinstance(conn, Session):
+        conn = conn.connection()
+    return int(run(conn, "account_balance", account_id=account_id).scalar() or 0)
 
 
 def folded_balance(session: Session, account_id: str) -> int:
@@ -89,47 +91,39 @@ def folded_balance(session: Session, account_id: str) -> int:
                               .where(LedgerEntry.account_id == account_id)))
 
 
-def place_hold(session: Session, *, request_id: str, account_id: str, key_id: str, model: str,
+def place_hold(conn: Connection, *, request_id: str, account_id: str, key_id: str, model: str,
                price: PriceSheet, prompt_tokens: int, max_tokens: int, owner: str) -> HoldTicket:
-    """Reserve the worst-case cost of a request, or raise `InsufficientBalance`/`BudgetExceeded`.
+    """Reserve the worst-case cost of a request, or raise `InsufficientBalance`/`BudgetExceeded`/
+    `DuplicateRequest`.
 
     The checks are conditional updates, so two requests racing for the last of a balance cannot
     both pass, on SQLite or PostgreSQL."""
+    if run(conn, "hold_exists", account_id=account_id, request_id=request_id).first() is not None:
+        raise DuplicateRequest(f"A request with request_id {request_id!r} already exists.")
     amount = hold_amount(price, prompt_tokens, max_tokens)
     now = time.time()
     if amount > 0:
-        ok = session.execute(update(Account).where(Account.id == account_id, Account.balance >= amount)
-                             .values(balance=Account.balance - amount)).rowcount
-        if not ok:
-            have = balance(session, account_id)
+        if not run(conn, "debit_account", account_id=account_id, amount=amount).rowcount:
+            have = balance(conn, account_id)
             raise InsufficientBalance(
                 f"Insufficient balance: this request may cost up to {format_amount(amount)} "
                 f"({prompt_tokens} prompt tokens, up to {max_tokens} output tokens) and the "
                 f"account has {format_amount(have)}. Top up, or lower max_tokens.")
-        ok = session.execute(
-            update(ApiKey).where(ApiKey.id == key_id,
-                                 (ApiKey.budget.is_(None)) | (ApiKey.spent + ApiKey.held + amount <= ApiKey.budget))
-            .values(held=ApiKey.held + amount)).rowcount
-        if not ok:
+        if not run(conn, "hold_key_budget", key_id=key_id, amount=amount).rowcount:
             raise BudgetExceeded(f"The API key's budget cannot cover this request (up to "
                                  f"{format_amount(amount)}). Lower max_tokens or raise the budget.")
-        session.execute(insert(LedgerEntry).values(
-            account_id=account_id, kind="hold", amount=-amount, request_id=request_id, key_id=key_id,
-            note="", created_at=now))
-    session.execute(insert(Hold).values(
-        request_id=request_id, account_id=account_id, key_id=key_id, model=model, amount=amount,
-        prompt_tokens=prompt_tokens, max_tokens=max_tokens, price_input=price.input,
-        price_cached_input=price.cached_input, price_output=price.output, cached_tokens=0,
-        progress_tokens=0, owner=owner, state="open", created_at=now))
+        _entry(conn, account_id, "hold", -amount, request_id=request_id, key_id=key_id, now=now)
+    run(conn, "insert_hold", account_id=account_id, request_id=request_id, key_id=key_id, model=model,
+        amount=amount, prompt_tokens=prompt_tokens, max_tokens=max_tokens, price_input=price.input,
+        price_cached_input=price.cached_input, price_output=price.output, owner=owner, created_at=now)
     return HoldTicket(request_id, account_id, key_id, model, amount, prompt_tokens, price)
 
 
-def record_progress(session: Session, account_id: str, request_id: str, completion_tokens: int,
+def record_progress(conn: Connection, account_id: str, request_id: str, completion_tokens: int,
                     cached_tokens: int) -> None:
     """Make the request's progress durable: recovery after a crash bills from it."""
-    session.execute(update(Hold).where(Hold.account_id == account_id, Hold.request_id == request_id,
-                                       Hold.state == "open")
-                    .values(progress_tokens=completion_tokens, cached_tokens=cached_tokens))
+    run(conn, "record_progress", account_id=account_id, request_id=request_id,
+        progress_tokens=completion_tokens, cached_tokens=cached_tokens)
 
 
 @dataclass(frozen=True)
@@ -147,48 +141,30 @@ class UsageFacts:
     billable: bool = True
 
 
-def settle_hold(session: Session, ticket: HoldTicket, facts: UsageFacts) -> Settlement | None:
+def settle_hold(conn: Connection, ticket: HoldTicket, facts: UsageFacts) -> Settlement | None:
     """Close the hold with its one settlement: charge the exact cost, release the reservation,
     write the usage record and the day's totals. Returns None (and changes nothing) when the hold
     was already settled, so a settlement can never happen twice."""
-    claimed = session.execute(update(Hold).where(
-        Hold.account_id == ticket.account_id, Hold.request_id == ticket.request_id, Hold.state == "open"
-    ).values(state="settled")).rowcount
-    if not claimed:
+    if not run(conn, "claim_hold", account_id=ticket.account_id, request_id=ticket.request_id).rowcount:
         return None
     now = time.time()
     # The hold covers every outcome; clamp defensively so no bug can charge beyond it.
     charged = min(cost(ticket.price, ticket.prompt_tokens, facts.cached_tokens, facts.completion_tokens),
                   ticket.amount) if ticket.amount and facts.billable else 0
-    _entry(session, ticket.account_id, "release", ticket.amount, request_id=ticket.request_id,
-           key_id=ticket.key_id, now=now)
-    _entry(session, ticket.account_id, "settlement", -charged, request_id=ticket.request_id,
-           key_id=ticket.key_id, now=now)
+    ids = dict(request_id=ticket.request_id, key_id=ticket.key_id, now=now)
+    _entry(conn, ticket.account_id, "release", ticket.amount, **ids)
+    _entry(conn, ticket.account_id, "settlement", -charged, **ids)
     if ticket.amount:
-        session.execute(update(ApiKey).where(ApiKey.id == ticket.key_id).values(
-            held=ApiKey.held - ticket.amount, spent=ApiKey.spent + charged))
-    session.execute(insert(UsageRecord).values(
-        request_id=ticket.request_id, account_id=ticket.account_id, key_id=ticket.key_id,
-        model=ticket.model, prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
-        completion_tokens=facts.completion_tokens, status=facts.status,
-        finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,
-        first_token_ms=facts.first_token_ms, total_ms=facts.total_ms, created_at=now, cost=charged))
-    _add_daily(session, now, ticket, facts, charged)
+        run(conn, "credit_account", account_id=ticket.account_id, amount=ticket.amount - charged)
+        run(conn, "settle_key", key_id=ticket.key_id, amount=ticket.amount, charged=charged)
+    usage = dict(account_id=ticket.account_id, key_id=ticket.key_id, model=ticket.model,
+                 prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
+                 completion_tokens=facts.completion_tokens, cost=charged)
+    run(conn, "insert_usage", request_id=ticket.request_id, status=facts.status,
+        finish_reason=facts.finish_reason, queue_ms=facts.queue_ms, first_token_ms=facts.first_token_ms,
+        total_ms=facts.total_ms, created_at=now, **usage)
+    run(conn, "add_daily", day=dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d"), **usage)
     return Settlement(ticket.request_id, charged, facts.completion_tokens)
-
-
-def _add_daily(session: Session, now: float, ticket: HoldTicket, facts: UsageFacts, charged: int) -> None:
-    day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
-    values = dict(day=day, account_id=ticket.account_id, key_id=ticket.key_id, model=ticket.model,
-                  requests=1, prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
-                  completion_tokens=facts.completion_tokens, cost=charged)
-    dialect = session.get_bind().dialect.name
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(UsageDaily).values(**values)
-    excluded = stmt.excluded
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["day", "account_id", "key_id", "model"],
-        set_={c: getattr(UsageDaily, c) + getattr(excluded, c)
-              for c in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost")}))
 
 
 def ticket_of(hold: Hold) -> HoldTicket:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,7 @@ from glmaas.platform.errors import DuplicateRequest, ModelNotAllowed
 from glmaas.platform.ledger import HoldTicket, UsageFacts, place_hold, record_progress, settle_hold
 from glmaas.platform.limits import Grant, LimitSpec, Scope, account_model_scope, key_scope
 from glmaas.platform.pricing import FREE, PriceSheet
-from glmaas.store.tables import AccountModelLimit, Hold, Price
+from glmaas.store.tables import AccountModelLimit, Price
 
 Status = Literal["ok", "error", "aborted", "timeout", "recovered"]
 
@@ -91,8 +91,9 @@ class _TtlCache:
 class Meter:
     """Admits requests and settles them into the ledger and the usage records."""
 
-    def __init__(self, session_factory: Callable[[], Session], limiter: Limiter, owner: str,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: Engine, session_factory: Callable[[], Session], limiter: Limiter,
+                 owner: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._engine = engine
         self._sessions = session_factory
         self.limiter = limiter
         self.owner = owner
@@ -110,10 +111,8 @@ class Meter:
         price = self.price(model)  # read before the transaction: SQLite has one writer at a time
         grant = self.limiter.acquire(scopes, f"{principal.account_id}/{request_id}", prompt_tokens + max_tokens)
         try:
-            with self._sessions() as session, session.begin():
-                if session.get(Hold, (principal.account_id, request_id)) is not None:
-                    raise DuplicateRequest(f"A request with request_id {request_id!r} already exists.")
-                ticket = place_hold(session, request_id=request_id, account_id=principal.account_id,
+            with self._engine.begin() as conn:
+                ticket = place_hold(conn, request_id=request_id, account_id=principal.account_id,
                                     key_id=principal.key_id, model=model, price=price,
                                     prompt_tokens=prompt_tokens, max_tokens=max_tokens, owner=self.owner)
         except IntegrityError:
@@ -126,8 +125,8 @@ class Meter:
 
     def progress(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
         """Make `completion_tokens` durable before they are delivered."""
-        with self._sessions() as session, session.begin():
-            record_progress(session, admission.ticket.account_id, admission.request_id,
+        with self._engine.begin() as conn:
+            record_progress(conn, admission.ticket.account_id, admission.request_id,
                             completion_tokens, cached_tokens)
         admission.durable_tokens = completion_tokens
 
@@ -140,8 +139,8 @@ class Meter:
                            outcome.finish_reason, outcome.queue_ms, outcome.first_token_ms, outcome.total_ms,
                            outcome.billable)
         try:
-            with self._sessions() as session, session.begin():
-                settle_hold(session, admission.ticket, facts)
+            with self._engine.begin() as conn:
+                settle_hold(conn, admission.ticket, facts)
         finally:
             self.limiter.release(admission.grant, outcome.prompt_tokens + outcome.completion_tokens)
 

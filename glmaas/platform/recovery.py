@@ -79,7 +79,7 @@ def recover(session_factory: Callable[[], Session], me: str,
                            completion_tokens=hold.progress_tokens, finish_reason=None,
                            queue_ms=0.0, first_token_ms=None, total_ms=0.0)
         with session_factory() as session, session.begin():
-            if settle_hold(session, ticket_of(hold), facts) is not None:
+            if settle_hold(session.connection(), ticket_of(hold), facts) is not None:
                 settled += 1
         if forget is not None:
             scopes = [key_scope(hold.key_id, LimitSpec()).name,

@@ -61,7 +61,7 @@ def test_balance_is_the_sum_of_entries_and_only_exact_costs_are_charged(db, topu
         rid = f"r{next(_ids)}"
         try:
             with db.session() as s, s.begin():
-                ticket = place_hold(s, request_id=rid, account_id=account, key_id=key, model="m",
+                ticket = place_hold(s.connection(), request_id=rid, account_id=account, key_id=key, model="m",
                                     price=price, prompt_tokens=prompt, max_tokens=max_tokens, owner="o")
         except InsufficientBalance:
             assert hold_amount(price, prompt, max_tokens) > expected - sum(t.amount for t, _ in open_tickets)
@@ -70,13 +70,13 @@ def test_balance_is_the_sum_of_entries_and_only_exact_costs_are_charged(db, topu
         if settle_now:
             t, produced = open_tickets.pop()
             with db.session() as s, s.begin():
-                assert settle_hold(s, t, _facts(produced)) is not None
+                assert settle_hold(s.connection(), t, _facts(produced)) is not None
             expected -= cost(price, prompt, 0, produced)
         with db.session() as s:
             assert balance(s, account) == folded_balance(s, account) >= 0
     for t, produced in open_tickets:
         with db.session() as s, s.begin():
-            settle_hold(s, t, _facts(produced))
+            settle_hold(s.connection(), t, _facts(produced))
         expected -= cost(price, t.prompt_tokens, 0, produced)
     with db.session() as s:
         assert balance(s, account) == folded_balance(s, account) == expected
@@ -87,12 +87,12 @@ def test_a_hold_settles_once(db) -> None:  # type: ignore[no-untyped-def]
     price = PriceSheet(1_000_000, 1_000_000, 1_000_000)
     with db.session() as s, s.begin():
         credit(s, account, "topup", 10_000)
-        ticket = place_hold(s, request_id="once", account_id=account, key_id=key, model="m", price=price,
+        ticket = place_hold(s.connection(), request_id="once", account_id=account, key_id=key, model="m", price=price,
                             prompt_tokens=100, max_tokens=100, owner="o")
     with db.session() as s, s.begin():
-        first = settle_hold(s, ticket, _facts(40))
+        first = settle_hold(s.connection(), ticket, _facts(40))
     with db.session() as s, s.begin():
-        second = settle_hold(s, ticket, _facts(100))
+        second = settle_hold(s.connection(), ticket, _facts(100))
     assert first is not None and first.cost == 140 and second is None
     with db.session() as s:
         assert balance(s, account) == 10_000 - 140 == folded_balance(s, account)
@@ -104,7 +104,7 @@ def test_not_enough_balance_refuses_and_changes_nothing(db) -> None:  # type: ig
     with db.session() as s, s.begin():
         credit(s, account, "topup", 99)
     with pytest.raises(InsufficientBalance), db.session() as s, s.begin():
-        place_hold(s, request_id="poor", account_id=account, key_id=key, model="m", price=price,
+        place_hold(s.connection(), request_id="poor", account_id=account, key_id=key, model="m", price=price,
                    prompt_tokens=5, max_tokens=100, owner="o")
     with db.session() as s:
         assert balance(s, account) == folded_balance(s, account) == 99
@@ -115,10 +115,10 @@ def test_key_budget_caps_spend(db) -> None:  # type: ignore[no-untyped-def]
     price = PriceSheet(0, 0, 1_000_000)
     with db.session() as s, s.begin():
         credit(s, account, "topup", 10_000)
-        place_hold(s, request_id="b1", account_id=account, key_id=key, model="m", price=price,
+        place_hold(s.connection(), request_id="b1", account_id=account, key_id=key, model="m", price=price,
                    prompt_tokens=1, max_tokens=100, owner="o")
     with pytest.raises(BudgetExceeded), db.session() as s, s.begin():
-        place_hold(s, request_id="b2", account_id=account, key_id=key, model="m", price=price,
+        place_hold(s.connection(), request_id="b2", account_id=account, key_id=key, model="m", price=price,
                    prompt_tokens=1, max_tokens=100, owner="o")
     with db.session() as s:
         assert balance(s, account) == folded_balance(s, account) == 10_000 - 100
