@@ -58,6 +58,8 @@ PRICE_IN, PRICE_CACHED, PRICE_OUT = 1.0, 0.1, 2.0
 # Limits far above what one core can reach, so that they are checked but never refuse.
 RPM, TPM, CONCURRENCY = 10_000_000, 1_000_000_000, 1024
 SYSTEMS = ("glmaas", "glmaas+pg+redis", "litellm", "litellm+redis")
+# The over-limit probe: a key (glmaas) or a deployment (LiteLLM) allowed PROBE_RPM requests/min.
+PROBE_RPM, PROBE_TIMEOUT_S = 3, 5.0
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
@@ -196,12 +198,34 @@ def check_reply(system: str, url: str, key: str | None) -> None:
     print(f"  {system}: 200, {content!r}, usage {usage['prompt_tokens']}+{usage['completion_tokens']}")
 
 
+def probe_rpm_limit(system: str, url: str, key: str, model: str) -> str:
+    """Send requests one after another to a model/key whose rpm limit is PROBE_RPM, until one is
+    not answered 200 or not answered within PROBE_TIMEOUT_S; say what happened to that one."""
+    body = json.dumps({**BODY, "model": model}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    for n in range(PROBE_RPM + 3):
+        start = time.monotonic()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, body, headers),
+                                        timeout=PROBE_TIMEOUT_S) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except TimeoutError:
+            return (f"{system}: rpm={PROBE_RPM}; {n} answered 200, then request {n + 1} got no answer "
+                    f"within {PROBE_TIMEOUT_S:g} s (held, not refused)")
+        ms = (time.monotonic() - start) * 1000
+        if status != 200:
+            return f"{system}: rpm={PROBE_RPM}; {n} answered 200, then request {n + 1} got {status} in {ms:.1f} ms"
+    return f"{system}: rpm={PROBE_RPM}; all {PROBE_RPM + 3} answered 200 (limit not applied)"
+
+
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
 def wrk(url: str, key: str | None, concurrency: int, seconds: float) -> dict:
-    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s",
+    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
             "--timeout", "5s", "--latency", "-s", str(HERE / "post.lua"),
             "-H", "Content-Type: application/json", url]
     if key:
@@ -254,22 +278,25 @@ def glmaas_cli(*args: str, store: list[str]) -> str:
     return done.stdout
 
 
-def glmaas_key(store: list[str]) -> str:
-    """An account with a balance, a price for the model, and a key with generous limits."""
+def glmaas_keys(store: list[str]) -> tuple[str, str]:
+    """An account with a balance and a price for the model; a key with limits far above the load,
+    and one allowed PROBE_RPM requests per minute."""
     glmaas_cli("accounts", "create", "bench", store=store)
     glmaas_cli("accounts", "topup", "bench", "1000000", store=store)
     glmaas_cli("prices", "set", "mock", "--input", str(PRICE_IN), "--cached-input", str(PRICE_CACHED),
                "--output", str(PRICE_OUT), store=store)
     out = glmaas_cli("keys", "create", "--account", "bench", "--name", "bench", "--rpm", str(RPM),
                      "--tpm", str(TPM), "--concurrency", str(CONCURRENCY), store=store)
-    return out.strip().splitlines()[-1]
+    limited = glmaas_cli("keys", "create", "--account", "bench", "--name", "limited",
+                         "--rpm", str(PROBE_RPM), store=store)
+    return out.strip().splitlines()[-1], limited.strip().splitlines()[-1]
 
 
 def run_glmaas(system: str, work: Path, args: argparse.Namespace, database_url: str | None,
-               redis_url: str | None) -> list[Phase]:
+               redis_url: str | None) -> tuple[list[Phase], str]:
     data = work / system.replace(" ", "-").replace("+", "-")
     store = ["--data-dir", str(data)] + (["--database-url", database_url] if database_url else [])
-    key = glmaas_key(store)
+    key, limited_key = glmaas_keys(store)
     port = free_port()
     argv = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "glmaas", "serve", "--host", HOST,
             "--port", str(port), "--no-default-model", "--model", "mock=mock", *store]
@@ -280,7 +307,8 @@ def run_glmaas(system: str, work: Path, args: argparse.Namespace, database_url: 
         check_reply(system, url, key)
         phases = [measure(system, url, key, proc.pid, c, args.duration, args.warmup)
                   for c in args.concurrency]
-    return phases
+        probe = probe_rpm_limit(system, url, limited_key, "mock")
+    return phases, probe
 
 
 @contextmanager
@@ -324,8 +352,10 @@ def litellm_config(upstream_port: int, with_redis: bool) -> dict:
             "tpm": TPM,
         },
     }
+    limited = {"model_name": "mock-limited",
+               "litellm_params": {**deployment["litellm_params"], "rpm": PROBE_RPM}}
     config: dict = {
-        "model_list": [deployment],
+        "model_list": [deployment, limited],
         "general_settings": {"master_key": MASTER_KEY},
         "litellm_settings": {"telemetry": False, "set_verbose": False, "json_logs": False},
     }
@@ -354,7 +384,7 @@ def litellm_env() -> dict:
 
 
 def run_litellm(system: str, work: Path, args: argparse.Namespace, upstream_port: int,
-                with_redis: bool) -> list[Phase]:
+                with_redis: bool) -> tuple[list[Phase], str | None]:
     config = work / f"{system.replace('+', '-')}.json"  # YAML is a superset of JSON
     config.write_text(json.dumps(litellm_config(upstream_port, with_redis), indent=2))
     port = free_port()
@@ -366,7 +396,9 @@ def run_litellm(system: str, work: Path, args: argparse.Namespace, upstream_port
         check_reply(system, url, MASTER_KEY)
         phases = [measure(system, url, MASTER_KEY, proc.pid, c, args.duration, args.warmup)
                   for c in args.concurrency]
-    return phases
+        # Deployment rpm limits are enforced by the usage-based routing strategy only.
+        probe = probe_rpm_limit(system, url, MASTER_KEY, "mock-limited") if with_redis else None
+    return phases, probe
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -390,7 +422,8 @@ def environment() -> dict[str, str]:
     }
 
 
-def print_report(phases: list[Phase], env: dict[str, str], args: argparse.Namespace) -> None:
+def print_report(phases: list[Phase], probes: list[str], env: dict[str, str],
+                 args: argparse.Namespace) -> None:
     print()
     for k, v in env.items():
         print(f"{k:8} {v}")
@@ -428,6 +461,11 @@ def print_report(phases: list[Phase], env: dict[str, str], args: argparse.Namesp
     if a and a.added_p50_ms is not None:
         print(f"target added p50 <= 2 ms on SQLite, c={a.concurrency}: {a.added_p50_ms:.2f} ms "
               f"{'met' if a.added_p50_ms <= 2 else 'MISSED'}")
+    if probes:
+        print()
+        print("over the rpm limit, requests sent one after another:")
+        for line in probes:
+            print(f"  {line}")
     if any(p.errors for p in phases):
         print("WARNING: some phases had errors (non-2xx or socket errors); their figures are not valid")
     if any(p.load1 > 1.5 or p.core0_other_pct > 10 for p in phases if p.system != "upstream"):
@@ -436,8 +474,8 @@ def print_report(phases: list[Phase], env: dict[str, str], args: argparse.Namesp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10, help="seconds of load per phase")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of unrecorded load first")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per phase")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load first (0: none)")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help=f"comma-separated, from {','.join(SYSTEMS)} (the upstream baseline always runs)")
@@ -461,6 +499,7 @@ def main() -> None:
     env = environment()
     work = Path(tempfile.mkdtemp(prefix="glmaas-gateway-bench-"))
     phases: list[Phase] = []
+    probes: list[str] = []
     port = free_port()
     argv = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
     try:
@@ -470,16 +509,20 @@ def main() -> None:
             check_reply("upstream", url, None)
             phases += [measure("upstream", url, None, upstream.pid, c, args.duration, args.warmup)
                        for c in args.concurrency]
+            runs = []
             if "glmaas" in systems:
-                phases += run_glmaas("glmaas sqlite", work, args, None, None)
+                runs.append(run_glmaas("glmaas sqlite", work, args, None, None))
             if "glmaas+pg+redis" in systems:
                 with postgres_database() as database_url:
-                    phases += run_glmaas("glmaas pg+redis", work, args, database_url,
-                                         f"{REDIS}/{GLMAAS_REDIS_DB}")
+                    runs.append(run_glmaas("glmaas pg+redis", work, args, database_url,
+                                           f"{REDIS}/{GLMAAS_REDIS_DB}"))
             if "litellm" in systems:
-                phases += run_litellm("litellm", work, args, port, with_redis=False)
+                runs.append(run_litellm("litellm", work, args, port, with_redis=False))
             if "litellm+redis" in systems:
-                phases += run_litellm("litellm+redis", work, args, port, with_redis=True)
+                runs.append(run_litellm("litellm+redis", work, args, port, with_redis=True))
+            for run_phases, probe in runs:
+                phases += run_phases
+                probes += [probe] if probe else []
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -487,9 +530,10 @@ def main() -> None:
     for p in phases:
         if p.system != "upstream":
             p.added_p50_ms = p.p50_ms - base[p.concurrency]
-    print_report(phases, env, args)
+    print_report(phases, probes, env, args)
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "phases": [asdict(p) for p in phases]}, indent=2))
+        args.json.write_text(json.dumps(
+            {"environment": env, "phases": [asdict(p) for p in phases], "rpm_probes": probes}, indent=2))
 
 
 if __name__ == "__main__":
