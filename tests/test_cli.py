@@ -46,3 +46,27 @@ def test_usage_totals_by_key_and_model(mock_server: Server) -> None:
     table = list(csv.DictReader(io.StringIO(mock_server.cli("usage", "--format", "csv").stdout)))
     assert any(r["key"] == key_id and r["completion_tokens"] == "8" for r in table)
     assert key_id in mock_server.cli("usage").stdout
+
+
+def test_operator_commands_end_to_end(mock_server: Server) -> None:
+    mock_server.cli("accounts", "create", "cli-acme")
+    assert "balance 3.250000" in mock_server.cli("accounts", "topup", "cli-acme", "3.25").stdout
+    mock_server.cli("prices", "set", "tiny-context", "--input", "1", "--output", "2")
+    key = mock_server.create_key("--account", "cli-acme", "--rpm", "50", "--tpm", "100000",
+                                 "--concurrency", "2", "--expires", "2099-01-01")
+    r = httpx.post(f"{mock_server.openai_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "tiny-context", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert r.status_code == 200 and r.headers["x-ratelimit-limit-requests"] == "50"
+    shown = json.loads(mock_server.cli("accounts", "show", "cli-acme", "--format", "json").stdout)
+    usage = r.json()["usage"]
+    assert shown["balance_micro"] == 3_250_000 - usage["prompt_tokens"] * 1 - usage["completion_tokens"] * 2
+    rows = list(csv.DictReader(io.StringIO(
+        mock_server.cli("usage", "--by", "day,account", "--account", "cli-acme", "--format", "csv").stdout)))
+    assert len(rows) == 1 and rows[0]["account"] == "cli-acme" and rows[0]["requests"] == "1"
+
+
+def test_operator_commands_refuse_bad_input_clearly(mock_server: Server) -> None:
+    for args in (["accounts", "topup", "nobody", "1"], ["accounts", "topup", "default", "1.2.3"],
+                 ["accounts", "create", "bad name!"], ["usage", "--by", "colour"]):
+        r = mock_server.cli(*args, check=False)
+        assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
