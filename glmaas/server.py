@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 from glmaas.config import Settings
 from glmaas.platform.secrets import SecretBox, load_master_key
@@ -68,5 +70,7 @@ def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ig
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = ", ".join(info.model_id for info in state.registry.models())
     print(f"glmaas: serving {models} on http://{host}:{port}  (data dir {settings.data_dir})", flush=True)
-    print(f"glmaas: get an API key with: glmaas keys create --data-dir {settings.data_dir}", flush=True)
+    script = Path(sys.executable).parent / "glmaas"
+    command = str(script) if script.exists() else "glmaas"
+    print(f"glmaas: get an API key with: {command} keys create --data-dir {settings.data_dir}", flush=True)
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False)
