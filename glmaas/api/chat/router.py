@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
-from glmaas.api.chat.serving import complete, rate_limit_headers, start_chat, stream
+from glmaas.api.chat.serving import ChatRun, complete, rate_limit_headers, start_chat, stream
 from glmaas.api.errors import ZHIPU_PREFIX, Dialect
 from glmaas.api.requests import app_state, authenticate, new_request_id, parse_body
 
@@ -29,9 +31,20 @@ async def chat_completions(request: Request) -> Response:
     run = start_chat(app_state(request), principal, chat, request_id, arrived)
     headers = {"x-request-id": request_id, **rate_limit_headers(run)}
     if chat.stream:
-        return StreamingResponse(
-            stream(run, dialect),
-            media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache"},
-        )
+        return MeteredStream(run, stream(run, dialect), headers={**headers, "cache-control": "no-cache"})
     return JSONResponse(await complete(run, dialect), headers=headers)
+
+
+class MeteredStream(StreamingResponse):
+    """An SSE response that settles its request even if the body is never iterated (the client
+    left before the first byte): the admission must end in a settlement either way."""
+
+    def __init__(self, run: ChatRun, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.run = run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.settle_if_open("aborted")

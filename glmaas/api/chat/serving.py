@@ -92,6 +92,11 @@ class ChatRun:
                 await stream.aclose()
             self.settle(status)
 
+    def settle_if_open(self, status: Status) -> None:
+        """Settle now unless `deltas` already did (it settles on every path it runs)."""
+        if not self.admission.settled:
+            self.settle(status)
+
     def settle(self, status: Status) -> None:
         now = time.monotonic()
         self.state.meter.settle(
