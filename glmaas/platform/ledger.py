@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
-from glmaas.platform.errors import DuplicateRequest, PlatformError
+from glmaas.platform.errors import PlatformError
 from glmaas.platform.pricing import PriceSheet, cost, format_amount, hold_amount
 from glmaas.store.sql import run
 from glmaas.store.tables import Hold, LedgerEntry
@@ -93,13 +93,12 @@ def folded_balance(session: Session, account_id: str) -> int:
 
 def place_hold(conn: Connection, *, request_id: str, account_id: str, key_id: str, model: str,
                price: PriceSheet, prompt_tokens: int, max_tokens: int, owner: str) -> HoldTicket:
-    """Reserve the worst-case cost of a request, or raise `InsufficientBalance`/`BudgetExceeded`/
-    `DuplicateRequest`.
+    """Reserve the worst-case cost of a request, or raise `InsufficientBalance`/`BudgetExceeded`
+    (or `IntegrityError` when the account already has a hold with this request id: the caller's
+    transaction is then rolled back whole).
 
     The checks are conditional updates, so two requests racing for the last of a balance cannot
     both pass, on SQLite or PostgreSQL."""
-    if run(conn, "hold_exists", account_id=account_id, request_id=request_id).first() is not None:
-        raise DuplicateRequest(f"A request with request_id {request_id!r} already exists.")
     amount = hold_amount(price, prompt_tokens, max_tokens)
     now = time.time()
     if amount > 0:

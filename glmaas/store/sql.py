@@ -23,7 +23,6 @@ STATEMENTS = {
     "settle_key": "UPDATE api_keys SET held = held - :amount, spent = spent + :charged WHERE id = :key_id",
     "insert_entry": "INSERT INTO ledger_entries (account_id, kind, amount, request_id, key_id, note, created_at) "
                     "VALUES (:account_id, :kind, :amount, :request_id, :key_id, :note, :created_at)",
-    "hold_exists": "SELECT 1 FROM holds WHERE account_id = :account_id AND request_id = :request_id",
     "insert_hold": "INSERT INTO holds (account_id, request_id, key_id, model, amount, prompt_tokens, "
                    "max_tokens, price_input, price_cached_input, price_output, cached_tokens, "
                    "progress_tokens, owner, state, created_at) VALUES (:account_id, :request_id, :key_id, "
