@@ -31,7 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glmaas", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="glmaas",
+        description="Serve models through a metered, Zhipu- and OpenAI-compatible API; train GLM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start the API server")
