@@ -2,7 +2,7 @@
 
 Both servers get the same streaming chat load from `glmaas bench serve`'s engine (fixed
 concurrency 1, 4, 8, 16; same prompts, max_tokens, temperature 0), one server at a time so they
-never share the CPU. Then, with no server running, llama.cpp's own batched decode in process at 8
+never share the CPU, alternating level by level. Then, with no server running, llama.cpp's own batched decode in process at 8
 sequences (low-level batch API, greedy, nothing else in the process): the ceiling a server on this
 machine could reach. Prints every figure, the ratios and the targets of issue 5; writes JSON and a
 PNG next to each other.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -31,17 +32,14 @@ from glmaas.engines.llamacpp import init_backend
 from glmaas.engines.registry import default_model_path
 
 
-def sweep(server, base: BenchConfig, levels: list[int], prompts_per_level: int) -> list[dict]:
-    out = []
-    for c in levels:
-        config = replace(
-            base, base_url=server.base_url, api_key=server.api_key, model=server.model,
-            concurrency=c, num_prompts=max(prompts_per_level, 2 * c),
-        )
-        summary = asyncio.run(run_benchmark(config))
-        print(format_summary(server.name, summary), flush=True)
-        out.append(summary)
-    return out
+def run_level(server, base: BenchConfig, concurrency: int, prompts_per_level: int) -> dict:
+    config = replace(
+        base, base_url=server.base_url, api_key=server.api_key, model=server.model,
+        concurrency=concurrency, num_prompts=max(prompts_per_level, 2 * concurrency),
+    )
+    summary = asyncio.run(run_benchmark(config))
+    print(format_summary(server.name, summary), flush=True)
+    return summary
 
 
 def batched_decode_ceiling(model_path: Path, threads: int, n_seq: int, prompt_words: int, steps: int) -> dict:
@@ -126,12 +124,19 @@ def main() -> int:
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     base = BenchConfig(base_url="", model="", max_tokens=args.max_tokens, input_words=args.input_words)
     runs: dict[str, list[dict]] = {}
-    if "glmaas" not in args.skip:
-        with glmaas_server(model, f"threads={args.threads},slots={args.slots}", str(out_dir / "glmaas.log")) as srv:
-            runs["glmaas"] = sweep(srv, base, args.concurrency, args.prompts_per_level)
-    if "llama_cpp.server" not in args.skip:
-        with llama_cpp_server(model, args.threads, log_path=str(out_dir / "llama_cpp_server.log")) as srv:
-            runs["llama_cpp.server"] = sweep(srv, base, args.concurrency, args.prompts_per_level)
+    with contextlib.ExitStack() as stack:
+        servers = []
+        if "glmaas" not in args.skip:
+            options = f"threads={args.threads},slots={args.slots}"
+            servers.append(stack.enter_context(glmaas_server(model, options, str(out_dir / "glmaas.log"))))
+        if "llama_cpp.server" not in args.skip:
+            log = str(out_dir / "llama_cpp_server.log")
+            servers.append(stack.enter_context(llama_cpp_server(model, args.threads, log_path=log)))
+        # Both are up (an idle server takes no CPU); each level runs on one, then at once on the
+        # other, so that a change in the machine's background load hits both alike.
+        for c in args.concurrency:
+            for server in servers:
+                runs.setdefault(server.name, []).append(run_level(server, base, c, args.prompts_per_level))
     ceiling = None
     if "ceiling" not in args.skip:
         ceiling = batched_decode_ceiling(model, args.threads, 8, args.input_words, args.max_tokens)
