@@ -117,6 +117,9 @@ def _add_experiment(subparsers) -> None:
     p.add_argument("--report", default="docs/experiments.md")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default from the plan)")
     p.add_argument("--seeds", type=int, help="seeds per arm on WikiText-2 (default from the plan: 3)")
+    p.add_argument("--shakespeare-steps", type=int, help="training steps per Tiny Shakespeare run")
+    p.add_argument("--shakespeare-seeds", type=int, help="seeds per arm on Tiny Shakespeare (0 skips it)")
+    p.add_argument("--arms", nargs="+", help="objectives to compare (default: glm glm-noshuffle clm mlm)")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke version of the plan")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run_experiment)
@@ -129,10 +132,9 @@ def run_experiment(args) -> int:
 
     torch.set_num_threads(args.threads)
     plan = ExperimentPlan.quick() if args.quick else ExperimentPlan()
-    if args.steps:
-        plan.steps = args.steps
-    if args.seeds:
-        plan.seeds = args.seeds
+    for name in ("steps", "seeds", "shakespeare_steps", "shakespeare_seeds", "arms"):
+        if getattr(args, name) is not None:
+            setattr(plan, name, getattr(args, name))
     run_objectives_experiment(plan, data_dir=args.data_dir, work_dir=args.work_dir, report=args.report)
     return 0
 
