@@ -77,6 +77,7 @@ class Phase:
     store_cpu_ms: float  # PostgreSQL + Redis processes, per request
     core0_other_pct: float  # core 0 busy with processes other than the server
     load1: float
+    warmup_requests: int = 0
     added_p50_ms: float | None = None
 
 
@@ -185,7 +186,7 @@ def post(url: str, key: str | None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def check_reply(system: str, url: str, key: str | None) -> None:
+def check_reply(system: str, url: str, key: str | None) -> tuple[int, int]:
     """One request by hand: the reply must be a completion with usage, or the run stops."""
     status, body = post(url, key)
     try:
@@ -196,6 +197,7 @@ def check_reply(system: str, url: str, key: str | None) -> None:
     if status != 200 or not content:
         sys.exit(f"{system}: unexpected reply {status}: {json.dumps(body)[:500]}")
     print(f"  {system}: 200, {content!r}, usage {usage['prompt_tokens']}+{usage['completion_tokens']}")
+    return usage["prompt_tokens"], usage["completion_tokens"]
 
 
 def probe_rpm_limit(system: str, url: str, key: str, model: str) -> str:
@@ -246,8 +248,7 @@ def wrk(url: str, key: str | None, concurrency: int, seconds: float) -> dict:
 
 def measure(system: str, url: str, key: str | None, server_pid: int | None, concurrency: int,
             seconds: float, warmup: float) -> Phase:
-    if warmup:
-        wrk(url, key, concurrency, warmup)
+    warm = wrk(url, key, concurrency, warmup)["requests"] if warmup else 0
     load1 = os.getloadavg()[0]
     cpu0, store0, (busy0, total0) = (tree_ticks(server_pid) if server_pid else 0), store_ticks(), core_busy_ticks(SERVER_CORE)
     r = wrk(url, key, concurrency, seconds)
@@ -260,6 +261,7 @@ def measure(system: str, url: str, key: str | None, server_pid: int | None, conc
         cpu_ms=(cpu1 - cpu0) * TICK_MS / n if server_pid else float("nan"),
         store_cpu_ms=(store1 - store0) * TICK_MS / n,
         core0_other_pct=100.0 * max(other, 0) / max(total1 - total0, 1), load1=load1,
+        warmup_requests=warm,
     )
     print(f"  {system:16} c={concurrency:<3} {phase.rps:8.1f} req/s  cpu {phase.cpu_ms:6.2f} ms/req  "
           f"p50 {phase.p50_ms:7.2f} ms  p99 {phase.p99_ms:7.2f} ms  errors {phase.errors}  "
@@ -293,7 +295,7 @@ def glmaas_keys(store: list[str]) -> tuple[str, str]:
 
 
 def run_glmaas(system: str, work: Path, args: argparse.Namespace, database_url: str | None,
-               redis_url: str | None) -> tuple[list[Phase], str]:
+               redis_url: str | None) -> tuple[list[Phase], list[str]]:
     data = work / system.replace(" ", "-").replace("+", "-")
     store = ["--data-dir", str(data)] + (["--database-url", database_url] if database_url else [])
     key, limited_key = glmaas_keys(store)
@@ -304,11 +306,28 @@ def run_glmaas(system: str, work: Path, args: argparse.Namespace, database_url: 
         argv += ["--redis-url", redis_url]
     url = f"http://{HOST}:{port}/v1/chat/completions"
     with serve(system.replace(" ", "-"), argv, f"http://{HOST}:{port}/healthz", work) as proc:
-        check_reply(system, url, key)
+        prompt, completion = check_reply(system, url, key)
         phases = [measure(system, url, key, proc.pid, c, args.duration, args.warmup)
                   for c in args.concurrency]
         probe = probe_rpm_limit(system, url, limited_key, "mock")
-    return phases, probe
+    sent = 1 + sum(p.requests + p.warmup_requests for p in phases)
+    in_flight = sum(p.concurrency * (2 if args.warmup else 1) for p in phases)
+    books = check_books(system, store, key, sent, in_flight, prompt * PRICE_IN + completion * PRICE_OUT)
+    return phases, [probe, books]
+
+
+def check_books(system: str, store: list[str], key: str, sent: int, in_flight: int,
+                price_micro: float) -> str:
+    """After the load: every answered request settled once, at its price, and nothing held.
+    wrk counts only the answers it read; up to `in_flight` more may have finished at its stops."""
+    usage = json.loads(glmaas_cli("usage", "--format", "json", store=store))
+    row = next((r for r in usage if r["key"] == key.split(".")[0]), {"requests": 0, "cost_micro": 0})
+    held = re.search(r"held by open requests: (\d+)", glmaas_cli("accounts", "show", "bench", store=store))
+    n, cost = row["requests"], row["cost_micro"]
+    ok = sent <= n <= sent + in_flight and cost == round(n * price_micro) and held and held.group(1) == "0"
+    return (f"{system}: {n} requests settled ({sent} answered + up to {in_flight} in flight at wrk's stops), "
+            f"charged {cost} micro-units = {n} x {price_micro:g}, {held.group(1) if held else '?'} held: "
+            f"{'books balance' if ok else 'MISMATCH'}")
 
 
 @contextmanager
@@ -384,7 +403,7 @@ def litellm_env() -> dict:
 
 
 def run_litellm(system: str, work: Path, args: argparse.Namespace, upstream_port: int,
-                with_redis: bool) -> tuple[list[Phase], str | None]:
+                with_redis: bool) -> tuple[list[Phase], list[str]]:
     config = work / f"{system.replace('+', '-')}.json"  # YAML is a superset of JSON
     config.write_text(json.dumps(litellm_config(upstream_port, with_redis), indent=2))
     port = free_port()
@@ -396,9 +415,8 @@ def run_litellm(system: str, work: Path, args: argparse.Namespace, upstream_port
         check_reply(system, url, MASTER_KEY)
         phases = [measure(system, url, MASTER_KEY, proc.pid, c, args.duration, args.warmup)
                   for c in args.concurrency]
-        # Deployment rpm limits are enforced by the usage-based routing strategy only.
-        probe = probe_rpm_limit(system, url, MASTER_KEY, "mock-limited") if with_redis else None
-    return phases, probe
+        probe = probe_rpm_limit(system, url, MASTER_KEY, "mock-limited")
+    return phases, [probe]
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -422,7 +440,7 @@ def environment() -> dict[str, str]:
     }
 
 
-def print_report(phases: list[Phase], probes: list[str], env: dict[str, str],
+def print_report(phases: list[Phase], checks: list[str], env: dict[str, str],
                  args: argparse.Namespace) -> None:
     print()
     for k, v in env.items():
@@ -461,10 +479,10 @@ def print_report(phases: list[Phase], probes: list[str], env: dict[str, str],
     if a and a.added_p50_ms is not None:
         print(f"target added p50 <= 2 ms on SQLite, c={a.concurrency}: {a.added_p50_ms:.2f} ms "
               f"{'met' if a.added_p50_ms <= 2 else 'MISSED'}")
-    if probes:
+    if checks:
         print()
-        print("over the rpm limit, requests sent one after another:")
-        for line in probes:
+        print("over the rpm limit (requests sent one after another), and glmaas's books after the run:")
+        for line in checks:
             print(f"  {line}")
     if any(p.errors for p in phases):
         print("WARNING: some phases had errors (non-2xx or socket errors); their figures are not valid")
@@ -499,7 +517,7 @@ def main() -> None:
     env = environment()
     work = Path(tempfile.mkdtemp(prefix="glmaas-gateway-bench-"))
     phases: list[Phase] = []
-    probes: list[str] = []
+    checks: list[str] = []
     port = free_port()
     argv = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
     try:
@@ -520,9 +538,9 @@ def main() -> None:
                 runs.append(run_litellm("litellm", work, args, port, with_redis=False))
             if "litellm+redis" in systems:
                 runs.append(run_litellm("litellm+redis", work, args, port, with_redis=True))
-            for run_phases, probe in runs:
+            for run_phases, run_checks in runs:
                 phases += run_phases
-                probes += [probe] if probe else []
+                checks += run_checks
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -530,10 +548,10 @@ def main() -> None:
     for p in phases:
         if p.system != "upstream":
             p.added_p50_ms = p.p50_ms - base[p.concurrency]
-    print_report(phases, probes, env, args)
+    print_report(phases, checks, env, args)
     if args.json:
         args.json.write_text(json.dumps(
-            {"environment": env, "phases": [asdict(p) for p in phases], "rpm_probes": probes}, indent=2))
+            {"environment": env, "phases": [asdict(p) for p in phases], "checks": checks}, indent=2))
 
 
 if __name__ == "__main__":
