@@ -10,6 +10,8 @@ Every slot is a llama.cpp sequence id with its own region of the KV cache (`kv_u
 a sequence attends only to its own cells) and remembers the tokens whose keys and values it holds.
 A new request takes the free slot whose tokens share the longest prefix with its prompt and keeps
 that prefix (reported as cached prompt tokens); the rest is removed with `llama_memory_seq_rm`.
+When a busy slot holds a longer prefix (a system prompt that every request shares, say), it is
+copied into a free slot with `llama_memory_seq_cp` instead of being computed again.
 Requests join at any step (when a slot is free) and leave at any step: finished, stopped or
 cancelled sequences give back their slot before the next batch is built.
 """
@@ -31,6 +33,10 @@ from glmaas.engines.sampling import Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
+
+# Copying a slot moves its whole KV buffer (~23 KB per cell for SmolLM2-135M, ~15 ms for 2048 cells
+# here) while prefilling costs ~10 ms a token on one loaded core: a copy pays off from a few tokens.
+_COPY_MIN = 8
 
 
 @dataclass(frozen=True)
@@ -302,24 +308,37 @@ class DecodeLoop:
         return Delta((token,), text, finish_reason=finish, usage=usage)
 
     def _admit(self) -> None:
-        """Give free slots to waiting sequences, each the slot with its longest cached prefix."""
+        """Give free slots to waiting sequences, reusing the longest cached prefix of the prompt:
+        a free slot that holds it is taken as is; one held by any other slot (busy or not) is
+        copied into the least recently used free slot when that saves `_COPY_MIN` tokens."""
         while self._waiting:
             free = [s for s in self._slots if s.owner is None]
             if not free:
                 return
             seq = self._waiting.popleft()
-            best = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), -s.last_used))
+            shared = {s.seq_id: common_prefix(s.tokens, seq.prompt) for s in self._slots}
+            slot = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
+            donor = max(self._slots, key=lambda s: shared[s.seq_id])
+            if shared[donor.seq_id] - shared[slot.seq_id] >= _COPY_MIN:
+                slot = min(free, key=lambda s: s.last_used)
+                self._copy_slot(donor, slot)
+            elif shared[slot.seq_id] == 0:
+                slot = min(free, key=lambda s: s.last_used)  # evict the least recently used
             # Keep at least the last prompt token to compute: its logits give the first token.
-            keep = min(common_prefix(best.tokens, seq.prompt), len(seq.prompt) - 1)
-            if keep == 0:
-                best = min(free, key=lambda s: s.last_used)  # evict the least recently used
-            if len(best.tokens) > keep:
-                llama_cpp.llama_memory_seq_rm(self._mem, best.seq_id, keep, -1)
-                del best.tokens[keep:]
-            best.owner = seq
-            seq.slot = best
+            keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+            if len(slot.tokens) > keep:
+                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1)
+                del slot.tokens[keep:]
+            slot.owner = seq
+            seq.slot = slot
             seq.n_fed = seq.n_cached = keep
             self._running.append(seq)
+
+    def _copy_slot(self, src: _Slot, dst: _Slot) -> None:
+        # Slots are separate KV streams, so llama.cpp copies the whole stream buffer (at the start
+        # of the next decode); the caller then trims the copy to the shared prefix.
+        llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, -1, -1)
+        dst.tokens = list(src.tokens)
 
     def _release(self, seq: Sequence) -> None:
         seq.finished = True

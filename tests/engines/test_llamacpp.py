@@ -189,6 +189,29 @@ def test_prompt_prefix_is_reused_and_reported_as_cached(engine) -> None:
     assert reused[-1].usage.cached_prompt_tokens == shared >= len(head)
 
 
+def test_a_prefix_held_by_a_busy_slot_is_copied_not_recomputed(engine) -> None:
+    system = "You answer questions about rivers, deltas and the sea. " * 6
+    head = engine.tokenize(f"<|im_start|>system\n{system}<|im_end|>\n")
+    question = head + chat(engine, "Why do rivers bend?")
+    reference = generate(engine, question, max_tokens=6)  # computed from scratch
+
+    async def scenario() -> list[Delta]:
+        # Another request on the same system prompt takes the slot that holds it and keeps it busy.
+        busy = engine.generate(
+            GenerationRequest("busy", tuple(head + chat(engine, "Name a delta.")), SamplingParams(40, temperature=0.0))
+        )
+        await anext(busy)
+        try:
+            return await collect(engine, question, max_tokens=6)
+        finally:
+            await busy.aclose()
+
+    copied = asyncio.run(scenario())
+    shared = next(i for i, (a, b) in enumerate(zip(question, head + chat(engine, "Name a delta."))) if a != b)
+    assert copied[-1].usage.cached_prompt_tokens == shared >= len(head)
+    assert token_ids(copied) == token_ids(reference)
+
+
 def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(engine) -> None:
     prompt = chat(engine, "Write a poem about rain.")
     params = dict(max_tokens=8, temperature=0.9, top_p=0.9, seed=1234)
