@@ -1,24 +1,26 @@
 """Gateway hot path: glmaas (mock engine) against LiteLLM's proxy (mock upstream), same load.
 
-One run measures, for small non-streaming chat completions (16 output tokens) with auth, limits,
-hold and settle on, at each concurrency (wrk, keep-alive):
+One run measures small non-streaming chat completions (16 output tokens) under wrk (keep-alive,
+fixed concurrency) through:
 
-  upstream        the mock upstream called directly: the baseline latency
-  glmaas sqlite   glmaas, SQLite store, in-process limits
-  glmaas pg+redis glmaas, PostgreSQL store (a fresh database, dropped after), Redis limits
-  litellm         LiteLLM proxy, master-key mode, per-token prices, in front of the mock upstream
-  litellm+redis   the same with Redis usage-based routing (rpm/tpm per deployment)
+  upstream         the mock upstream called directly: the baseline latency
+  glmaas sqlite    glmaas: key auth, in-process limits (rpm/tpm/concurrency), balance hold and
+                   settlement in the ledger, usage record; SQLite store
+  glmaas pg+redis  the same on PostgreSQL (a fresh database, dropped after) with Redis limits
+  litellm          LiteLLM proxy, master-key mode, per-token prices, in front of the mock upstream
+  litellm+redis    the same with Redis usage-based routing (rpm/tpm per deployment)
 
 and prints requests/s, server CPU ms per request (utime+stime of the server's process tree),
-latency p50/p99, added p50 (system p50 - upstream p50 at the same concurrency), the CPU that
-PostgreSQL and Redis spent per request, and the glmaas / LiteLLM ratios. The gateway under test
-is pinned to core 0; wrk and the mock upstream share core 1. The load average and how busy core 0
-was with other processes during each phase are printed next to the figures.
+latency p50/p99, added p50 (p50 minus the upstream's p50 at the same concurrency), the CPU that
+PostgreSQL and Redis spent per request, and the glmaas / LiteLLM ratios. Every server is started
+once and pinned to core 0; wrk and the mock upstream share core 1. The systems are measured in
+rounds, in a rotating order, so that a neighbour's load hits them alike; each figure is the median
+over rounds, printed with the load average and the share of core 0 that other processes took.
 
 LiteLLM's database mode (virtual keys, stored spend) needs Prisma engine binaries downloaded on
-first run, which this machine cannot fetch; it is measured in master-key mode.
+first run, which this machine cannot fetch: it is measured in master-key mode.
 
-    python bench/gateway.py [--duration 10] [--concurrency 1,8] [--skip-litellm] [--json out.json]
+    python bench/gateway.py [--rounds 3] [--duration 5] [--concurrency 1,8] [--json out.json]
 
 Needs wrk (apt-get install wrk) and taskset. LiteLLM is installed on first use into its own
 virtualenv, bench/.venv-litellm.
@@ -31,13 +33,16 @@ import json
 import os
 import re
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +55,7 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379"
 GLMAAS_REDIS_DB, LITELLM_REDIS_DB = 11, 12
 MASTER_KEY = "sk-bench-master-key"
+SYSTEMS = ("glmaas", "glmaas+pg+redis", "litellm", "litellm+redis")
 
 # One request body for every system: a short chat turn, 16 output tokens, no streaming.
 BODY = {"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
@@ -57,7 +63,6 @@ BODY = {"model": "mock", "messages": [{"role": "user", "content": "Hello!"}], "m
 PRICE_IN, PRICE_CACHED, PRICE_OUT = 1.0, 0.1, 2.0
 # Limits far above what one core can reach, so that they are checked but never refuse.
 RPM, TPM, CONCURRENCY = 10_000_000, 1_000_000_000, 1024
-SYSTEMS = ("glmaas", "glmaas+pg+redis", "litellm", "litellm+redis")
 # The over-limit probe: a key (glmaas) or a deployment (LiteLLM) allowed PROBE_RPM requests/min.
 PROBE_RPM, PROBE_TIMEOUT_S = 3, 5.0
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
@@ -65,9 +70,10 @@ TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class Phase:
+    """One system at one concurrency: one round, or the median of several."""
+
     system: str
     concurrency: int
-    seconds: float
     requests: int
     rps: float
     p50_ms: float
@@ -81,47 +87,54 @@ class Phase:
     added_p50_ms: float | None = None
 
 
+@dataclass
+class Target:
+    """A running system and what the run needs to load and check it."""
+
+    system: str
+    url: str
+    key: str | None
+    pid: int
+    probe_key: str | None = None  # allowed PROBE_RPM requests per minute ...
+    probe_model: str = "mock"  # ... on this model
+    store: list[str] = field(default_factory=list)  # glmaas: options naming its data dir / db
+
+
 # --- processes and CPU accounting -------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(comm, ppid, utime+stime+cutime+cstime in ticks) of a process, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return comm, int(fields[1]), sum(int(f) for f in fields[11:15])
-
-
-def _all_stats() -> dict[int, tuple[str, int, int]]:
+def _stats() -> dict[int, tuple[str, int, int]]:
+    """pid -> (comm, ppid, utime+stime+cutime+cstime in ticks) of every process."""
     out = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) is not None:
-            out[int(entry)] = st
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        if raw:
+            fields = raw[raw.rindex(")") + 2 :].split()
+            comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+            out[int(entry)] = (comm, int(fields[1]), sum(int(f) for f in fields[11:15]))
     return out
 
 
-def tree_ticks(root: int) -> int:
-    """CPU ticks of a process and all its descendants (children's reaped time included)."""
-    stats = _all_stats()
+def tree_ticks(root: int, stats: dict[int, tuple[str, int, int]]) -> int:
+    """CPU ticks of a process and its descendants (children's reaped time included)."""
     pids, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
-        for pid, (_, ppid, _) in stats.items():
-            if ppid == parent and pid not in pids:
-                pids.add(pid)
-                frontier.append(pid)
+        children = [pid for pid, (_, ppid, _) in stats.items() if ppid == parent and pid not in pids]
+        pids.update(children)
+        frontier += children
     return sum(stats[p][2] for p in pids if p in stats)
 
 
-def store_ticks() -> int:
+def store_ticks(stats: dict[int, tuple[str, int, int]]) -> int:
     """CPU ticks of every PostgreSQL and Redis server process on the machine."""
-    return sum(t for comm, _, t in _all_stats().values() if comm in ("postgres", "redis-server"))
+    return sum(t for comm, _, t in stats.values() if comm in ("postgres", "redis-server"))
 
 
-def core_busy_ticks(core: str) -> tuple[int, int]:
+def core_ticks(core: str) -> tuple[int, int]:
     """(busy, total) ticks of one core since boot."""
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{core} "):
@@ -130,29 +143,32 @@ def core_busy_ticks(core: str) -> tuple[int, int]:
     raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode}; its log:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit(f"no answer from {url} after {timeout:.0f} s; log:\n{log.read_text()[-4000:]}")
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
 
 
 @contextmanager
 def serve(name: str, argv: list[str], health: str, workdir: Path, env: dict | None = None):
-    """Start a server, wait until `health` answers, yield its Popen; stop it afterwards."""
+    """Start a server, wait until `health` answers 200, yield its Popen; stop it afterwards."""
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     try:
-        wait_http(health, proc, log)
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"{name} exited with {proc.returncode}; its log:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(health, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit(f"{name}: no answer from {health}; its log:\n{log.read_text()[-4000:]}")
+            time.sleep(0.2)
         yield proc
     finally:
         proc.terminate()
@@ -163,75 +179,60 @@ def serve(name: str, argv: list[str], health: str, workdir: Path, env: dict | No
             proc.wait()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+# --- requests and load ------------------------------------------------------------------------
 
 
-# --- load --------------------------------------------------------------------------------------
-
-
-def post(url: str, key: str | None) -> tuple[int, dict]:
+def post(url: str, key: str | None, model: str = "mock", timeout: float = 30) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(url, json.dumps(BODY).encode(), headers)
+    req = urllib.request.Request(url, json.dumps({**BODY, "model": model}).encode(), headers)
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def check_reply(system: str, url: str, key: str | None) -> tuple[int, int]:
+def check_reply(t: Target) -> tuple[int, int]:
     """One request by hand: the reply must be a completion with usage, or the run stops."""
-    status, body = post(url, key)
+    status, body = post(t.url, t.key)
     try:
-        content = body["choices"][0]["message"]["content"]
-        usage = body["usage"]
+        content, usage = body["choices"][0]["message"]["content"], body["usage"]
     except (KeyError, IndexError, TypeError):
-        sys.exit(f"{system}: unexpected reply {status}: {json.dumps(body)[:500]}")
-    if status != 200 or not content:
-        sys.exit(f"{system}: unexpected reply {status}: {json.dumps(body)[:500]}")
-    print(f"  {system}: 200, {content!r}, usage {usage['prompt_tokens']}+{usage['completion_tokens']}")
+        content, usage = None, None
+    if status != 200 or not content or not usage:
+        sys.exit(f"{t.system}: unexpected reply {status}: {json.dumps(body)[:500]}")
+    print(f"  {t.system}: 200, {content!r}, usage {usage['prompt_tokens']}+{usage['completion_tokens']}")
     return usage["prompt_tokens"], usage["completion_tokens"]
 
 
-def probe_rpm_limit(system: str, url: str, key: str, model: str) -> str:
-    """Send requests one after another to a model/key whose rpm limit is PROBE_RPM, until one is
-    not answered 200 or not answered within PROBE_TIMEOUT_S; say what happened to that one."""
-    body = json.dumps({**BODY, "model": model}).encode()
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+def probe_rpm_limit(t: Target) -> str:
+    """Requests one after another on a key/model allowed PROBE_RPM per minute, until one is not
+    answered 200 or not within PROBE_TIMEOUT_S: what happened to that one."""
     for n in range(PROBE_RPM + 3):
         start = time.monotonic()
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, body, headers),
-                                        timeout=PROBE_TIMEOUT_S) as resp:
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
+            status, _ = post(t.url, t.probe_key, t.probe_model, timeout=PROBE_TIMEOUT_S)
         except TimeoutError:
-            return (f"{system}: rpm={PROBE_RPM}; {n} answered 200, then request {n + 1} got no answer "
-                    f"within {PROBE_TIMEOUT_S:g} s (held, not refused)")
-        ms = (time.monotonic() - start) * 1000
+            return (f"{t.system}: rpm={PROBE_RPM}; {n} answered 200, then request {n + 1} got no "
+                    f"answer within {PROBE_TIMEOUT_S:g} s (held, not refused)")
         if status != 200:
-            return f"{system}: rpm={PROBE_RPM}; {n} answered 200, then request {n + 1} got {status} in {ms:.1f} ms"
-    return f"{system}: rpm={PROBE_RPM}; all {PROBE_RPM + 3} answered 200 (limit not applied)"
+            return (f"{t.system}: rpm={PROBE_RPM}; {n} answered 200, then request {n + 1} got "
+                    f"{status} in {(time.monotonic() - start) * 1000:.1f} ms")
+    return f"{t.system}: rpm={PROBE_RPM}; all {PROBE_RPM + 3} answered 200 (limit not applied)"
 
 
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk(url: str, key: str | None, concurrency: int, seconds: float) -> dict:
-    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
+def wrk(t: Target, concurrency: int, seconds: int) -> dict:
+    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s",
             "--timeout", "5s", "--latency", "-s", str(HERE / "post.lua"),
-            "-H", "Content-Type: application/json", url]
-    if key:
-        argv[-1:-1] = ["-H", f"Authorization: Bearer {key}"]
+            "-H", "Content-Type: application/json", t.url]
+    if t.key:
+        argv[-1:-1] = ["-H", f"Authorization: Bearer {t.key}"]
     env = {**os.environ, "BENCH_BODY": json.dumps(BODY)}
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     unit = r"([\d.]+)(us|ms|s|m)"
@@ -246,27 +247,35 @@ def wrk(url: str, key: str | None, concurrency: int, seconds: float) -> dict:
             "p50": lat["50"], "p99": lat["99"], "errors": errors}
 
 
-def measure(system: str, url: str, key: str | None, server_pid: int | None, concurrency: int,
-            seconds: float, warmup: float) -> Phase:
-    warm = wrk(url, key, concurrency, warmup)["requests"] if warmup else 0
+def measure(t: Target, concurrency: int, seconds: int, warmup: int) -> Phase:
+    """One round: an unrecorded warm-up, then `seconds` of load with CPU accounting around it."""
+    warm = wrk(t, concurrency, warmup)["requests"] if warmup else 0
     load1 = os.getloadavg()[0]
-    cpu0, store0, (busy0, total0) = (tree_ticks(server_pid) if server_pid else 0), store_ticks(), core_busy_ticks(SERVER_CORE)
-    r = wrk(url, key, concurrency, seconds)
-    cpu1, store1, (busy1, total1) = (tree_ticks(server_pid) if server_pid else 0), store_ticks(), core_busy_ticks(SERVER_CORE)
+    before, (busy0, total0) = _stats(), core_ticks(SERVER_CORE)
+    r = wrk(t, concurrency, seconds)
+    after, (busy1, total1) = _stats(), core_ticks(SERVER_CORE)
     n = max(r["requests"], 1)
-    other = (busy1 - busy0) - (cpu1 - cpu0)
+    cpu = tree_ticks(t.pid, after) - tree_ticks(t.pid, before)
     phase = Phase(
-        system=system, concurrency=concurrency, seconds=r["seconds"], requests=r["requests"],
-        rps=r["requests"] / r["seconds"], p50_ms=r["p50"], p99_ms=r["p99"], errors=r["errors"],
-        cpu_ms=(cpu1 - cpu0) * TICK_MS / n if server_pid else float("nan"),
-        store_cpu_ms=(store1 - store0) * TICK_MS / n,
-        core0_other_pct=100.0 * max(other, 0) / max(total1 - total0, 1), load1=load1,
+        system=t.system, concurrency=concurrency, requests=r["requests"], rps=r["requests"] / r["seconds"],
+        p50_ms=r["p50"], p99_ms=r["p99"], errors=r["errors"], cpu_ms=cpu * TICK_MS / n,
+        store_cpu_ms=(store_ticks(after) - store_ticks(before)) * TICK_MS / n,
+        core0_other_pct=100.0 * max(busy1 - busy0 - cpu, 0) / max(total1 - total0, 1), load1=load1,
         warmup_requests=warm,
     )
-    print(f"  {system:16} c={concurrency:<3} {phase.rps:8.1f} req/s  cpu {phase.cpu_ms:6.2f} ms/req  "
+    print(f"  {t.system:16} c={concurrency:<3} {phase.rps:8.1f} req/s  cpu {phase.cpu_ms:6.2f} ms/req  "
           f"p50 {phase.p50_ms:7.2f} ms  p99 {phase.p99_ms:7.2f} ms  errors {phase.errors}  "
           f"load {load1:.2f}  core0 other {phase.core0_other_pct:.0f}%", flush=True)
     return phase
+
+
+def median_phase(rounds: list[Phase]) -> Phase:
+    """The median of each figure over rounds; requests, warm-ups and errors are summed."""
+    med = {k: statistics.median(getattr(p, k) for p in rounds)
+           for k in ("rps", "p50_ms", "p99_ms", "cpu_ms", "store_cpu_ms", "core0_other_pct", "load1")}
+    return Phase(system=rounds[0].system, concurrency=rounds[0].concurrency,
+                 requests=sum(p.requests for p in rounds), errors=sum(p.errors for p in rounds),
+                 warmup_requests=sum(p.warmup_requests for p in rounds), **med)
 
 
 # --- the systems -------------------------------------------------------------------------------
@@ -276,58 +285,47 @@ def glmaas_cli(*args: str, store: list[str]) -> str:
     argv = [sys.executable, "-m", "glmaas", *args, *store]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"{' '.join(argv[2:])} failed:\n{done.stdout}{done.stderr}")
+        sys.exit(f"glmaas {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return done.stdout
 
 
-def glmaas_keys(store: list[str]) -> tuple[str, str]:
-    """An account with a balance and a price for the model; a key with limits far above the load,
-    and one allowed PROBE_RPM requests per minute."""
+def start_glmaas(stack: ExitStack, system: str, work: Path, database_url: str | None,
+                 redis_url: str | None) -> Target:
+    """An account with a balance and a price for the model; a key with limits far above the load
+    and one allowed PROBE_RPM requests per minute; then the server."""
+    name = system.replace(" ", "-").replace("+", "-")
+    store = ["--data-dir", str(work / name)] + (["--database-url", database_url] if database_url else [])
     glmaas_cli("accounts", "create", "bench", store=store)
     glmaas_cli("accounts", "topup", "bench", "1000000", store=store)
     glmaas_cli("prices", "set", "mock", "--input", str(PRICE_IN), "--cached-input", str(PRICE_CACHED),
                "--output", str(PRICE_OUT), store=store)
-    out = glmaas_cli("keys", "create", "--account", "bench", "--name", "bench", "--rpm", str(RPM),
+    key = glmaas_cli("keys", "create", "--account", "bench", "--name", "bench", "--rpm", str(RPM),
                      "--tpm", str(TPM), "--concurrency", str(CONCURRENCY), store=store)
-    limited = glmaas_cli("keys", "create", "--account", "bench", "--name", "limited",
-                         "--rpm", str(PROBE_RPM), store=store)
-    return out.strip().splitlines()[-1], limited.strip().splitlines()[-1]
-
-
-def run_glmaas(system: str, work: Path, args: argparse.Namespace, database_url: str | None,
-               redis_url: str | None) -> tuple[list[Phase], list[str]]:
-    data = work / system.replace(" ", "-").replace("+", "-")
-    store = ["--data-dir", str(data)] + (["--database-url", database_url] if database_url else [])
-    key, limited_key = glmaas_keys(store)
+    probe_key = glmaas_cli("keys", "create", "--account", "bench", "--name", "limited",
+                           "--rpm", str(PROBE_RPM), store=store)
     port = free_port()
     argv = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "glmaas", "serve", "--host", HOST,
             "--port", str(port), "--no-default-model", "--model", "mock=mock", *store]
     if redis_url:
         argv += ["--redis-url", redis_url]
-    url = f"http://{HOST}:{port}/v1/chat/completions"
-    with serve(system.replace(" ", "-"), argv, f"http://{HOST}:{port}/healthz", work) as proc:
-        prompt, completion = check_reply(system, url, key)
-        phases = [measure(system, url, key, proc.pid, c, args.duration, args.warmup)
-                  for c in args.concurrency]
-        probe = probe_rpm_limit(system, url, limited_key, "mock")
-    sent = 1 + sum(p.requests + p.warmup_requests for p in phases)
-    in_flight = sum(p.concurrency * (2 if args.warmup else 1) for p in phases)
-    books = check_books(system, store, key, sent, in_flight, prompt * PRICE_IN + completion * PRICE_OUT)
-    return phases, [probe, books]
+    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/healthz", work))
+    return Target(system, f"http://{HOST}:{port}/v1/chat/completions", key.strip().splitlines()[-1],
+                  proc.pid, probe_key.strip().splitlines()[-1], "mock", store)
 
 
-def check_books(system: str, store: list[str], key: str, sent: int, in_flight: int,
-                price_micro: float) -> str:
+def check_books(t: Target, phases: list[Phase], price_micro: float) -> str:
     """After the load: every answered request settled once, at its price, and nothing held.
-    wrk counts only the answers it read; up to `in_flight` more may have finished at its stops."""
-    usage = json.loads(glmaas_cli("usage", "--format", "json", store=store))
-    row = next((r for r in usage if r["key"] == key.split(".")[0]), {"requests": 0, "cost_micro": 0})
-    held = re.search(r"held by open requests: (\d+)", glmaas_cli("accounts", "show", "bench", store=store))
+    wrk counts only the answers it read; up to `concurrency` more may finish at each of its stops."""
+    sent = 1 + sum(p.requests + p.warmup_requests for p in phases)
+    in_flight = sum(p.concurrency * (2 if p.warmup_requests else 1) for p in phases)
+    usage = json.loads(glmaas_cli("usage", "--format", "json", store=t.store))
+    row = next((r for r in usage if r["key"] == t.key.split(".")[0]), {"requests": 0, "cost_micro": 0})
+    held = re.search(r"held by open requests: (\d+)", glmaas_cli("accounts", "show", "bench", store=t.store))
     n, cost = row["requests"], row["cost_micro"]
     ok = sent <= n <= sent + in_flight and cost == round(n * price_micro) and held and held.group(1) == "0"
-    return (f"{system}: {n} requests settled ({sent} answered + up to {in_flight} in flight at wrk's stops), "
-            f"charged {cost} micro-units = {n} x {price_micro:g}, {held.group(1) if held else '?'} held: "
-            f"{'books balance' if ok else 'MISMATCH'}")
+    return (f"{t.system}: {n} requests settled ({sent} answered + up to {in_flight} in flight at "
+            f"wrk's stops), charged {cost} micro-units = {n} x {price_micro:g}, "
+            f"{held.group(1) if held else '?'} held: {'books balance' if ok else 'MISMATCH'}")
 
 
 @contextmanager
@@ -358,31 +356,25 @@ def litellm_bin() -> Path:
 
 
 def litellm_config(upstream_port: int, with_redis: bool) -> dict:
-    deployment = {
-        "model_name": "mock",
-        "litellm_params": {
-            "model": "openai/mock",
-            "api_base": f"http://{HOST}:{upstream_port}/v1",
-            "api_key": "unused",
-            "input_cost_per_token": PRICE_IN / 1e6,
-            "cache_read_input_token_cost": PRICE_CACHED / 1e6,
-            "output_cost_per_token": PRICE_OUT / 1e6,
-            "rpm": RPM,
-            "tpm": TPM,
-        },
+    params = {
+        "model": "openai/mock",
+        "api_base": f"http://{HOST}:{upstream_port}/v1",
+        "api_key": "unused",
+        "input_cost_per_token": PRICE_IN / 1e6,
+        "cache_read_input_token_cost": PRICE_CACHED / 1e6,
+        "output_cost_per_token": PRICE_OUT / 1e6,
     }
-    limited = {"model_name": "mock-limited",
-               "litellm_params": {**deployment["litellm_params"], "rpm": PROBE_RPM}}
     config: dict = {
-        "model_list": [deployment, limited],
+        "model_list": [
+            {"model_name": "mock", "litellm_params": {**params, "rpm": RPM, "tpm": TPM}},
+            {"model_name": "mock-limited", "litellm_params": {**params, "rpm": PROBE_RPM, "tpm": TPM}},
+        ],
         "general_settings": {"master_key": MASTER_KEY},
-        "litellm_settings": {"telemetry": False, "set_verbose": False, "json_logs": False},
+        "litellm_settings": {"telemetry": False, "set_verbose": False},
     }
     if with_redis:
-        config["router_settings"] = {
-            "routing_strategy": "usage-based-routing-v2",
-            "redis_url": f"{REDIS}/{LITELLM_REDIS_DB}",
-        }
+        config["router_settings"] = {"routing_strategy": "usage-based-routing-v2",
+                                     "redis_url": f"{REDIS}/{LITELLM_REDIS_DB}"}
     return config
 
 
@@ -390,64 +382,54 @@ def litellm_env() -> dict:
     """An environment in which the proxy starts offline and talks to 127.0.0.1 only."""
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")
            and not k.startswith(("OPENAI_", "LITELLM_", "DATABASE_URL", "REDIS_"))}
-    env.update({
-        "LITELLM_TELEMETRY": "False",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_LOG": "ERROR",
-        "DISABLE_ADMIN_UI": "True",
-        "NO_DOCS": "True",
-        "HF_HUB_OFFLINE": "1",
-        "NO_PROXY": "*",
-    })
+    env.update({"LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "ERROR", "DISABLE_ADMIN_UI": "True", "NO_DOCS": "True",
+                "HF_HUB_OFFLINE": "1", "NO_PROXY": "*"})
     return env
 
 
-def run_litellm(system: str, work: Path, args: argparse.Namespace, upstream_port: int,
-                with_redis: bool) -> tuple[list[Phase], list[str]]:
-    config = work / f"{system.replace('+', '-')}.json"  # YAML is a superset of JSON
+def start_litellm(stack: ExitStack, system: str, work: Path, upstream_port: int, with_redis: bool) -> Target:
+    name = system.replace("+", "-")
+    config = work / f"{name}.json"  # YAML is a superset of JSON
     config.write_text(json.dumps(litellm_config(upstream_port, with_redis), indent=2))
     port = free_port()
     argv = ["taskset", "-c", SERVER_CORE, str(litellm_bin()), "--config", str(config),
             "--host", HOST, "--port", str(port), "--num_workers", "1"]
-    url = f"http://{HOST}:{port}/v1/chat/completions"
-    with serve(system.replace("+", "-"), argv, f"http://{HOST}:{port}/health/liveliness", work,
-               env=litellm_env()) as proc:
-        check_reply(system, url, MASTER_KEY)
-        phases = [measure(system, url, MASTER_KEY, proc.pid, c, args.duration, args.warmup)
-                  for c in args.concurrency]
-        probe = probe_rpm_limit(system, url, MASTER_KEY, "mock-limited")
-    return phases, [probe]
+    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/health/liveliness", work,
+                                     env=litellm_env()))
+    return Target(system, f"http://{HOST}:{port}/v1/chat/completions", MASTER_KEY, proc.pid,
+                  MASTER_KEY, "mock-limited")
 
 
 # --- report ------------------------------------------------------------------------------------
 
 
-def environment() -> dict[str, str]:
+def environment(args: argparse.Namespace) -> dict[str, str]:
     def sh(*argv: str) -> str:
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         return (done.stdout or done.stderr).strip()
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
-    dirty = " + uncommitted changes" if sh("git", "status", "--porcelain", "--", "glmaas") else ""
+    dirty = " + uncommitted changes in glmaas/" if sh("git", "status", "--porcelain", "--", "glmaas") else ""
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "glmaas": sh("git", "log", "-1", "--format=%h %s", "--", "glmaas") + dirty,
-        "litellm": LITELLM_VERSION,
+        "litellm": f"{LITELLM_VERSION} (litellm[proxy], master-key mode, no database)",
         "wrk": sh("wrk", "-v").splitlines()[0].split(" [")[0],
         "python": sys.version.split()[0],
         "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "load": (f"{args.rounds} rounds x (wrk -t1 -c<c> -d{args.duration}s --latency after a "
+                 f"{args.warmup} s warm-up), systems in rotating order; server on core {SERVER_CORE}, "
+                 f"wrk + mock upstream on core {LOAD_CORE}"),
+        "request": f"POST /v1/chat/completions {json.dumps(BODY)}",
     }
 
 
-def print_report(phases: list[Phase], checks: list[str], env: dict[str, str],
-                 args: argparse.Namespace) -> None:
+def print_report(phases: list[Phase], checks: list[str], env: dict[str, str], concurrency: list[int]) -> None:
     print()
     for k, v in env.items():
         print(f"{k:8} {v}")
-    print(f"load     wrk -t1 -c<c> -d{args.duration:g}s --latency after a {args.warmup:g} s warm-up; "
-          f"server on core {SERVER_CORE}, wrk + mock upstream on core {LOAD_CORE}")
-    print(f"request  POST /v1/chat/completions {json.dumps(BODY)}")
     print()
     head = (f"{'system':16} {'c':>3} {'req/s':>8} {'CPU ms/req':>10} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'added p50':>9} {'db CPU ms/req':>13} {'errors':>6} {'load1':>5} {'core0 other':>11}")
@@ -459,48 +441,48 @@ def print_report(phases: list[Phase], checks: list[str], env: dict[str, str],
         print(f"{p.system:16} {p.concurrency:>3} {p.rps:8.1f} {cpu:>10} {p.p50_ms:8.2f} {p.p99_ms:8.2f} "
               f"{added:>9} {p.store_cpu_ms:13.2f} {p.errors:>6} {p.load1:5.2f} {p.core0_other_pct:10.0f}%")
     by = {(p.system, p.concurrency): p for p in phases}
-    pairs = [("glmaas sqlite", "litellm"), ("glmaas pg+redis", "litellm+redis")]
     print()
-    for ours, theirs in pairs:
-        for c in args.concurrency:
+    for ours, theirs in (("glmaas sqlite", "litellm"), ("glmaas pg+redis", "litellm+redis")):
+        for c in concurrency:
             a, b = by.get((ours, c)), by.get((theirs, c))
             if a and b:
                 print(f"{ours} / {theirs}, c={c}: {a.rps / b.rps:.1f}x the requests/s, "
                       f"{b.cpu_ms / a.cpu_ms:.1f}x less CPU per request, added p50 "
                       f"{a.added_p50_ms:.2f} vs {b.added_p50_ms:.2f} ms")
     print()
-    for c in args.concurrency:
+    for c in concurrency:
         a, b = by.get(("glmaas sqlite", c)), by.get(("litellm", c))
         if a and b:
             ratio = a.rps / b.rps
-            print(f"target >= 5x LiteLLM's requests/s per worker core, c={c}: {ratio:.1f}x "
+            print(f"target: requests/s per worker core >= 5x LiteLLM's, c={c}: {ratio:.1f}x "
                   f"{'met' if ratio >= 5 else 'MISSED'}")
-    a = by.get(("glmaas sqlite", min(args.concurrency)))
+    a = by.get(("glmaas sqlite", min(concurrency)))
     if a and a.added_p50_ms is not None:
-        print(f"target added p50 <= 2 ms on SQLite, c={a.concurrency}: {a.added_p50_ms:.2f} ms "
+        print(f"target: added p50 <= 2 ms on SQLite, c={a.concurrency}: {a.added_p50_ms:.2f} ms "
               f"{'met' if a.added_p50_ms <= 2 else 'MISSED'}")
     if checks:
         print()
-        print("over the rpm limit (requests sent one after another), and glmaas's books after the run:")
+        print("over the rpm limit (requests one after another), and glmaas's books after the run:")
         for line in checks:
             print(f"  {line}")
     if any(p.errors for p in phases):
         print("WARNING: some phases had errors (non-2xx or socket errors); their figures are not valid")
-    if any(p.load1 > 1.5 or p.core0_other_pct > 10 for p in phases if p.system != "upstream"):
+    if any(p.load1 > 1.5 or p.core0_other_pct > 10 for p in phases):
         print("NOTE: measured while other processes loaded the machine (see load1 and core0 other)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per phase")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load first (0: none)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all systems (median)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds of load per system and round")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of unrecorded load first (0: none)")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"comma-separated, from {','.join(SYSTEMS)} (the upstream baseline always runs)")
+                        help=f"comma-separated, from {','.join(SYSTEMS)} (the upstream always runs)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args()
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    concurrency = [int(c) for c in args.concurrency.split(",")]
     systems = args.systems.split(",")
     if unknown := set(systems) - set(SYSTEMS):
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
@@ -514,44 +496,55 @@ def main() -> None:
     if "litellm" in systems or "litellm+redis" in systems:
         litellm_bin()
 
-    env = environment()
+    env = environment(args)
     work = Path(tempfile.mkdtemp(prefix="glmaas-gateway-bench-"))
-    phases: list[Phase] = []
+    print(f"load average {os.getloadavg()[0]:.2f}; starting the servers (work dir {work})", flush=True)
+    rounds: dict[tuple[str, int], list[Phase]] = {}
     checks: list[str] = []
-    port = free_port()
-    argv = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
     try:
-        print(f"load average {os.getloadavg()[0]:.2f}; work dir {work}")
-        with serve("upstream", argv, f"http://{HOST}:{port}/v1/models", work) as upstream:
-            url = f"http://{HOST}:{port}/v1/chat/completions"
-            check_reply("upstream", url, None)
-            phases += [measure("upstream", url, None, upstream.pid, c, args.duration, args.warmup)
-                       for c in args.concurrency]
-            runs = []
+        with ExitStack() as stack:
+            port = free_port()
+            argv = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
+            upstream = stack.enter_context(serve("upstream", argv, f"http://{HOST}:{port}/v1/models", work))
+            targets = [Target("upstream", f"http://{HOST}:{port}/v1/chat/completions", None, upstream.pid)]
             if "glmaas" in systems:
-                runs.append(run_glmaas("glmaas sqlite", work, args, None, None))
+                targets.append(start_glmaas(stack, "glmaas sqlite", work, None, None))
             if "glmaas+pg+redis" in systems:
-                with postgres_database() as database_url:
-                    runs.append(run_glmaas("glmaas pg+redis", work, args, database_url,
-                                           f"{REDIS}/{GLMAAS_REDIS_DB}"))
+                database_url = stack.enter_context(postgres_database())
+                targets.append(start_glmaas(stack, "glmaas pg+redis", work, database_url,
+                                            f"{REDIS}/{GLMAAS_REDIS_DB}"))
             if "litellm" in systems:
-                runs.append(run_litellm("litellm", work, args, port, with_redis=False))
+                targets.append(start_litellm(stack, "litellm", work, port, with_redis=False))
             if "litellm+redis" in systems:
-                runs.append(run_litellm("litellm+redis", work, args, port, with_redis=True))
-            for run_phases, run_checks in runs:
-                phases += run_phases
-                checks += run_checks
+                targets.append(start_litellm(stack, "litellm+redis", work, port, with_redis=True))
+            usage = {t.system: check_reply(t) for t in targets}
+            for r in range(args.rounds):
+                print(f"round {r + 1}/{args.rounds}, load average {os.getloadavg()[0]:.2f}", flush=True)
+                order = targets[r % len(targets):] + targets[: r % len(targets)]
+                for c in concurrency:
+                    for t in order:
+                        rounds.setdefault((t.system, c), []).append(measure(t, c, args.duration, args.warmup))
+            for t in targets[1:]:
+                checks.append(probe_rpm_limit(t))
+                if t.store:
+                    prompt, completion = usage[t.system]
+                    phases = [p for (s, _), ps in rounds.items() if s == t.system for p in ps]
+                    checks.append(check_books(t, phases, prompt * PRICE_IN + completion * PRICE_OUT))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    order = ["upstream", "glmaas sqlite", "glmaas pg+redis", "litellm", "litellm+redis"]
+    phases = sorted((median_phase(ps) for ps in rounds.values()),
+                    key=lambda p: (order.index(p.system), p.concurrency))
     base = {p.concurrency: p.p50_ms for p in phases if p.system == "upstream"}
     for p in phases:
         if p.system != "upstream":
             p.added_p50_ms = p.p50_ms - base[p.concurrency]
-    print_report(phases, checks, env, args)
+    print_report(phases, checks, env, concurrency)
     if args.json:
-        args.json.write_text(json.dumps(
-            {"environment": env, "phases": [asdict(p) for p in phases], "checks": checks}, indent=2))
+        args.json.write_text(json.dumps({"environment": env, "phases": [asdict(p) for p in phases],
+                                         "rounds": [asdict(p) for ps in rounds.values() for p in ps],
+                                         "checks": checks}, indent=2))
 
 
 if __name__ == "__main__":
