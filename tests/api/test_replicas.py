@@ -14,7 +14,7 @@ import pytest
 from tests.api.billing_helpers import admin, funded_key, price_all
 from tests.api.test_crash_recovery import Client
 from tests.api.test_rate_limits import hammer
-from tests.conftest import Server, start_server
+from tests.conftest import start_server
 
 MODELS = ("--no-default-model", "--model", "mock=mock", "--model", "stream=mock:delay=0.01,reply=ab,repeat=150")
 BODY = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
