@@ -57,7 +57,11 @@ def ranking_lines(table: dict, corpus: str) -> list[str]:
             if not a or not b or a[2] == 0 or b[2] == 0:
                 continue
             holds = a[0] > b[0] if higher else a[0] < b[0]
-            lines.append(f"- {title.split(' ↑')[0].split(' ↓')[0]}: paper expects {better} better than {worse} — {'holds' if holds else '**does not hold**'} ({a[0]:.3f} vs {b[0]:.3f})")
+            verdict = "holds" if holds else "**does not hold**"
+            if a[2] > 1 and b[2] > 1 and abs(a[0] - b[0]) <= a[1] + b[1]:
+                verdict = "tie within seed noise"  # the gap is smaller than the two stds together
+            name = title.split(" ↑")[0].split(" ↓")[0]
+            lines.append(f"- {name}: paper expects {better} better than {worse} — {verdict} ({a[0]:.3f} vs {b[0]:.3f})")
     return lines
 
 

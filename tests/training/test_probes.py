@@ -67,3 +67,10 @@ def test_report_has_mean_and_std_per_arm_and_a_plot(tmp_path):
     assert "| glm | 0.310 ± 0.010 |" in md and "| mlm |" in md and "n/a" in md
     assert "glm better than clm — holds" in md and "clm better than glm — holds" in md
     assert (tmp_path / "experiments.png").stat().st_size > 1000
+
+
+def test_ranking_calls_a_gap_inside_the_seed_noise_a_tie():
+    from glmaas.training.report import ranking_lines
+
+    table = {("c", "glm"): {"infill_acc": (0.30, 0.02, 3)}, ("c", "clm"): {"infill_acc": (0.29, 0.02, 3)}}
+    assert ranking_lines(table, "c") == ["- blank infilling acc: paper expects glm better than clm — tie within seed noise (0.300 vs 0.290)"]
