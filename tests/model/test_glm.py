@@ -7,8 +7,16 @@ import torch
 from glmaas.model.glm import GLM, GLMConfig, build_attention_mask
 from glmaas.model.glm_tokenizer import SpecialIds
 
-torch.set_num_threads(1)
 CFG = GLMConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, max_seq_len=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices run fastest on one thread, and leave the other core to the neighbours."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,6 @@ def test_bf16_autocast_trains(corpus, trained, tmp_path):
 
     from glmaas.training.train import TrainConfig, train
 
-    torch.set_num_threads(1)
     cfg = TrainConfig(data=[str(corpus)], out_dir=str(tmp_path), model="glm-micro", tokenizer=str(trained / "tokenizer.json"),
                       seq_len=64, batch_size=4, steps=2, warmup=1, bf16=True, eval_every=2, eval_batches=1, progress=False)  # fmt: skip
     result = train(cfg)
