@@ -121,6 +121,7 @@ def _add_experiment(subparsers) -> None:
     p.add_argument("--shakespeare-seeds", type=int, help="seeds per arm on Tiny Shakespeare (0 skips it)")
     p.add_argument("--arms", nargs="+", help="objectives to compare (default: glm glm-noshuffle clm mlm)")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke version of the plan")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from --work-dir/results.json")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run_experiment)
 
@@ -128,7 +129,11 @@ def _add_experiment(subparsers) -> None:
 def run_experiment(args) -> int:
     import torch
 
-    from glmaas.training.experiment import ExperimentPlan, run_objectives_experiment
+    from glmaas.training.experiment import ExperimentPlan, rewrite_report, run_objectives_experiment
+
+    if args.report_only:
+        rewrite_report(args.work_dir, args.report)
+        return 0
 
     torch.set_num_threads(args.threads)
     plan = ExperimentPlan.quick() if args.quick else ExperimentPlan()

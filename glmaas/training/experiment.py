@@ -133,6 +133,12 @@ def run_objectives_experiment(plan: ExperimentPlan, data_dir: str | None, work_d
     return results
 
 
+def rewrite_report(work_dir: str, report: str) -> Path:
+    """The report again from a finished experiment's results.json (e.g. after a report change)."""
+    saved = json.loads((Path(work_dir) / "results.json").read_text())
+    return write_report(saved["results"], saved["meta"], Path(report))
+
+
 def _param_count(work: Path) -> int:
     ckpt = next((work / "wikitext2" / "runs").glob("*/checkpoint"), None)
     if ckpt is None:
