@@ -2,13 +2,14 @@
 
 Both servers get the same streaming chat load from `glmaas bench serve`'s engine (fixed
 concurrency 1, 4, 8, 16; same prompts, max_tokens, temperature 0), one server at a time so they
-never share the CPU, alternating level by level. Then, with no server running, llama.cpp's own batched decode in process at 8
-sequences (low-level batch API, greedy, nothing else in the process): the ceiling a server on this
-machine could reach. Prints every figure, the ratios and the targets of issue 5; writes JSON and a
-PNG next to each other.
+never share the CPU, alternating in short rounds so that the background load of a shared machine
+falls on both alike. In the rounds at concurrency 8, with both servers idle, llama.cpp's own
+batched decode in process at 8 sequences (low-level batch API, greedy, nothing else in the
+process): the ceiling a server on this machine could reach. Prints every figure, the ratios and
+the targets of issue 5; writes JSON and a PNG into --out-dir.
 
-    python bench/serve_compare.py                      # threads = all cores
-    python bench/serve_compare.py --threads 2 --max-tokens 128 --out-dir bench/out
+    python bench/serve_compare.py                       # threads = all cores
+    python bench/serve_compare.py --threads 1 --input-words 16 --max-tokens 64 --out-dir docs/perf
 """
 
 from __future__ import annotations
@@ -20,26 +21,57 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
-from glmaas.benchmarks.serve import BenchConfig, format_summary, make_prompt, plot_sweep, run_benchmark
+from glmaas.benchmarks.serve import (
+    BenchConfig,
+    RequestResult,
+    format_summary,
+    make_prompt,
+    plot_sweep,
+    run_requests,
+    summarize,
+    with_settings,
+)
 from glmaas.benchmarks.servers import glmaas_server, llama_cpp_server
 from glmaas.engines.llamacpp import init_backend
 from glmaas.engines.registry import default_model_path
 
 
-def run_level(server, base: BenchConfig, concurrency: int, prompts_per_level: int) -> dict:
-    config = replace(
-        base, base_url=server.base_url, api_key=server.api_key, model=server.model,
-        concurrency=concurrency, num_prompts=max(prompts_per_level, 2 * concurrency),
-    )
-    summary = asyncio.run(run_benchmark(config))
-    print(format_summary(server.name, summary), flush=True)
-    return summary
+def run_level(
+    servers: list, base: BenchConfig, concurrency: int, prompts: int, rounds: int,
+    each_round: Callable[[], None] | None = None,
+) -> dict[str, dict]:
+    """One concurrency level on every server, in `rounds` alternating rounds of `prompts`
+    requests each; per server, the requests of all its rounds summarised over their summed wall
+    time. Alternating in short rounds spreads a change in the machine's background load over
+    both servers instead of landing on one."""
+    results: dict[str, list[RequestResult]] = {s.name: [] for s in servers}
+    durations = dict.fromkeys(results, 0.0)
+    configs = {}
+    for _ in range(rounds):
+        for server in servers:
+            config = replace(
+                base, base_url=server.base_url, api_key=server.api_key, model=server.model,
+                concurrency=concurrency, num_prompts=prompts,
+            )
+            configs[server.name] = config
+            got, seconds = asyncio.run(run_requests(config))
+            results[server.name] += got
+            durations[server.name] += seconds
+        if each_round is not None:
+            each_round()
+    out = {}
+    for name, got in results.items():
+        config = replace(configs[name], num_prompts=len(got))
+        out[name] = with_settings(config, summarize(got, durations[name], config.slo_ms))
+        print(format_summary(name, out[name]), flush=True)
+    return out
 
 
 def batched_decode_ceiling(model_path: Path, threads: int, n_seq: int, prompt_words: int, steps: int) -> dict:
@@ -93,14 +125,11 @@ def batched_decode_ceiling(model_path: Path, threads: int, n_seq: int, prompt_wo
     llama_cpp.llama_batch_free(batch)
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(model)
-    decoded = n_seq * steps
     return {
-        "sequences": n_seq,
-        "threads": threads,
         "prompt_tokens": sum(len(p) for p in prompts),
-        "decode_tokens": decoded,
-        "decode_tok_s": decoded / (t2 - t1),
-        "with_prefill_tok_s": (decoded + n_seq) / (t2 - t0),
+        "decode_tokens": n_seq * steps,
+        "decode_s": t2 - t1,
+        "total_s": t2 - t0,
     }
 
 
@@ -108,7 +137,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--prompts-per-level", type=int, default=8, help="at least 2× the concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level and server")
+    parser.add_argument("--prompts-per-round", type=int, default=4, help="raised to the concurrency")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--input-words", type=int, default=32)
     parser.add_argument("--slots", type=int, default=16, help="glmaas engine slots")
@@ -124,6 +154,11 @@ def main() -> int:
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     base = BenchConfig(base_url="", model="", max_tokens=args.max_tokens, input_words=args.input_words)
     runs: dict[str, list[dict]] = {}
+    ceiling_runs: list[dict] = []
+
+    def measure_ceiling() -> None:
+        ceiling_runs.append(batched_decode_ceiling(model, args.threads, 8, args.input_words, args.max_tokens))
+
     with contextlib.ExitStack() as stack:
         servers = []
         if "glmaas" not in args.skip:
@@ -132,14 +167,23 @@ def main() -> int:
         if "llama_cpp.server" not in args.skip:
             log = str(out_dir / "llama_cpp_server.log")
             servers.append(stack.enter_context(llama_cpp_server(model, args.threads, log_path=log)))
-        # Both are up (an idle server takes no CPU); each level runs on one, then at once on the
-        # other, so that a change in the machine's background load hits both alike.
+        # Both are up (an idle server takes no CPU); each level alternates between them, and at
+        # concurrency 8 the in-process ceiling is measured in the same rounds.
         for c in args.concurrency:
-            for server in servers:
-                runs.setdefault(server.name, []).append(run_level(server, base, c, args.prompts_per_level))
+            prompts = max(args.prompts_per_round, c)
+            hook = measure_ceiling if c == 8 and "ceiling" not in args.skip else None
+            for name, summary in run_level(servers, base, c, prompts, args.rounds, hook).items():
+                runs.setdefault(name, []).append(summary)
     ceiling = None
-    if "ceiling" not in args.skip:
-        ceiling = batched_decode_ceiling(model, args.threads, 8, args.input_words, args.max_tokens)
+    if ceiling_runs:
+        decoded = sum(r["decode_tokens"] for r in ceiling_runs)
+        ceiling = {
+            "sequences": 8,
+            "threads": args.threads,
+            "rounds": len(ceiling_runs),
+            "decode_tok_s": decoded / sum(r["decode_s"] for r in ceiling_runs),
+            "with_prefill_tok_s": decoded / sum(r["total_s"] for r in ceiling_runs),
+        }
         print(f"== llama.cpp in-process batched decode, 8 sequences, {args.threads} threads: "
               f"{ceiling['decode_tok_s']:.1f} tok/s decoding ({ceiling['with_prefill_tok_s']:.1f} with prefill)")
     load_after = os.getloadavg()

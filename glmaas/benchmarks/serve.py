@@ -186,8 +186,9 @@ async def send_request(client: httpx.AsyncClient, config: BenchConfig, prompt: s
     return result
 
 
-async def run_benchmark(config: BenchConfig) -> dict:
-    """Send `num_prompts` requests per `config`; return the summary plus the settings used."""
+async def run_requests(config: BenchConfig) -> tuple[list[RequestResult], float]:
+    """Send `num_prompts` requests per `config` after one warm-up; the results and the wall time
+    from the first request sent to the last one finished."""
     rng = random.Random(config.seed)
     limit = asyncio.Semaphore(config.concurrency)
     limits = httpx.Limits(max_connections=config.concurrency + 4, max_keepalive_connections=config.concurrency + 4)
@@ -206,11 +207,21 @@ async def run_benchmark(config: BenchConfig) -> dict:
                 await asyncio.sleep(rng.expovariate(config.request_rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
-    summary = summarize(results, duration, config.slo_ms)
+    return list(results), duration
+
+
+def with_settings(config: BenchConfig, summary: dict) -> dict:
+    """`summary` preceded by the settings that produced it (the API key left out)."""
     settings = asdict(config)
     settings.pop("api_key")
     settings["request_rate"] = str(config.request_rate)
     return {"settings": settings, **summary}
+
+
+async def run_benchmark(config: BenchConfig) -> dict:
+    """Send `num_prompts` requests per `config`; return the summary plus the settings used."""
+    results, duration = await run_requests(config)
+    return with_settings(config, summarize(results, duration, config.slo_ms))
 
 
 def format_summary(name: str, summary: dict) -> str:
