@@ -96,7 +96,7 @@ def main() -> int:
             api = measure(lambda: api_chunks(client, server, args.max_tokens, usage), args.repeats)
     llm = llama_cpp.Llama(str(model), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     local = measure(lambda: inprocess_chunks(llm, args.max_tokens), args.repeats)
-    del llm
+    llm.close()
 
     print(f"glmaas API      : decode {api['decode_tok_s']:7.1f} tok/s   first token {api['ttft_ms']:7.1f} ms   "
           f"({api['chunks']:.0f} chunks; usage {usage.get('completion_tokens')} completion, "

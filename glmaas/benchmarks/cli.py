@@ -12,7 +12,12 @@ import json
 import sys
 from dataclasses import replace
 
-from glmaas.benchmarks.serve import BenchConfig, format_summary, plot_sweep, run_benchmark
+from glmaas.benchmarks.serve import (
+    BenchConfig,
+    format_summary,
+    plot_sweep,
+    run_benchmark,
+)
 
 
 def _slo(text: str) -> tuple[str, float]:

@@ -54,8 +54,8 @@ def main(n: int = 300) -> None:
     for temperature, top_p in ((0.0, 1.0), (0.8, 0.95), (1.0, 1.0)):
         sampler = Sampler(temperature, top_p, seed=1234)
         chain = _chain(temperature, top_p)
-        ours = _per_call_us(lambda: sampler.sample(row), n)
-        theirs = _per_call_us(lambda: llama_cpp.llama_sampler_sample(chain, ctx, -1), n)
+        ours = _per_call_us(lambda s=sampler: s.sample(row), n)
+        theirs = _per_call_us(lambda c=chain: llama_cpp.llama_sampler_sample(c, ctx, -1), n)
         print(f"  temperature {temperature:.1f} top_p {top_p:.2f}:  numpy {ours:7.1f} µs   "
               f"llama.cpp chain {theirs:7.1f} µs")
         llama_cpp.llama_sampler_free(chain)

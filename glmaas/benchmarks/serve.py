@@ -228,8 +228,10 @@ def format_summary(name: str, summary: dict) -> str:
     """A few human lines for one run."""
     s = summary
     lines = [
-        f"== {name}: concurrency {s['settings']['concurrency']}, rate {s['settings']['request_rate']}/s, "
-        f"{s['completed']} ok / {s['failed']} failed in {s['duration_s']:.1f} s",
+        (
+            f"== {name}: concurrency {s['settings']['concurrency']}, rate {s['settings']['request_rate']}/s, "
+            f"{s['completed']} ok / {s['failed']} failed in {s['duration_s']:.1f} s"
+        ),
         f"   output {s['output_throughput']:.1f} tok/s, {s['request_throughput']:.2f} req/s"
         + (f", goodput {s['goodput']:.2f} req/s" if "goodput" in s else ""),
     ]

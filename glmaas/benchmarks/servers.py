@@ -72,7 +72,7 @@ def glmaas_server(model_path: Path, engine_options: str = "", log_path: str | No
         key = created.stdout.strip().splitlines()[-1]
         port = free_port()
         spec = f"llamacpp:{model_path}" + (f",{engine_options}" if engine_options else "")
-        log = open(log_path or os.devnull, "w")
+        log = open(log_path or os.devnull, "w")  # noqa: SIM115 - closed when the server stops
         proc = subprocess.Popen(
             [sys.executable, "-m", "glmaas", "serve", "--host", "127.0.0.1", "--port", str(port),
              "--data-dir", data_dir, "--model", f"{DEFAULT_MODEL_ID}={spec}"],
@@ -93,7 +93,7 @@ def llama_cpp_server(model_path: Path, threads: int, n_ctx: int = 2048, log_path
     request does not interrupt the one running (`--interrupt_requests False`), the thread count
     that suits the machine, and the chat template from the GGUF."""
     port = free_port()
-    log = open(log_path or os.devnull, "w")
+    log = open(log_path or os.devnull, "w")  # noqa: SIM115 - closed when the server stops
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
          "--model_alias", DEFAULT_MODEL_ID, "--host", "127.0.0.1", "--port", str(port),

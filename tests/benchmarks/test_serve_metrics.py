@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from glmaas.benchmarks.serve import RequestResult, distribution, make_prompt, meets_slo, summarize
+from glmaas.benchmarks.serve import (
+    RequestResult,
+    distribution,
+    make_prompt,
+    meets_slo,
+    summarize,
+)
 
 
 def timed(sent: float, chunks: list[float], end: float, tokens: int) -> RequestResult:

@@ -214,7 +214,7 @@ def test_a_prefix_held_by_a_busy_slot_is_copied_not_recomputed(engine) -> None:
 
 def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(engine) -> None:
     prompt = chat(engine, "Write a poem about rain.")
-    params = dict(max_tokens=8, temperature=0.9, top_p=0.9, seed=1234)
+    params = {"max_tokens": 8, "temperature": 0.9, "top_p": 0.9, "seed": 1234}
     alone = token_ids(generate(engine, prompt, **params))
 
     async def with_others() -> list[list[Delta]]:
