@@ -48,6 +48,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "gateway"
 LITELLM_VERSION = "1.108.0"
+# pip's litellm[proxy] brings uvicorn without httptools, so it would parse HTTP with h11 in pure
+# Python; glmaas's uvicorn[standard] has httptools. Both get the same HTTP stack.
+LITELLM_EXTRAS = ("httptools==0.9.0",)
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
 SERVER_CORE, LOAD_CORE = "0", "1"
 HOST = "127.0.0.1"
@@ -346,12 +349,14 @@ def postgres_database():
 
 def litellm_bin() -> Path:
     """The `litellm` command of bench/.venv-litellm, installed there on first use."""
-    exe = LITELLM_VENV / "bin" / "litellm"
-    if not exe.exists():
-        print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (first run only)")
-        subprocess.run(["python3", "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q",
-                        f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    exe, stamp = LITELLM_VENV / "bin" / "litellm", LITELLM_VENV / ".installed"
+    wanted = " ".join((f"litellm[proxy]=={LITELLM_VERSION}", *LITELLM_EXTRAS))
+    if not stamp.exists() or stamp.read_text() != wanted:
+        print(f"installing {wanted} into {LITELLM_VENV} (first run only)", flush=True)
+        if not (LITELLM_VENV / "bin" / "pip").exists():
+            subprocess.run(["python3", "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", *wanted.split()], check=True)
+        stamp.write_text(wanted)
     return exe
 
 
