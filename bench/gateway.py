@@ -487,6 +487,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help=f"comma-separated, from {','.join(SYSTEMS)} (the upstream always runs)")
+    parser.add_argument("--wait-load", type=float, metavar="L",
+                        help="first wait (at most 10 minutes) until the 1-minute load average is below L")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args()
@@ -504,6 +506,11 @@ def main() -> None:
     if "litellm" in systems or "litellm+redis" in systems:
         litellm_bin()
 
+    if args.wait_load is not None:
+        deadline = time.monotonic() + 600
+        while os.getloadavg()[0] >= args.wait_load and time.monotonic() < deadline:
+            print(f"load average {os.getloadavg()[0]:.2f} >= {args.wait_load:g}; waiting", flush=True)
+            time.sleep(15)
     env = environment(args)
     work = Path(tempfile.mkdtemp(prefix="glmaas-gateway-bench-"))
     print(f"load average {os.getloadavg()[0]:.2f}; starting the servers (work dir {work})", flush=True)
