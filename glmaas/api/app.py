@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glmaas.api.admin.router import router as admin_router
-from glmaas.api.chat.router import router as chat_router
+from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.errors import ApiError, response_for
 from glmaas.api.models.router import router as models_router
@@ -67,7 +67,7 @@ def create_app(state: AppState) -> FastAPI:
 
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.glmaas = state
-    app.include_router(chat_router)
+    app.router.routes.extend(chat_routes)
     app.include_router(models_router)
     app.include_router(admin_router)
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)

@@ -150,9 +150,8 @@ def settle_hold(conn: Connection, ticket: HoldTicket, facts: UsageFacts) -> Sett
     # The hold covers every outcome; clamp defensively so no bug can charge beyond it.
     charged = min(cost(ticket.price, ticket.prompt_tokens, facts.cached_tokens, facts.completion_tokens),
                   ticket.amount) if ticket.amount and facts.billable else 0
-    ids = dict(request_id=ticket.request_id, key_id=ticket.key_id, now=now)
-    _entry(conn, ticket.account_id, "release", ticket.amount, **ids)
-    _entry(conn, ticket.account_id, "settlement", -charged, **ids)
+    run(conn, "insert_release_and_settlement", account_id=ticket.account_id, request_id=ticket.request_id,
+        key_id=ticket.key_id, released=ticket.amount, charged=-charged, created_at=now)
     if ticket.amount:
         run(conn, "credit_account", account_id=ticket.account_id, amount=ticket.amount - charged)
         run(conn, "settle_key", key_id=ticket.key_id, amount=ticket.amount, charged=charged)

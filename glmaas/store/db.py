@@ -32,9 +32,12 @@ def create_db_engine(url: str) -> Engine:
         # The driver's own transaction handling off, so that every transaction starts with
         # BEGIN IMMEDIATE: it takes the write lock up front, and concurrent writers from other
         # processes wait (busy_timeout) instead of failing on a stale read snapshot.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None})
+        # Every transaction is ended by its owner, so the pool's extra rollback on check-in is
+        # skipped; BEGIN goes straight to the driver (it runs twice per request).
+        engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None},
+                               pool_reset_on_return=None)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", lambda conn: conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE"))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

@@ -23,6 +23,10 @@ STATEMENTS = {
     "settle_key": "UPDATE api_keys SET held = held - :amount, spent = spent + :charged WHERE id = :key_id",
     "insert_entry": "INSERT INTO ledger_entries (account_id, kind, amount, request_id, key_id, note, created_at) "
                     "VALUES (:account_id, :kind, :amount, :request_id, :key_id, :note, :created_at)",
+    "insert_release_and_settlement":
+        "INSERT INTO ledger_entries (account_id, kind, amount, request_id, key_id, note, created_at) "
+        "VALUES (:account_id, 'release', :released, :request_id, :key_id, '', :created_at), "
+        "(:account_id, 'settlement', :charged, :request_id, :key_id, '', :created_at)",
     "insert_hold": "INSERT INTO holds (account_id, request_id, key_id, model, amount, prompt_tokens, "
                    "max_tokens, price_input, price_cached_input, price_output, cached_tokens, "
                    "progress_tokens, owner, state, created_at) VALUES (:account_id, :request_id, :key_id, "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
+from starlette.routing import Route
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -14,11 +15,6 @@ from glmaas.api.chat.serving import ChatRun, complete, rate_limit_headers, start
 from glmaas.api.errors import ZHIPU_PREFIX, Dialect
 from glmaas.api.requests import app_state, authenticate, new_request_id, parse_body
 
-router = APIRouter()
-
-
-@router.post("/v1/chat/completions")
-@router.post(f"{ZHIPU_PREFIX}/chat/completions")
 async def chat_completions(request: Request) -> Response:
     arrived = time.monotonic()
     dialect = Dialect.of_path(request.url.path)
@@ -48,3 +44,9 @@ class MeteredStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.run.settle_if_open("aborted")
+
+
+# Plain Starlette routes: the request path needs none of FastAPI's dependency machinery, and on the
+# hottest route its cost shows.
+routes = [Route(path, chat_completions, methods=["POST"])
+          for path in ("/v1/chat/completions", f"{ZHIPU_PREFIX}/chat/completions")]
