@@ -39,7 +39,9 @@ def create_db_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", lambda conn: conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE"))
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping: it would add a round trip to every transaction on the request path. Connections
+    # are recycled instead, and a connection the server dropped fails one request, not the process.
+    return create_engine(url, pool_recycle=300, pool_size=10, max_overflow=20)
 
 
 def migrate(engine: Engine) -> None:
