@@ -365,9 +365,9 @@ def litellm_config(upstream_port: int, with_redis: bool) -> dict:
         "model": "openai/mock",
         "api_base": f"http://{HOST}:{upstream_port}/v1",
         "api_key": "unused",
-        "input_cost_per_token": PRICE_IN / 1e6,
-        "cache_read_input_token_cost": PRICE_CACHED / 1e6,
-        "output_cost_per_token": PRICE_OUT / 1e6,
+        "input_cost_per_token": round(PRICE_IN / 1e6, 15),
+        "cache_read_input_token_cost": round(PRICE_CACHED / 1e6, 15),
+        "output_cost_per_token": round(PRICE_OUT / 1e6, 15),
     }
     config: dict = {
         "model_list": [
