@@ -3,7 +3,7 @@
 One run measures small non-streaming chat completions (16 output tokens) under wrk (keep-alive,
 fixed concurrency) through:
 
-  upstream         the mock upstream called directly: the baseline latency
+  upstream         the mock upstream called directly, on the gateways' core: the baseline
   glmaas sqlite    glmaas: key auth, in-process limits (rpm/tpm/concurrency), balance hold and
                    settlement in the ledger, usage record; SQLite store
   glmaas pg+redis  the same on PostgreSQL (a fresh database, dropped after) with Redis limits
@@ -11,11 +11,13 @@ fixed concurrency) through:
   litellm+redis    the same with Redis usage-based routing (rpm/tpm per deployment)
 
 and prints requests/s, server CPU ms per request (utime+stime of the server's process tree) and
-from it requests/s per core (1000 / CPU ms: what one saturated core would serve), latency p50/p99, added p50 (p50 minus the upstream's p50 at the same concurrency), the CPU that
-PostgreSQL and Redis spent per request, and the glmaas / LiteLLM ratios. Every server is started
-once and pinned to core 0; wrk and the mock upstream share core 1. The systems are measured in
-rounds, in a rotating order, so that a neighbour's load hits them alike; each figure is the median
-over rounds, printed with the load average and the share of core 0 that other processes took.
+from it requests/s per core (1000 / CPU ms: what one saturated core would serve), latency p50/p99,
+added p50 (p50 minus the upstream's p50 at the same concurrency), the CPU that PostgreSQL and Redis
+spent per request, and the glmaas / LiteLLM ratios. Every server under test is started once and
+pinned to core 0; wrk, and the mock upstream that LiteLLM calls, share core 1. The systems are
+measured in rounds, in a rotating order, so that a neighbour's load hits them alike; each figure is
+the median over rounds, printed with the load average and the share of core 0 that other processes
+took.
 
 LiteLLM's database mode (virtual keys, stored spend) needs Prisma engine binaries downloaded on
 first run, which this machine cannot fetch: it is measured in master-key mode.
@@ -360,10 +362,10 @@ def litellm_bin() -> Path:
     return exe
 
 
-def litellm_config(upstream_port: int, with_redis: bool) -> dict:
+def litellm_config(upstream_url: str, with_redis: bool) -> dict:
     params = {
         "model": "openai/mock",
-        "api_base": f"http://{HOST}:{upstream_port}/v1",
+        "api_base": upstream_url.removesuffix("/chat/completions"),
         "api_key": "unused",
         "input_cost_per_token": round(PRICE_IN / 1e6, 15),
         "cache_read_input_token_cost": round(PRICE_CACHED / 1e6, 15),
@@ -393,10 +395,17 @@ def litellm_env() -> dict:
     return env
 
 
-def start_litellm(stack: ExitStack, system: str, work: Path, upstream_port: int, with_redis: bool) -> Target:
+def start_upstream(stack: ExitStack, name: str, work: Path, core: str) -> Target:
+    port = free_port()
+    argv = ["taskset", "-c", core, sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
+    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/v1/models", work))
+    return Target(name, f"http://{HOST}:{port}/v1/chat/completions", None, proc.pid)
+
+
+def start_litellm(stack: ExitStack, system: str, work: Path, upstream_url: str, with_redis: bool) -> Target:
     name = system.replace("+", "-")
     config = work / f"{name}.json"  # YAML is a superset of JSON
-    config.write_text(json.dumps(litellm_config(upstream_port, with_redis), indent=2))
+    config.write_text(json.dumps(litellm_config(upstream_url, with_redis), indent=2))
     port = free_port()
     argv = ["taskset", "-c", SERVER_CORE, str(litellm_bin()), "--config", str(config),
             "--host", HOST, "--port", str(port), "--num_workers", "1"]
@@ -426,7 +435,7 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "load": (f"{args.rounds} rounds x (wrk -t1 -c<c> -d{args.duration}s --latency after a "
                  f"{args.warmup} s warm-up), systems in rotating order; server on core {SERVER_CORE}, "
-                 f"wrk + mock upstream on core {LOAD_CORE}"),
+                 f"wrk + LiteLLM's mock upstream on core {LOAD_CORE}"),
         "request": f"POST /v1/chat/completions {json.dumps(BODY)}",
     }
 
@@ -518,10 +527,9 @@ def main() -> None:
     checks: list[str] = []
     try:
         with ExitStack() as stack:
-            port = free_port()
-            argv = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
-            upstream = stack.enter_context(serve("upstream", argv, f"http://{HOST}:{port}/v1/models", work))
-            targets = [Target("upstream", f"http://{HOST}:{port}/v1/chat/completions", None, upstream.pid)]
+            targets = [start_upstream(stack, "upstream", work, SERVER_CORE)]
+            # LiteLLM's own upstream runs on the load core, so that it does not share the proxy's.
+            backend = start_upstream(stack, "upstream-for-litellm", work, LOAD_CORE).url
             if "glmaas" in systems:
                 targets.append(start_glmaas(stack, "glmaas sqlite", work, None, None))
             if "glmaas+pg+redis" in systems:
@@ -529,9 +537,9 @@ def main() -> None:
                 targets.append(start_glmaas(stack, "glmaas pg+redis", work, database_url,
                                             f"{REDIS}/{GLMAAS_REDIS_DB}"))
             if "litellm" in systems:
-                targets.append(start_litellm(stack, "litellm", work, port, with_redis=False))
+                targets.append(start_litellm(stack, "litellm", work, backend, with_redis=False))
             if "litellm+redis" in systems:
-                targets.append(start_litellm(stack, "litellm+redis", work, port, with_redis=True))
+                targets.append(start_litellm(stack, "litellm+redis", work, backend, with_redis=True))
             usage = {t.system: check_reply(t) for t in targets}
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}, load average {os.getloadavg()[0]:.2f}", flush=True)
