@@ -434,8 +434,8 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         "python": sys.version.split()[0],
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "load": (f"{args.rounds} rounds x (wrk -t1 -c<c> -d{args.duration}s --latency after a "
-                 f"{args.warmup} s warm-up), systems in rotating order; server on core {SERVER_CORE}, "
-                 f"wrk + LiteLLM's mock upstream on core {LOAD_CORE}"),
+                 f"{args.warmup} s warm-up), systems in rotating order; servers and the baseline upstream "
+                 f"on core {SERVER_CORE}, wrk + LiteLLM's mock upstream on core {LOAD_CORE}"),
         "request": f"POST /v1/chat/completions {json.dumps(BODY)}",
     }
 
