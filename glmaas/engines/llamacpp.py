@@ -178,6 +178,9 @@ class LlamaCppEngine:
             )
         if not prompt:
             raise EngineError("the prompt is empty")
+        if min(prompt) < 0 or max(prompt) >= self._loop.n_vocab:
+            # Checked here: inside the shared batch a bad id would fail every request in flight.
+            raise EngineError(f"the prompt holds token ids outside the vocabulary of {self._loop.n_vocab}")
         params = request.sampling
         max_new = min(params.max_tokens, n_ctx - len(prompt))
         if max_new <= 0:

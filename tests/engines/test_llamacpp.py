@@ -13,7 +13,13 @@ import time
 
 import pytest
 
-from glmaas.engines.base import Delta, GenerationRequest, PromptTooLong, SamplingParams
+from glmaas.engines.base import (
+    Delta,
+    EngineError,
+    GenerationRequest,
+    PromptTooLong,
+    SamplingParams,
+)
 from glmaas.engines.registry import default_model_path
 
 llamacpp = pytest.importorskip("glmaas.engines.llamacpp")
@@ -112,6 +118,15 @@ def test_prompt_too_long_raises_before_yielding(engine) -> None:
         await anext(aiter(engine.generate(GenerationRequest("t", tuple(prompt), SamplingParams(4)))))
 
     with pytest.raises(PromptTooLong):
+        asyncio.run(first())
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_decoding(engine) -> None:
+    async def first() -> None:
+        request = GenerationRequest("t", (1, 10**7), SamplingParams(4))
+        await anext(aiter(engine.generate(request)))
+
+    with pytest.raises(EngineError):
         asyncio.run(first())
 
 
