@@ -33,6 +33,7 @@ class Principal:
     account_id: str
     allowed_models: frozenset[str] | None
     limits: LimitSpec = LimitSpec()
+    budgeted: bool = False
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -118,7 +119,8 @@ class Authenticator:
         if row.expires_at is not None and now >= row.expires_at:
             raise AuthError("expired", "The API key has expired.")
         models = frozenset(row.allowed_models.split(",")) if row.allowed_models else None
-        return Principal(row.id, row.account_id, models, LimitSpec(row.rpm, row.tpm, row.concurrency))
+        return Principal(row.id, row.account_id, models, LimitSpec(row.rpm, row.tpm, row.concurrency),
+                         row.budget is not None)
 
     def _record(self, key_id: str) -> _KeyRecord | None:
         now = self._clock()

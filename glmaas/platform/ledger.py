@@ -92,30 +92,43 @@ def folded_balance(session: Session, account_id: str) -> int:
 
 
 def place_hold(conn: Connection, *, request_id: str, account_id: str, key_id: str, model: str,
-               price: PriceSheet, prompt_tokens: int, max_tokens: int, owner: str) -> HoldTicket:
+               price: PriceSheet, prompt_tokens: int, max_tokens: int, owner: str,
+               budgeted: bool = True) -> HoldTicket:
     """Reserve the worst-case cost of a request, or raise `InsufficientBalance`/`BudgetExceeded`
     (or `IntegrityError` when the account already has a hold with this request id: the caller's
     transaction is then rolled back whole).
 
     The checks are conditional updates, so two requests racing for the last of a balance cannot
-    both pass, on SQLite or PostgreSQL."""
+    both pass, on SQLite or PostgreSQL. On PostgreSQL, for a key without a budget, the whole step
+    is one statement (safe under autocommit); a budget needs two checks, hence a transaction."""
     amount = hold_amount(price, prompt_tokens, max_tokens)
     now = time.time()
+    ticket = HoldTicket(request_id, account_id, key_id, model, amount, prompt_tokens, price)
+    hold = dict(account_id=account_id, request_id=request_id, key_id=key_id, model=model, amount=amount,
+                prompt_tokens=prompt_tokens, max_tokens=max_tokens, price_input=price.input,
+                price_cached_input=price.cached_input, price_output=price.output, owner=owner,
+                created_at=now)
+    if amount > 0 and not budgeted and conn.dialect.name == "postgresql":
+        if not run(conn, "pg_place_hold", **hold).scalar():
+            raise _insufficient(conn, account_id, amount, prompt_tokens, max_tokens)
+        return ticket
     if amount > 0:
         if not run(conn, "debit_account", account_id=account_id, amount=amount).rowcount:
-            have = balance(conn, account_id)
-            raise InsufficientBalance(
-                f"Insufficient balance: this request may cost up to {format_amount(amount)} "
-                f"({prompt_tokens} prompt tokens, up to {max_tokens} output tokens) and the "
-                f"account has {format_amount(have)}. Top up, or lower max_tokens.")
+            raise _insufficient(conn, account_id, amount, prompt_tokens, max_tokens)
         if not run(conn, "hold_key_budget", key_id=key_id, amount=amount).rowcount:
             raise BudgetExceeded(f"The API key's budget cannot cover this request (up to "
                                  f"{format_amount(amount)}). Lower max_tokens or raise the budget.")
         _entry(conn, account_id, "hold", -amount, request_id=request_id, key_id=key_id, now=now)
-    run(conn, "insert_hold", account_id=account_id, request_id=request_id, key_id=key_id, model=model,
-        amount=amount, prompt_tokens=prompt_tokens, max_tokens=max_tokens, price_input=price.input,
-        price_cached_input=price.cached_input, price_output=price.output, owner=owner, created_at=now)
-    return HoldTicket(request_id, account_id, key_id, model, amount, prompt_tokens, price)
+    run(conn, "insert_hold", **hold)
+    return ticket
+
+
+def _insufficient(conn: Connection, account_id: str, amount: int, prompt_tokens: int,
+                  max_tokens: int) -> InsufficientBalance:
+    return InsufficientBalance(
+        f"Insufficient balance: this request may cost up to {format_amount(amount)} "
+        f"({prompt_tokens} prompt tokens, up to {max_tokens} output tokens) and the "
+        f"account has {format_amount(balance(conn, account_id))}. Top up, or lower max_tokens.")
 
 
 def record_progress(conn: Connection, account_id: str, request_id: str, completion_tokens: int,
@@ -143,13 +156,23 @@ class UsageFacts:
 def settle_hold(conn: Connection, ticket: HoldTicket, facts: UsageFacts) -> Settlement | None:
     """Close the hold with its one settlement: charge the exact cost, release the reservation,
     write the usage record and the day's totals. Returns None (and changes nothing) when the hold
-    was already settled, so a settlement can never happen twice."""
-    if not run(conn, "claim_hold", account_id=ticket.account_id, request_id=ticket.request_id).rowcount:
-        return None
+    was already settled, so a settlement can never happen twice. On PostgreSQL this is one
+    statement, safe under autocommit."""
     now = time.time()
     # The hold covers every outcome; clamp defensively so no bug can charge beyond it.
     charged = min(cost(ticket.price, ticket.prompt_tokens, facts.cached_tokens, facts.completion_tokens),
                   ticket.amount) if ticket.amount and facts.billable else 0
+    if conn.dialect.name == "postgresql":
+        claimed = run(conn, "pg_settle_hold", account_id=ticket.account_id, request_id=ticket.request_id,
+                      key_id=ticket.key_id, model=ticket.model, released=ticket.amount, charged=charged,
+                      prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
+                      completion_tokens=facts.completion_tokens, status=facts.status,
+                      finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,
+                      first_token_ms=facts.first_token_ms, total_ms=facts.total_ms, created_at=now,
+                      day=_day(now)).scalar()
+        return Settlement(ticket.request_id, charged, facts.completion_tokens) if claimed else None
+    if not run(conn, "claim_hold", account_id=ticket.account_id, request_id=ticket.request_id).rowcount:
+        return None
     run(conn, "insert_release_and_settlement", account_id=ticket.account_id, request_id=ticket.request_id,
         key_id=ticket.key_id, released=ticket.amount, charged=-charged, created_at=now)
     if ticket.amount:
@@ -161,8 +184,12 @@ def settle_hold(conn: Connection, ticket: HoldTicket, facts: UsageFacts) -> Sett
     run(conn, "insert_usage", request_id=ticket.request_id, status=facts.status,
         finish_reason=facts.finish_reason, queue_ms=facts.queue_ms, first_token_ms=facts.first_token_ms,
         total_ms=facts.total_ms, created_at=now, **usage)
-    run(conn, "add_daily", day=dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d"), **usage)
+    run(conn, "add_daily", day=_day(now), **usage)
     return Settlement(ticket.request_id, charged, facts.completion_tokens)
+
+
+def _day(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
 
 
 def ticket_of(hold: Hold) -> HoldTicket:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -94,6 +95,8 @@ class Meter:
     def __init__(self, engine: Engine, session_factory: Callable[[], Session], limiter: Limiter,
                  owner: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
+        self._autocommit = (engine.execution_options(isolation_level="AUTOCOMMIT")
+                            if engine.dialect.name == "postgresql" else None)
         self._sessions = session_factory
         self.limiter = limiter
         self.owner = owner
@@ -111,10 +114,11 @@ class Meter:
         price = self.price(model)  # read before the transaction: SQLite has one writer at a time
         grant = self.limiter.acquire(scopes, f"{principal.account_id}/{request_id}", prompt_tokens + max_tokens)
         try:
-            with self._engine.begin() as conn:
+            with self._step(single_statement=not principal.budgeted) as conn:
                 ticket = place_hold(conn, request_id=request_id, account_id=principal.account_id,
                                     key_id=principal.key_id, model=model, price=price,
-                                    prompt_tokens=prompt_tokens, max_tokens=max_tokens, owner=self.owner)
+                                    prompt_tokens=prompt_tokens, max_tokens=max_tokens, owner=self.owner,
+                                    budgeted=principal.budgeted)
         except IntegrityError:
             self.limiter.release(grant, 0)
             raise DuplicateRequest(f"A request with request_id {request_id!r} already exists.") from None
@@ -125,7 +129,7 @@ class Meter:
 
     def progress(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
         """Make `completion_tokens` durable before they are delivered."""
-        with self._engine.begin() as conn:
+        with self._step(single_statement=True) as conn:
             record_progress(conn, admission.ticket.account_id, admission.request_id,
                             completion_tokens, cached_tokens)
         admission.durable_tokens = completion_tokens
@@ -139,10 +143,17 @@ class Meter:
                            outcome.finish_reason, outcome.queue_ms, outcome.first_token_ms, outcome.total_ms,
                            outcome.billable)
         try:
-            with self._engine.begin() as conn:
+            with self._step(single_statement=True) as conn:
                 settle_hold(conn, admission.ticket, facts)
         finally:
             self.limiter.release(admission.grant, outcome.prompt_tokens + outcome.completion_tokens)
+
+    def _step(self, *, single_statement: bool) -> AbstractContextManager[Connection]:
+        """A transaction for one ledger step; on PostgreSQL a step that is a single statement
+        runs in autocommit instead, which saves the BEGIN and COMMIT round trips."""
+        if single_statement and self._autocommit is not None:
+            return self._autocommit.connect()
+        return self._engine.begin()
 
     def price(self, model: str) -> PriceSheet:
         return self._prices.get(model, lambda: self._load_price(model))

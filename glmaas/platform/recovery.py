@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from glmaas.platform.ledger import UsageFacts, settle_hold, ticket_of
-from glmaas.platform.limits import account_model_scope, key_scope, LimitSpec
+from glmaas.platform.limits import LimitSpec, account_model_scope, key_scope
 from glmaas.store.tables import Hold, Replica
 
 HEARTBEAT_S = 2.0

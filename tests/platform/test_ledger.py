@@ -7,23 +7,36 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from glmaas.platform.accounts import create_account
 from glmaas.platform.keys import create_key
 from glmaas.platform.ledger import (
-    BudgetExceeded, InsufficientBalance, UsageFacts, balance, credit, folded_balance, place_hold,
+    BudgetExceeded,
+    InsufficientBalance,
+    UsageFacts,
+    balance,
+    credit,
+    folded_balance,
+    place_hold,
     settle_hold,
 )
 from glmaas.platform.pricing import PriceSheet, cost, hold_amount
 from glmaas.platform.secrets import SecretBox
 from glmaas.store.db import open_database, sqlite_url
+from glmaas.store.tables import ApiKey, UsageRecord
 
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    database = open_database(sqlite_url(tmp_path_factory.mktemp("ledger")))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The same ledger on SQLite and on PostgreSQL, whose steps are single statements."""
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path_factory.mktemp("ledger"))
+    else:
+        url = request.getfixturevalue("pg_url")
+    database = open_database(url)
     yield database
     database.dispose()
 
@@ -35,7 +48,7 @@ def _facts(produced: int, cached: int = 0) -> UsageFacts:
 def _account_with_key(db, budget: int | None = None):  # type: ignore[no-untyped-def]
     box = SecretBox(b"k" * 32)
     with db.session() as s, s.begin():
-        account = create_account(s, f"acct-{next(_ids)}")
+        account = create_account(s, f"ledger-acct-{next(_ids)}")
         row, _ = create_key(s, box, account)
         row.budget = budget
         return account.id, row.id
@@ -61,7 +74,8 @@ def test_balance_is_the_sum_of_entries_and_only_exact_costs_are_charged(db, topu
         try:
             with db.session() as s, s.begin():
                 ticket = place_hold(s.connection(), request_id=rid, account_id=account, key_id=key, model="m",
-                                    price=price, prompt_tokens=prompt, max_tokens=max_tokens, owner="o")
+                                    price=price, prompt_tokens=prompt, max_tokens=max_tokens, owner="o",
+                                    budgeted=False)
         except InsufficientBalance:
             assert hold_amount(price, prompt, max_tokens) > expected - sum(t.amount for t, _ in open_tickets)
             continue
@@ -87,7 +101,7 @@ def test_a_hold_settles_once(db) -> None:  # type: ignore[no-untyped-def]
     with db.session() as s, s.begin():
         credit(s, account, "topup", 10_000)
         ticket = place_hold(s.connection(), request_id="once", account_id=account, key_id=key, model="m", price=price,
-                            prompt_tokens=100, max_tokens=100, owner="o")
+                            prompt_tokens=100, max_tokens=100, owner="o", budgeted=False)
     with db.session() as s, s.begin():
         first = settle_hold(s.connection(), ticket, _facts(40))
     with db.session() as s, s.begin():
@@ -95,6 +109,10 @@ def test_a_hold_settles_once(db) -> None:  # type: ignore[no-untyped-def]
     assert first is not None and first.cost == 140 and second is None
     with db.session() as s:
         assert balance(s, account) == 10_000 - 140 == folded_balance(s, account)
+        row = s.get(ApiKey, key)
+        assert (row.held, row.spent) == (0, 140)
+        (usage,) = s.scalars(select(UsageRecord).where(UsageRecord.request_id == "once")).all()
+        assert (usage.completion_tokens, usage.cost) == (40, 140)
 
 
 def test_not_enough_balance_refuses_and_changes_nothing(db) -> None:  # type: ignore[no-untyped-def]
@@ -104,7 +122,7 @@ def test_not_enough_balance_refuses_and_changes_nothing(db) -> None:  # type: ig
         credit(s, account, "topup", 99)
     with pytest.raises(InsufficientBalance), db.session() as s, s.begin():
         place_hold(s.connection(), request_id="poor", account_id=account, key_id=key, model="m", price=price,
-                   prompt_tokens=5, max_tokens=100, owner="o")
+                   prompt_tokens=5, max_tokens=100, owner="o", budgeted=False)
     with db.session() as s:
         assert balance(s, account) == folded_balance(s, account) == 99
 
