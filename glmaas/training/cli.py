@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +86,14 @@ def run_generate(args) -> int:
     from glmaas.model.glm_checkpoint import load_checkpoint
     from glmaas.model.glm_generate import SamplingParams, fill_blanks
 
-    model, tok, _ = load_checkpoint(args.checkpoint)
+    folder = Path(args.checkpoint)
+    if not (folder / "config.json").exists() and (folder / "checkpoint" / "config.json").exists():
+        folder = folder / "checkpoint"  # the --out folder of `glmaas train`
+    if not (folder / "config.json").exists():
+        print(f"error: no checkpoint in {args.checkpoint} (expected config.json, model.safetensors, "
+              "tokenizer.json, or a `glmaas train --out` folder)", file=sys.stderr)
+        return 1
+    model, tok, _ = load_checkpoint(folder)
     ids = tok.special
     # Byte-level BPE words carry their leading space, so a blank absorbs the space before it,
     # as in training (where "is [MASK]" was "is" + the mask of " Paris").
