@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glmaas.api.admin.router import router as admin_router
 from glmaas.api.chat.router import routes as chat_routes
-from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.errors import ApiError, response_for
+from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.models.router import router as models_router
 from glmaas.api.state import AppState
 

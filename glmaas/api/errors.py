@@ -15,7 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from glmaas.platform.errors import (
-    Conflict, DuplicateRequest, ModelNotAllowed, NotFound, PlatformError,
+    Conflict,
+    DuplicateRequest,
+    ModelNotAllowed,
+    NotFound,
+    PlatformError,
 )
 from glmaas.platform.ledger import BudgetExceeded, InsufficientBalance
 from glmaas.platform.limits import RateLimited

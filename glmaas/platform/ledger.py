@@ -139,10 +139,10 @@ def record_progress(conn: Connection, account_id: str, request_id: str, completi
 
 
 @dataclass(frozen=True)
-class UsageFacts:
-    """What a settled request is recorded with."""
+class Outcome:
+    """How a request ended: what its settlement charges for and its usage record says."""
 
-    status: str
+    status: str  # ok | error | aborted | timeout | recovered
     cached_tokens: int
     completion_tokens: int
     finish_reason: str | None
@@ -153,7 +153,7 @@ class UsageFacts:
     billable: bool = True
 
 
-def settle_hold(conn: Connection, ticket: HoldTicket, facts: UsageFacts) -> Settlement | None:
+def settle_hold(conn: Connection, ticket: HoldTicket, facts: Outcome) -> Settlement | None:
     """Close the hold with its one settlement: charge the exact cost, release the reservation,
     write the usage record and the day's totals. Returns None (and changes nothing) when the hold
     was already settled, so a settlement can never happen twice. On PostgreSQL this is one

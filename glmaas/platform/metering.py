@@ -21,12 +21,14 @@ from sqlalchemy.orm import Session
 
 from glmaas.platform.auth import Principal
 from glmaas.platform.errors import DuplicateRequest, ModelNotAllowed
-from glmaas.platform.ledger import HoldTicket, UsageFacts, place_hold, record_progress, settle_hold
+from glmaas.platform.ledger import HoldTicket, Outcome, place_hold, record_progress, settle_hold
 from glmaas.platform.limits import Grant, LimitSpec, Scope, account_model_scope, key_scope
 from glmaas.platform.pricing import FREE, PriceSheet
 from glmaas.store.tables import AccountModelLimit, Price
 
 Status = Literal["ok", "error", "aborted", "timeout", "recovered"]
+
+__all__ = ["Admission", "Meter", "Outcome", "Status"]
 
 # Progress is made durable at the first token and then every this many tokens.
 DURABILITY_STEP = 16
@@ -59,21 +61,6 @@ class Admission:
         """Whether delivering up to `completion_tokens` must first be made durable."""
         return completion_tokens > self.durable_tokens and (
             self.durable_tokens == 0 or completion_tokens >= self.durable_tokens + DURABILITY_STEP)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a request ended."""
-
-    status: Status
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    finish_reason: str | None
-    queue_ms: float
-    first_token_ms: float | None
-    total_ms: float
-    billable: bool = True
 
 
 class _TtlCache:
@@ -139,14 +126,11 @@ class Meter:
         if admission.settled:
             return
         admission.settled = True
-        facts = UsageFacts(outcome.status, outcome.cached_tokens, outcome.completion_tokens,
-                           outcome.finish_reason, outcome.queue_ms, outcome.first_token_ms, outcome.total_ms,
-                           outcome.billable)
         try:
             with self._step(single_statement=True) as conn:
-                settle_hold(conn, admission.ticket, facts)
+                settle_hold(conn, admission.ticket, outcome)
         finally:
-            self.limiter.release(admission.grant, outcome.prompt_tokens + outcome.completion_tokens)
+            self.limiter.release(admission.grant, admission.prompt_tokens + outcome.completion_tokens)
 
     def _step(self, *, single_statement: bool) -> AbstractContextManager[Connection]:
         """A transaction for one ledger step; on PostgreSQL a step that is a single statement

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from glmaas.platform.ledger import UsageFacts, settle_hold, ticket_of
+from glmaas.platform.ledger import Outcome, settle_hold, ticket_of
 from glmaas.platform.limits import LimitSpec, account_model_scope, key_scope
 from glmaas.store.tables import Hold, Replica
 
@@ -75,7 +75,7 @@ def recover(session_factory: Callable[[], Session], me: str,
         session.expunge_all()
     settled = 0
     for hold in holds:
-        facts = UsageFacts(status="recovered", cached_tokens=hold.cached_tokens,
+        facts = Outcome(status="recovered", cached_tokens=hold.cached_tokens,
                            completion_tokens=hold.progress_tokens, finish_reason=None,
                            queue_ms=0.0, first_token_ms=None, total_ms=0.0)
         with session_factory() as session, session.begin():

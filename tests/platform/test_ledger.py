@@ -14,7 +14,7 @@ from glmaas.platform.keys import create_key
 from glmaas.platform.ledger import (
     BudgetExceeded,
     InsufficientBalance,
-    UsageFacts,
+    Outcome,
     balance,
     credit,
     folded_balance,
@@ -41,8 +41,8 @@ def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     database.dispose()
 
 
-def _facts(produced: int, cached: int = 0) -> UsageFacts:
-    return UsageFacts("ok", cached, produced, "stop", 0.0, None, 0.0)
+def _facts(produced: int, cached: int = 0) -> Outcome:
+    return Outcome("ok", cached, produced, "stop", 0.0, None, 0.0)
 
 
 def _account_with_key(db, budget: int | None = None):  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ from pathlib import Path
 from glmaas.platform.accounts import create_account
 from glmaas.platform.admin import usage_report
 from glmaas.platform.keys import create_key
-from glmaas.platform.ledger import UsageFacts, place_hold, settle_hold
+from glmaas.platform.ledger import Outcome, place_hold, settle_hold
 from glmaas.platform.pricing import PriceSheet
 from glmaas.platform.retention import prune_usage_records
 from glmaas.platform.secrets import SecretBox
@@ -24,7 +24,7 @@ def test_old_rows_go_and_daily_totals_stay(tmp_path: Path) -> None:
         for i in range(3):
             ticket = place_hold(s.connection(), request_id=f"q{i}", account_id=account.id, key_id=key.id,
                                 model="m", price=PriceSheet(0, 0, 0), prompt_tokens=10, max_tokens=5, owner="o")
-            settle_hold(s.connection(), ticket, UsageFacts("ok", 0, 5, "length", 0, None, 0))
+            settle_hold(s.connection(), ticket, Outcome("ok", 0, 5, "length", 0, None, 0))
     with db.session() as s, s.begin():
         assert prune_usage_records(s, retention_days=1) == 0
         assert prune_usage_records(s, retention_days=1, now=time.time() + 2 * 86400) == 3

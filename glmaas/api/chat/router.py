@@ -6,14 +6,15 @@ import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.routing import Route
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
 from glmaas.api.chat.serving import ChatRun, complete, rate_limit_headers, start_chat, stream
 from glmaas.api.errors import ZHIPU_PREFIX, Dialect
 from glmaas.api.requests import app_state, authenticate, new_request_id, parse_body
+
 
 async def chat_completions(request: Request) -> Response:
     arrived = time.monotonic()

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from glmaas.api.errors import ApiError, Dialect, error_body, from_platform
 from glmaas.api.chat.protocol import ChatRequest
+from glmaas.api.errors import ApiError, Dialect, error_body, from_platform
 from glmaas.api.state import AppState
 from glmaas.engines.base import Delta, Engine, EngineError, GenerationRequest, PromptTooLong, SamplingParams
 from glmaas.model.chat_template import ChatTemplateError, render_chat
@@ -103,7 +103,6 @@ class ChatRun:
             self.admission,
             Outcome(
                 status=status,
-                prompt_tokens=len(self.prompt_ids),
                 cached_tokens=self.cached_tokens,
                 completion_tokens=self.completion_tokens,
                 finish_reason=self.finish_reason,
