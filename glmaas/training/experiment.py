@@ -42,7 +42,7 @@ class ExperimentPlan:
     warmup: int = 20
     seeds: int = 3
     shakespeare_steps: int = 150
-    shakespeare_seeds: int = 1
+    shakespeare_seeds: int = 3
     n_infill: int = 64
     n_ppl: int = 64
     n_cloze: int = 200
