@@ -70,3 +70,8 @@ def test_operator_commands_refuse_bad_input_clearly(mock_server: Server) -> None
                  ["accounts", "create", "bad name!"], ["usage", "--by", "colour"]):
         r = mock_server.cli(*args, check=False)
         assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_limits_out_of_range_are_refused_by_the_cli(mock_server: Server) -> None:
+    r = mock_server.cli("keys", "create", "--tpm", "10000000000", check=False)
+    assert r.returncode == 1 and "tpm must be between 0 and" in r.stderr

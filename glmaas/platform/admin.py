@@ -16,6 +16,14 @@ from glmaas.platform.secrets import SecretBox
 from glmaas.store.tables import Account, AccountModelLimit, Hold, UsageDaily
 
 USAGE_DIMENSIONS = ("day", "account", "key", "model")
+MAX_LIMIT = 2**31 - 1  # limits are 32-bit integer columns
+
+
+def check_limits(**limits: int | None) -> None:
+    """Refuse a negative or too large rpm/tpm/concurrency with a clear message."""
+    for name, value in limits.items():
+        if value is not None and not 0 <= value <= MAX_LIMIT:
+            raise ValueError(f"{name} must be between 0 and {MAX_LIMIT}")
 
 
 @dataclass(frozen=True)
@@ -29,10 +37,9 @@ class KeyOptions:
     budget: int | None = None
 
     def __post_init__(self) -> None:
-        for field in ("rpm", "tpm", "concurrency", "budget"):
-            value = getattr(self, field)
-            if value is not None and value < 0:
-                raise ValueError(f"{field} cannot be negative")
+        check_limits(rpm=self.rpm, tpm=self.tpm, concurrency=self.concurrency)
+        if self.budget is not None and self.budget < 0:
+            raise ValueError("budget cannot be negative")
 
 
 def new_account(session: Session, name: str) -> dict:
@@ -90,6 +97,7 @@ def _key_dict(view: KeyView) -> dict:
 
 def set_account_limits(session: Session, name: str, model: str, rpm: int | None, tpm: int | None,
                        concurrency: int | None) -> dict:
+    check_limits(rpm=rpm, tpm=tpm, concurrency=concurrency)
     account = get_account(session, name)
     row = session.get(AccountModelLimit, (account.id, model))
     if row is None:

@@ -72,3 +72,14 @@ def test_tenants_cannot_touch_each_others_money(server: Server) -> None:
     forged = b.split(".")[0] + "." + a.split(".")[1]
     assert httpx.post(f"{server.zhipu_url}/chat/completions", json=BODY,
                       headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+
+
+def test_limits_out_of_range_are_400_not_500(server: Server) -> None:
+    with admin(server) as client:
+        client.post("/admin/accounts", json={"name": "big-limits"})
+        r = client.post("/admin/keys", json={"account": "big-limits", "tpm": 10_000_000_000})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tpm"
+        r = client.put("/admin/accounts/big-limits/limits/mock", json={"rpm": -1})
+        assert r.status_code == 400
+        r = client.post("/admin/keys", json={"account": "big-limits", "budget": "-5"})
+        assert r.status_code == 400

@@ -38,16 +38,16 @@ class NewKey(_Body):
     name: str = ""
     models: list[str] | None = None
     expires_at: float | None = None
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    concurrency: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=admin.MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=0, le=admin.MAX_LIMIT)
+    concurrency: int | None = Field(default=None, ge=0, le=admin.MAX_LIMIT)
     budget: str | int | float | None = None
 
 
 class Limits(_Body):
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    concurrency: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=admin.MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=0, le=admin.MAX_LIMIT)
+    concurrency: int | None = Field(default=None, ge=0, le=admin.MAX_LIMIT)
 
 
 class NewPrice(_Body):
@@ -122,10 +122,7 @@ async def set_limits(request: Request, name: str, model: str) -> JSONResponse:
 async def create_key(request: Request) -> JSONResponse:
     _require_admin(request)
     body = await parse_body(request, NewKey)
-    options = admin.KeyOptions(
-        name=body.name, models=tuple(body.models) if body.models else None, expires_at=body.expires_at,
-        rpm=body.rpm, tpm=body.tpm, concurrency=body.concurrency,
-        budget=None if body.budget is None else _amount(body.budget, "budget"))
+    options = _key_options(body)
     box = app_state(request).box
 
     def action(session):  # type: ignore[no-untyped-def]
@@ -133,6 +130,16 @@ async def create_key(request: Request) -> JSONResponse:
         return {**view, "key": key}
 
     return await _do(request, action, 201)
+
+
+def _key_options(body: NewKey) -> admin.KeyOptions:
+    budget = None if body.budget is None else _amount(body.budget, "budget")
+    try:
+        return admin.KeyOptions(
+            name=body.name, models=tuple(body.models) if body.models else None, expires_at=body.expires_at,
+            rpm=body.rpm, tpm=body.tpm, concurrency=body.concurrency, budget=budget)
+    except ValueError as exc:
+        raise ApiError("invalid_request", str(exc)) from None
 
 
 @router.delete("/keys/{key_id}")
