@@ -9,7 +9,12 @@ import openai
 import pytest
 
 from tests.api.billing_helpers import (
-    assert_books_balance, balance_micro, expected_cost, funded_key, price_all, query,
+    assert_books_balance,
+    balance_micro,
+    expected_cost,
+    funded_key,
+    price_all,
+    query,
 )
 from tests.conftest import Server, start_server
 
