@@ -8,8 +8,8 @@ import csv
 import datetime as dt
 import json
 import sys
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from glmaas.config import Settings, resolve_data_dir
@@ -109,7 +109,7 @@ def keys_create(args: argparse.Namespace) -> int:
     def action(session, box):  # type: ignore[no-untyped-def]
         from glmaas.platform.accounts import ensure_account
 
-        if args.account == "default":
+        if args.account == "default":  # so a first key needs no account set-up
             ensure_account(session, "default")
         return admin.new_key(session, box, args.account, options)
 

@@ -1,8 +1,8 @@
 """A deterministic engine for API tests: byte-level tokens, a fixed reply, optional pacing.
 
 Each UTF-8 byte is one token (id = byte + len(SPECIALS)), so token counts are easy to check by
-hand. The reply is `MockEngine.reply` cut to `max_tokens`; it ends with `stop` when the whole reply
-fits and `length` otherwise. `delay` seconds pass before each token, which lets tests disconnect
+hand. The reply (`reply=`, default `DEFAULT_REPLY`) is cut to `max_tokens`; it ends with `stop`
+when the whole reply fits and `length` otherwise. `delay` seconds pass before each token, which lets tests disconnect
 mid-stream.
 """
 
@@ -44,7 +44,7 @@ class MockEngine:
             chat_template=CHAT_TEMPLATE,
             eos_token="<|im_end|>",
         )
-        self.reply = reply
+        self._reply_ids = self.tokenize(reply, special=False)
         self.delay = delay
         # Raise an engine fault after this many tokens, to test what a fault costs.
         self.fail_after = fail_after
@@ -91,14 +91,13 @@ class MockEngine:
                 f"prompt has {n_prompt} tokens; the context window of "
                 f"{self.info.model_id} is {self.info.context_length}"
             )
-        reply_ids = self.tokenize(self.reply, special=False)
         limit = min(request.sampling.max_tokens, self.info.context_length - n_prompt)
         decoder = IncrementalDecoder()
         stops = StopMatcher(request.sampling.stop)
         produced = 0
         finish = "stop"
         hit_stop = False
-        for token in reply_ids:
+        for token in self._reply_ids:
             if produced >= limit:
                 finish = "length"
                 break

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from glmaas.platform import ledger
 from glmaas.platform.accounts import create_account, get_account
-from glmaas.platform.keys import KeyView, create_key, list_keys
+from glmaas.platform.keys import create_key, key_view, list_keys
 from glmaas.platform.pricing import PriceSheet, all_prices, format_amount, set_price
 from glmaas.platform.secrets import SecretBox
 from glmaas.store.tables import Account, AccountModelLimit, Hold, UsageDaily
@@ -61,7 +61,6 @@ def adjust(session: Session, name: str, amount: int, note: str) -> dict:
 
 
 def account_summary(session: Session, name: str) -> dict:
-    session.expire_all()  # balances move through plain SQL (ledger.py), behind the ORM's back
     account = get_account(session, name)
     held = session.scalar(select(func.coalesce(func.sum(Hold.amount), 0)).where(
         Hold.account_id == account.id, Hold.state == "open"))
@@ -72,7 +71,7 @@ def account_summary(session: Session, name: str) -> dict:
         "balance": format_amount(account.balance),
         "balance_micro": account.balance,
         "held_micro": int(held or 0),
-        "keys": [_key_dict(k) for k in list_keys(session, name)],
+        "keys": [asdict(k) for k in list_keys(session, name)],
         "limits": [{"model": r.model, "rpm": r.rpm, "tpm": r.tpm, "concurrency": r.concurrency}
                    for r in limits],
     }
@@ -84,15 +83,7 @@ def new_key(session: Session, box: SecretBox, account_name: str, options: KeyOpt
                           allowed_models=options.models)
     row.rpm, row.tpm, row.concurrency, row.budget = options.rpm, options.tpm, options.concurrency, options.budget
     session.flush()
-    return _key_dict(list_keys_by_id(session, row.id)), key
-
-
-def list_keys_by_id(session: Session, key_id: str) -> KeyView:
-    return next(k for k in list_keys(session) if k.id == key_id)
-
-
-def _key_dict(view: KeyView) -> dict:
-    return asdict(view)
+    return asdict(key_view(session, row.id)), key
 
 
 def set_account_limits(session: Session, name: str, model: str, rpm: int | None, tpm: int | None,

@@ -76,6 +76,15 @@ def list_keys(session: Session, account: str | None = None) -> list[KeyView]:
     return [_view(row, acct) for row, acct in session.execute(query)]
 
 
+def key_view(session: Session, key_id: str) -> KeyView:
+    """The key `key_id` as it may be shown; `NotFound` if none."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no key with id {key_id!r}")
+    account = session.get(Account, row.account_id)
+    return _view(row, account.name if account else "")
+
+
 def revoke_key(session: Session, key_id: str) -> KeyView:
     """Revoke the key; it fails authentication from now on. Idempotent."""
     row = session.get(ApiKey, key_id)
@@ -83,8 +92,7 @@ def revoke_key(session: Session, key_id: str) -> KeyView:
         raise NotFound(f"no key with id {key_id!r}")
     if row.revoked_at is None:
         row.revoked_at = time.time()
-    account = session.get(Account, row.account_id)
-    return _view(row, account.name if account else "")
+    return key_view(session, key_id)
 
 
 def _view(row: ApiKey, account: str) -> KeyView:

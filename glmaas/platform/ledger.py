@@ -75,6 +75,7 @@ def credit(session: Session, account_id: str, kind: str, amount: int, note: str 
     conn = session.connection()
     _entry(conn, account_id, kind, amount, note=note, request_id=request_id)
     run(conn, "credit_account", account_id=account_id, amount=amount)
+    session.expire_all()  # the balance moved in plain SQL: loaded Account rows are stale
     return balance(conn, account_id)
 
 

@@ -44,13 +44,9 @@ class Limiter(Protocol):
 
 @dataclass
 class Admission:
-    """An admitted request, from admission to settlement."""
+    """An admitted request, from admission to settlement: its hold and its rate-limit grant."""
 
-    request_id: str
     principal: Principal
-    model: str
-    prompt_tokens: int
-    max_tokens: int
     ticket: HoldTicket
     grant: Grant
     admitted_at: float = field(default_factory=time.monotonic)
@@ -112,12 +108,12 @@ class Meter:
         except BaseException:
             self.limiter.release(grant, 0)
             raise
-        return Admission(request_id, principal, model, prompt_tokens, max_tokens, ticket, grant)
+        return Admission(principal, ticket, grant)
 
     def progress(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
         """Make `completion_tokens` durable before they are delivered."""
         with self._step(single_statement=True) as conn:
-            record_progress(conn, admission.ticket.account_id, admission.request_id,
+            record_progress(conn, admission.ticket.account_id, admission.ticket.request_id,
                             completion_tokens, cached_tokens)
         admission.durable_tokens = completion_tokens
 
@@ -130,7 +126,7 @@ class Meter:
             with self._step(single_statement=True) as conn:
                 settle_hold(conn, admission.ticket, outcome)
         finally:
-            self.limiter.release(admission.grant, admission.prompt_tokens + outcome.completion_tokens)
+            self.limiter.release(admission.grant, admission.ticket.prompt_tokens + outcome.completion_tokens)
 
     def _step(self, *, single_statement: bool) -> AbstractContextManager[Connection]:
         """A transaction for one ledger step; on PostgreSQL a step that is a single statement

@@ -9,7 +9,6 @@ step, and the optimizer state is saved with the weights.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time

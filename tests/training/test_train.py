@@ -81,7 +81,6 @@ def test_generate_continues_a_prompt_and_fills_masks(trained):
 def test_bf16_autocast_trains(corpus, trained, tmp_path):
     import math
 
-    import torch
 
     from glmaas.training.train import TrainConfig, train
 

@@ -96,18 +96,20 @@ async def show_account(request: Request, name: str) -> JSONResponse:
 
 @router.post("/accounts/{name}/topup")
 async def topup(request: Request, name: str) -> JSONResponse:
-    _require_admin(request)
-    body = await parse_body(request, Amount)
-    amount = _amount(body.amount, "amount")
-    return await _do(request, lambda s: admin.topup(s, name, amount, body.note))
+    return await _credit(request, name, admin.topup)
 
 
 @router.post("/accounts/{name}/adjust")
 async def adjust(request: Request, name: str) -> JSONResponse:
+    return await _credit(request, name, admin.adjust)
+
+
+async def _credit(request: Request, name: str, action) -> JSONResponse:  # type: ignore[no-untyped-def]
+    """A top-up or an adjustment: `{"amount": "12.5", "note": "..."}`."""
     _require_admin(request)
     body = await parse_body(request, Amount)
     amount = _amount(body.amount, "amount")
-    return await _do(request, lambda s: admin.adjust(s, name, amount, body.note))
+    return await _do(request, lambda s: action(s, name, amount, body.note))
 
 
 @router.put("/accounts/{name}/limits/{model}")
