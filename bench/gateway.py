@@ -23,6 +23,11 @@ LiteLLM's database mode (virtual keys, stored spend) needs Prisma engine binarie
 first run, which this machine cannot fetch: it is measured in master-key mode.
 
     python bench/gateway.py [--rounds 3] [--duration 5] [--concurrency 1,8] [--json out.json]
+    python bench/gateway.py --systems glmaas --baseline HEAD~1    # this tree against a commit
+
+`--baseline REV` adds "glmaas@REV": the same SQLite set-up served from a checkout of REV (a
+detached git worktree in the work dir), measured in the same rounds, and prints the CPU per
+request of this tree against it.
 
 Needs wrk (apt-get install wrk) and taskset. LiteLLM is installed on first use into its own
 virtualenv, bench/.venv-litellm.
@@ -287,34 +292,54 @@ def median_phase(rounds: list[Phase]) -> Phase:
 # --- the systems -------------------------------------------------------------------------------
 
 
-def glmaas_cli(*args: str, store: list[str]) -> str:
+def glmaas_cli(*args: str, store: list[str], tree: Path = ROOT) -> str:
     argv = [sys.executable, "-m", "glmaas", *args, *store]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, env=tree_env(tree))
     if done.returncode != 0:
         sys.exit(f"glmaas {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return done.stdout
 
 
+def tree_env(tree: Path) -> dict[str, str] | None:
+    """The environment that runs glmaas from `tree` rather than the installed package."""
+    return None if tree == ROOT else {**os.environ, "PYTHONPATH": str(tree)}
+
+
+@contextmanager
+def checkout(rev: str, work: Path):
+    """A detached worktree of `rev`, removed afterwards."""
+    tree = work / f"tree-{rev.replace('/', '-').replace('~', '-').replace('^', '-')}"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True,
+                   capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+
+
 def start_glmaas(stack: ExitStack, system: str, work: Path, database_url: str | None,
-                 redis_url: str | None) -> Target:
+                 redis_url: str | None, tree: Path = ROOT) -> Target:
     """An account with a balance and a price for the model; a key with limits far above the load
-    and one allowed PROBE_RPM requests per minute; then the server."""
-    name = system.replace(" ", "-").replace("+", "-")
+    and one allowed PROBE_RPM requests per minute; then the server (from `tree`)."""
+    name = system.replace(" ", "-").replace("+", "-").replace("@", "-")
     store = ["--data-dir", str(work / name)] + (["--database-url", database_url] if database_url else [])
-    glmaas_cli("accounts", "create", "bench", store=store)
-    glmaas_cli("accounts", "topup", "bench", "1000000", store=store)
-    glmaas_cli("prices", "set", "mock", "--input", str(PRICE_IN), "--cached-input", str(PRICE_CACHED),
-               "--output", str(PRICE_OUT), store=store)
-    key = glmaas_cli("keys", "create", "--account", "bench", "--name", "bench", "--rpm", str(RPM),
-                     "--tpm", str(TPM), "--concurrency", str(CONCURRENCY), store=store)
-    probe_key = glmaas_cli("keys", "create", "--account", "bench", "--name", "limited",
-                           "--rpm", str(PROBE_RPM), store=store)
+
+    def cli(*args: str) -> str:
+        return glmaas_cli(*args, store=store, tree=tree)
+
+    cli("accounts", "create", "bench")
+    cli("accounts", "topup", "bench", "1000000")
+    cli("prices", "set", "mock", "--input", str(PRICE_IN), "--cached-input", str(PRICE_CACHED),
+        "--output", str(PRICE_OUT))
+    key = cli("keys", "create", "--account", "bench", "--name", "bench", "--rpm", str(RPM),
+              "--tpm", str(TPM), "--concurrency", str(CONCURRENCY))
+    probe_key = cli("keys", "create", "--account", "bench", "--name", "limited", "--rpm", str(PROBE_RPM))
     port = free_port()
     argv = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "glmaas", "serve", "--host", HOST,
             "--port", str(port), "--no-default-model", "--model", "mock=mock", *store]
     if redis_url:
         argv += ["--redis-url", redis_url]
-    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/healthz", work))
+    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/healthz", work, tree_env(tree)))
     return Target(system, f"http://{HOST}:{port}/v1/chat/completions", key.strip().splitlines()[-1],
                   proc.pid, probe_key.strip().splitlines()[-1], "mock", store)
 
@@ -441,7 +466,8 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def print_report(phases: list[Phase], checks: list[str], env: dict[str, str], concurrency: list[int]) -> None:
+def print_report(phases: list[Phase], checks: list[str], env: dict[str, str], concurrency: list[int],
+                 baseline: str | None = None) -> None:
     print()
     for k, v in env.items():
         print(f"{k:8} {v}")
@@ -474,6 +500,11 @@ def print_report(phases: list[Phase], checks: list[str], env: dict[str, str], co
             print(f"target: requests/s per worker core >= 5x LiteLLM's, c={c}: {capacity:.1f}x from CPU "
                   f"per request {'met' if capacity >= 5 else 'MISSED'}; {measured:.1f}x measured "
                   f"{'met' if measured >= 5 else 'MISSED'}")
+    for c in concurrency:
+        a, b = by.get(("glmaas sqlite", c)), by.get((f"glmaas@{baseline}", c))
+        if a and b:
+            print(f"this tree / glmaas@{baseline}, c={c}: CPU per request {a.cpu_ms:.3f} vs {b.cpu_ms:.3f} ms "
+                  f"({(a.cpu_ms / b.cpu_ms - 1) * 100:+.1f}%), requests/s {a.rps / b.rps:.2f}x")
     a = by.get(("glmaas sqlite", min(concurrency)))
     if a and a.added_p50_ms is not None:
         print(f"target: added p50 <= 2 ms on SQLite, c={a.concurrency}: {a.added_p50_ms:.2f} ms "
@@ -502,6 +533,8 @@ def main() -> None:
                         help=f"comma-separated, from {','.join(SYSTEMS)} (the upstream always runs)")
     parser.add_argument("--wait-load", type=float, metavar="L",
                         help="first wait (at most 10 minutes) until the 1-minute load average is below L")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure glmaas at this git revision (SQLite), in the same rounds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args()
@@ -536,6 +569,9 @@ def main() -> None:
             backend = start_upstream(stack, "upstream-for-litellm", work, LOAD_CORE).url
             if "glmaas" in systems:
                 targets.append(start_glmaas(stack, "glmaas sqlite", work, None, None))
+            if args.baseline:
+                tree = stack.enter_context(checkout(args.baseline, work))
+                targets.append(start_glmaas(stack, f"glmaas@{args.baseline}", work, None, None, tree))
             if "glmaas+pg+redis" in systems:
                 database_url = stack.enter_context(postgres_database())
                 targets.append(start_glmaas(stack, "glmaas pg+redis", work, database_url,
@@ -560,14 +596,15 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    order = ["upstream", "glmaas sqlite", "glmaas pg+redis", "litellm", "litellm+redis"]
+    order = ["upstream", "glmaas sqlite", f"glmaas@{args.baseline}", "glmaas pg+redis", "litellm",
+             "litellm+redis"]
     phases = sorted((median_phase(ps) for ps in rounds.values()),
                     key=lambda p: (order.index(p.system), p.concurrency))
     base = {p.concurrency: p.p50_ms for p in phases if p.system == "upstream"}
     for p in phases:
         if p.system != "upstream":
             p.added_p50_ms = p.p50_ms - base[p.concurrency]
-    print_report(phases, checks, env, concurrency)
+    print_report(phases, checks, env, concurrency, args.baseline)
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "phases": [asdict(p) for p in phases],
                                          "rounds": [asdict(p) for ps in rounds.values() for p in ps],

@@ -6,7 +6,7 @@ never share the CPU, alternating in short rounds so that the background load of 
 falls on both alike. In the rounds at concurrency 8, with both servers idle, llama.cpp's own
 batched decode in process at 8 sequences (low-level batch API, greedy, nothing else in the
 process): the ceiling a server on this machine could reach. Prints every figure, the ratios and
-the targets of issue 5; writes JSON and a PNG into --out-dir.
+the serving targets (docs/performance.md); writes JSON and a PNG into --out-dir.
 
     python bench/serve_compare.py                       # threads = all cores
     python bench/serve_compare.py --threads 1 --input-words 16 --max-tokens 64 --out-dir docs/perf

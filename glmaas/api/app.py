@@ -9,13 +9,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from glmaas.api.admin.router import ADMIN_PREFIX, caller_is_admin
 from glmaas.api.admin.router import router as admin_router
 from glmaas.api.chat.router import routes as chat_routes
-from glmaas.api.errors import ApiError, response_for
+from glmaas.api.dialects import response_for
+from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.models.router import router as models_router
 from glmaas.api.state import AppState
@@ -35,7 +39,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = ApiError("body_too_large", f"The request body exceeds {self.limit} bytes.")
+        too_large = ApiError(ErrorKind.BODY_TOO_LARGE, f"The request body exceeds {self.limit} bytes.")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.limit:
@@ -65,7 +69,8 @@ def create_app(state: AppState) -> FastAPI:
         retire_replica(state)
         state.db.dispose()
 
-    app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # /openapi.json is served below: the admin routes are listed to the admin only.
+    app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
     app.router.routes.extend(chat_routes)
     app.include_router(models_router)
@@ -79,20 +84,33 @@ def create_app(state: AppState) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):  # type: ignore[no-untyped-def]
         if exc.status_code == 405:
-            return response_for(request, ApiError("method_not_allowed", "Method not allowed."))
-        return response_for(request, ApiError("route_not_found", f"No such API: {request.url.path}"))
+            return response_for(request, ApiError(ErrorKind.METHOD_NOT_ALLOWED, "Method not allowed."))
+        return response_for(request, ApiError(ErrorKind.ROUTE_NOT_FOUND, f"No such API: {request.url.path}"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
-        return response_for(request, ApiError("invalid_request", "Invalid request."))
+        return response_for(request, ApiError(ErrorKind.INVALID_REQUEST, "Invalid request."))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return response_for(request, ApiError("internal", "Internal error; it has been logged."))
+        return response_for(request, ApiError(ErrorKind.INTERNAL, "Internal error; it has been logged."))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
         return {"status": "ok"}
+
+    schemas: dict[bool, dict] = {}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        admin = caller_is_admin(request)
+        if admin not in schemas:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            if not admin:
+                schema["paths"] = {path: ops for path, ops in schema["paths"].items()
+                                   if not path.startswith(ADMIN_PREFIX)}
+            schemas[admin] = schema
+        return JSONResponse(schemas[admin])
 
     return app

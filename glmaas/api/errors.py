@@ -1,143 +1,134 @@
-"""Errors on the wire, in each dialect's own shape.
+"""Errors on the wire: every error a client can see is an `ApiError` of a known `ErrorKind`.
 
-Every error a client can see is an `ApiError` of a known `kind`; `ERROR_KINDS` maps each kind to
-its HTTP status, Zhipu business code (zhipu-api.md §3) and OpenAI type/code. Zhipu errors that
-retrying cannot fix carry `x-should-retry: false`, since the Zhipu SDKs otherwise retry every 429.
+`ERROR_KINDS` gives each kind its HTTP status and whether a retry can help (the
+`x-should-retry` header; the Zhipu SDKs otherwise retry every 429). How a kind is spelled on the
+wire (Zhipu business codes, OpenAI types) is each dialect's business: `api/dialects/`.
+Refusals of the platform map onto kinds through `REFUSALS`, one row per `Refusal`.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-
-from glmaas.platform.errors import (
-    Conflict,
-    DuplicateRequest,
-    ModelNotAllowed,
-    NotFound,
-    PlatformError,
-)
-from glmaas.platform.ledger import BudgetExceeded, InsufficientBalance
-from glmaas.platform.limits import RateLimited
-
-ZHIPU_PREFIX = "/api/paas/v4"
+from glmaas.platform.errors import PlatformError, RateLimited, Refusal
 
 
-class Dialect(enum.Enum):
-    OPENAI = "openai"
-    ZHIPU = "zhipu"
-
-    @classmethod
-    def of_path(cls, path: str) -> Dialect:
-        return cls.ZHIPU if path.lstrip("/").startswith(ZHIPU_PREFIX.lstrip("/")) else cls.OPENAI
+class ErrorKind(enum.StrEnum):
+    AUTH_MISSING = "auth_missing"
+    AUTH_MALFORMED = "auth_malformed"
+    AUTH_EXPIRED = "auth_expired"
+    AUTH_INVALID = "auth_invalid"
+    INVALID_REQUEST = "invalid_request"
+    MISSING_FIELD = "missing_field"
+    INVALID_JSON = "invalid_json"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    BODY_TOO_LARGE = "body_too_large"
+    ROUTE_NOT_FOUND = "route_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    CONCURRENCY_LIMITED = "concurrency_limited"
+    RATE_LIMITED = "rate_limited"
+    TOKEN_RATE_LIMITED = "token_rate_limited"
+    DUPLICATE_REQUEST = "duplicate_request"
+    ADMIN_AUTH = "admin_auth"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    ENGINE_ERROR = "engine_error"
+    INTERNAL = "internal"
 
 
 @dataclass(frozen=True)
-class ErrorKind:
+class KindOnWire:
     status: int
-    zhipu_code: str
-    openai_type: str
-    openai_code: str | None
     retry: bool | None = None  # the x-should-retry header; None sends none
-    zhipu_status: int | None = None  # where the Zhipu platform answers with another status
-
-    def status_in(self, dialect: Dialect) -> int:
-        if dialect is Dialect.ZHIPU and self.zhipu_status is not None:
-            return self.zhipu_status
-        return self.status
 
 
-ERROR_KINDS: dict[str, ErrorKind] = {
-    "auth_missing": ErrorKind(401, "1001", "invalid_request_error", "missing_api_key", False),
-    "auth_malformed": ErrorKind(401, "1002", "invalid_request_error", "invalid_api_key", False),
-    "auth_expired": ErrorKind(401, "1003", "invalid_request_error", "expired_api_key", False),
-    "auth_invalid": ErrorKind(401, "1000", "invalid_request_error", "invalid_api_key", False),
-    "invalid_request": ErrorKind(400, "1214", "invalid_request_error", "invalid_value", False),
-    "missing_field": ErrorKind(400, "1213", "invalid_request_error", "missing_required_parameter", False),
-    "invalid_json": ErrorKind(400, "1210", "invalid_request_error", "invalid_json", False),
-    "model_not_found": ErrorKind(
-        404, "1211", "invalid_request_error", "model_not_found", False, zhipu_status=400
-    ),
-    "model_not_allowed": ErrorKind(403, "1220", "permission_error", "model_not_allowed", False),
-    "prompt_too_long": ErrorKind(400, "1261", "invalid_request_error", "context_length_exceeded", False),
-    "body_too_large": ErrorKind(413, "1210", "invalid_request_error", "request_too_large", False),
-    "route_not_found": ErrorKind(404, "1222", "invalid_request_error", "not_found", False),
-    "method_not_allowed": ErrorKind(405, "1222", "invalid_request_error", "method_not_allowed", False),
-    "insufficient_balance": ErrorKind(429, "1113", "insufficient_quota", "insufficient_quota", False),
-    "budget_exceeded": ErrorKind(429, "1113", "insufficient_quota", "budget_exceeded", False),
-    "concurrency_limited": ErrorKind(429, "1302", "requests", "rate_limit_exceeded"),
-    "rate_limited": ErrorKind(429, "1303", "requests", "rate_limit_exceeded"),
-    "token_rate_limited": ErrorKind(429, "1303", "tokens", "rate_limit_exceeded"),
-    "duplicate_request": ErrorKind(400, "1231", "invalid_request_error", "duplicate_request_id", False),
-    "admin_auth": ErrorKind(401, "1000", "invalid_request_error", "invalid_admin_token", False),
-    "not_found": ErrorKind(404, "1222", "invalid_request_error", "not_found", False),
-    "conflict": ErrorKind(409, "1214", "invalid_request_error", "conflict", False),
-    "engine_error": ErrorKind(500, "1234", "server_error", "engine_error", None),
-    "internal": ErrorKind(500, "500", "server_error", None, None),
+ERROR_KINDS: dict[ErrorKind, KindOnWire] = {
+    ErrorKind.AUTH_MISSING: KindOnWire(401, False),
+    ErrorKind.AUTH_MALFORMED: KindOnWire(401, False),
+    ErrorKind.AUTH_EXPIRED: KindOnWire(401, False),
+    ErrorKind.AUTH_INVALID: KindOnWire(401, False),
+    ErrorKind.INVALID_REQUEST: KindOnWire(400, False),
+    ErrorKind.MISSING_FIELD: KindOnWire(400, False),
+    ErrorKind.INVALID_JSON: KindOnWire(400, False),
+    ErrorKind.MODEL_NOT_FOUND: KindOnWire(404, False),
+    ErrorKind.MODEL_NOT_ALLOWED: KindOnWire(403, False),
+    ErrorKind.PROMPT_TOO_LONG: KindOnWire(400, False),
+    ErrorKind.BODY_TOO_LARGE: KindOnWire(413, False),
+    ErrorKind.ROUTE_NOT_FOUND: KindOnWire(404, False),
+    ErrorKind.METHOD_NOT_ALLOWED: KindOnWire(405, False),
+    ErrorKind.INSUFFICIENT_BALANCE: KindOnWire(429, False),
+    ErrorKind.BUDGET_EXCEEDED: KindOnWire(429, False),
+    ErrorKind.CONCURRENCY_LIMITED: KindOnWire(429),
+    ErrorKind.RATE_LIMITED: KindOnWire(429),
+    ErrorKind.TOKEN_RATE_LIMITED: KindOnWire(429),
+    ErrorKind.DUPLICATE_REQUEST: KindOnWire(400, False),
+    ErrorKind.ADMIN_AUTH: KindOnWire(401, False),
+    ErrorKind.NOT_FOUND: KindOnWire(404, False),
+    ErrorKind.CONFLICT: KindOnWire(409, False),
+    ErrorKind.ENGINE_ERROR: KindOnWire(500),
+    ErrorKind.INTERNAL: KindOnWire(500),
 }
 
 
 class ApiError(Exception):
     """An error to send to the client."""
 
-    def __init__(self, kind: str, message: str, *, param: str | None = None,
+    def __init__(self, kind: ErrorKind, message: str, *, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        if kind not in ERROR_KINDS:
-            raise ValueError(f"unknown error kind {kind!r}")
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.message = message
         self.param = param
         self.headers = headers or {}
 
-
-def error_body(error: ApiError, dialect: Dialect) -> dict:
-    kind = ERROR_KINDS[error.kind]
-    if dialect is Dialect.ZHIPU:
-        return {"error": {"code": kind.zhipu_code, "message": error.message}}
-    return {"error": {"message": error.message, "type": kind.openai_type,
-                      "param": error.param, "code": kind.openai_code}}
+    @property
+    def wire(self) -> KindOnWire:
+        return ERROR_KINDS[self.kind]
 
 
-def error_response(error: ApiError, dialect: Dialect, request_id: str | None = None) -> JSONResponse:
-    kind = ERROR_KINDS[error.kind]
-    headers = dict(error.headers)
-    if kind.retry is not None and "x-should-retry" not in headers:
-        headers["x-should-retry"] = "true" if kind.retry else "false"
-    if request_id:
-        headers["x-request-id"] = request_id
-    return JSONResponse(error_body(error, dialect), status_code=kind.status_in(dialect), headers=headers)
+def _rate_limit_headers(exc: PlatformError) -> dict[str, str]:
+    assert isinstance(exc, RateLimited)
+    retry_after = max(1, math.ceil(exc.retry_after))
+    # Zhipu and OpenAI SDKs retry 429s within ~7 s; past that, retrying cannot help.
+    headers = {"retry-after": str(retry_after), "x-should-retry": "true" if retry_after <= 4 else "false"}
+    if exc.kind is Refusal.TOKEN_RATE_LIMITED:
+        headers |= {"x-ratelimit-limit-tokens": str(exc.limit), "x-ratelimit-remaining-tokens": "0"}
+    elif exc.kind is Refusal.RATE_LIMITED:
+        headers |= {"x-ratelimit-limit-requests": str(exc.limit), "x-ratelimit-remaining-requests": "0"}
+    return headers
 
 
-def response_for(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error, Dialect.of_path(request.url.path),
-                          getattr(request.state, "request_id", None))
+def _no_headers(_exc: PlatformError) -> dict[str, str]:
+    return {}
+
+
+# Each refusal of the platform: the kind it is on the wire, and the headers that go with it.
+REFUSALS: dict[Refusal, tuple[ErrorKind, Callable[[PlatformError], dict[str, str]]]] = {
+    Refusal.AUTH_MISSING: (ErrorKind.AUTH_MISSING, _no_headers),
+    Refusal.AUTH_MALFORMED: (ErrorKind.AUTH_MALFORMED, _no_headers),
+    Refusal.AUTH_EXPIRED: (ErrorKind.AUTH_EXPIRED, _no_headers),
+    Refusal.AUTH_INVALID: (ErrorKind.AUTH_INVALID, _no_headers),
+    Refusal.MODEL_NOT_ALLOWED: (ErrorKind.MODEL_NOT_ALLOWED, _no_headers),
+    Refusal.INSUFFICIENT_BALANCE: (ErrorKind.INSUFFICIENT_BALANCE, _no_headers),
+    Refusal.BUDGET_EXCEEDED: (ErrorKind.BUDGET_EXCEEDED, _no_headers),
+    Refusal.RATE_LIMITED: (ErrorKind.RATE_LIMITED, _rate_limit_headers),
+    Refusal.TOKEN_RATE_LIMITED: (ErrorKind.TOKEN_RATE_LIMITED, _rate_limit_headers),
+    Refusal.CONCURRENCY_LIMITED: (ErrorKind.CONCURRENCY_LIMITED, _rate_limit_headers),
+    Refusal.DUPLICATE_REQUEST: (ErrorKind.DUPLICATE_REQUEST, _no_headers),
+    Refusal.NOT_FOUND: (ErrorKind.NOT_FOUND, _no_headers),
+    Refusal.CONFLICT: (ErrorKind.CONFLICT, _no_headers),
+    Refusal.INVALID: (ErrorKind.INVALID_REQUEST, _no_headers),
+}
 
 
 def from_platform(exc: PlatformError) -> ApiError:
     """The wire error for a refusal of the platform's."""
-    if isinstance(exc, RateLimited):
-        retry_after = max(1, math.ceil(exc.retry_after))
-        headers = {"retry-after": str(retry_after),
-                   # Zhipu and OpenAI SDKs retry 429s within ~7 s; past that, retrying cannot help.
-                   "x-should-retry": "true" if retry_after <= 4 else "false"}
-        if exc.kind == "tpm":
-            headers |= {"x-ratelimit-limit-tokens": str(exc.limit), "x-ratelimit-remaining-tokens": "0"}
-            return ApiError("token_rate_limited", str(exc), headers=headers)
-        if exc.kind == "rpm":
-            headers |= {"x-ratelimit-limit-requests": str(exc.limit), "x-ratelimit-remaining-requests": "0"}
-            return ApiError("rate_limited", str(exc), headers=headers)
-        return ApiError("concurrency_limited", str(exc), headers=headers)
-    kinds: list[tuple[type[PlatformError], str]] = [
-        (InsufficientBalance, "insufficient_balance"), (BudgetExceeded, "budget_exceeded"),
-        (ModelNotAllowed, "model_not_allowed"), (DuplicateRequest, "duplicate_request"),
-        (NotFound, "not_found"), (Conflict, "conflict"),
-    ]
-    for cls, kind in kinds:
-        if isinstance(exc, cls):
-            return ApiError(kind, str(exc))
-    return ApiError("invalid_request", str(exc))
+    kind, headers = REFUSALS[exc.kind]
+    return ApiError(kind, str(exc), headers=headers(exc))

@@ -1,4 +1,5 @@
-"""Reading a request: ids, JSON bodies, the caller's credential, in one place for every route."""
+"""Reading a request and answering it: ids, JSON bodies, the caller's credential, typed JSON
+responses, in one place for every route."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 
-from glmaas.api.errors import ApiError
+from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.state import AppState
 from glmaas.platform.auth import Principal
 from glmaas.platform.errors import AuthError
@@ -23,6 +25,22 @@ def new_request_id() -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(8)
 
 
+def take_request_id(request: Request, given: str | None) -> str:
+    """The request's id (the client's `request_id`, else a new one), kept for error responses."""
+    request_id = given or new_request_id()
+    request.state.request_id = request_id
+    return request_id
+
+
+class JSONModelResponse(Response):
+    """A response body that is a pydantic model, serialised by pydantic's own encoder."""
+
+    media_type = "application/json"
+
+    def render(self, content: BaseModel) -> bytes:
+        return content.model_dump_json().encode()
+
+
 def app_state(request: Request) -> AppState:
     return request.app.state.glmaas
 
@@ -31,26 +49,26 @@ def authenticate(request: Request) -> Principal:
     try:
         return app_state(request).authenticator.authenticate(request.headers.get("authorization"))
     except AuthError as exc:
-        raise ApiError(f"auth_{exc.failure}", str(exc)) from None
+        raise from_platform(exc) from None
 
 
 async def parse_body(request: Request, schema: type[M]) -> M:
     """The body as `schema`, or a 400 that names the bad field."""
     raw = await request.body()
     if not raw.strip():
-        raise ApiError("invalid_json", "The request body is empty; send a JSON object.")
+        raise ApiError(ErrorKind.INVALID_JSON, "The request body is empty; send a JSON object.")
     try:
         data: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError("invalid_json", f"The request body is not valid JSON: {exc}") from None
+        raise ApiError(ErrorKind.INVALID_JSON, f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ApiError("invalid_json", "The request body must be a JSON object.")
+        raise ApiError(ErrorKind.INVALID_JSON, "The request body must be a JSON object.")
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         if first["type"] == "missing":
-            raise ApiError("missing_field", f"Missing required parameter: {param}.", param=param) from None
+            raise ApiError(ErrorKind.MISSING_FIELD, f"Missing required parameter: {param}.", param=param) from None
         message = first["msg"].removeprefix("Value error, ")
-        raise ApiError("invalid_request", f"Invalid parameter {param}: {message}.", param=param) from None
+        raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid parameter {param}: {message}.", param=param) from None

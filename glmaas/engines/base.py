@@ -12,7 +12,7 @@ work on that sequence within one decode step.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort", "error"]
@@ -70,7 +70,6 @@ class ModelInfo:
     bos_token: str = ""
     eos_token: str = ""
     owned_by: str = "glmaas"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class EngineError(Exception):

@@ -114,7 +114,6 @@ class LlamaCppEngine:
             bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
             eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
             owned_by="glmaas",
-            extra={"engine": "llamacpp", "file": path.name, "n_ctx_train": str(n_ctx_train)},
         )
 
     @classmethod

@@ -1,13 +1,15 @@
 """The served models: model id → engine, built from `--model ID=SPEC` options.
 
-SPEC forms:
-  PATH.gguf | llamacpp:PATH[,opt=v...]   a local GGUF file run in process by llama.cpp
-  mock[:opt=v,...]                       the deterministic test engine (`engines/mock.py`)
+SPEC is `KIND:REST`, and `ENGINE_KINDS` maps each kind to the factory that builds it:
+  llamacpp:PATH[,opt=v...]   a local GGUF file run in process by llama.cpp (a bare PATH.gguf too)
+  mock[:opt=v,...]           the deterministic test engine (`engines/mock.py`)
+A new kind of engine is one entry in that table.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 from glmaas.engines.base import Engine, ModelInfo
@@ -53,28 +55,43 @@ def _options(text: str) -> dict[str, str]:
     return out
 
 
-def build_engine(model_id: str, spec: str) -> Engine:
-    """Load the engine a spec names."""
-    kind, _, rest = spec.partition(":")
-    if kind == "mock":
-        from glmaas.engines.mock import MockEngine
+def _mock(model_id: str, rest: str) -> Engine:
+    from glmaas.engines.mock import MockEngine
 
-        return MockEngine.from_spec(model_id, _options(rest))
-    if kind == "llamacpp":
-        path, _, opts = rest.partition(",")
-        return _llamacpp(model_id, path, _options(opts))
-    if spec.endswith(".gguf"):
-        return _llamacpp(model_id, spec, {})
-    raise SpecError(f"unknown engine spec {spec!r} for model {model_id!r}")
+    return MockEngine.from_spec(model_id, _options(rest))
 
 
-def _llamacpp(model_id: str, path: str, options: dict[str, str]) -> Engine:
+def _llamacpp(model_id: str, rest: str) -> Engine:
+    path, _, opts = rest.partition(",")
+    return _gguf(model_id, path, _options(opts))
+
+
+def _gguf(model_id: str, path: str, options: dict[str, str]) -> Engine:
     file = Path(path).expanduser()
     if not file.is_file():
         raise SpecError(f"model {model_id!r}: no GGUF file at {path}")
     from glmaas.engines.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine.from_spec(model_id, file, options)
+
+
+# Engine kind → factory(model_id, the spec after "KIND:"). Factories import their engine lazily,
+# so serving the mock engine never loads llama.cpp.
+ENGINE_KINDS: dict[str, Callable[[str, str], Engine]] = {
+    "llamacpp": _llamacpp,
+    "mock": _mock,
+}
+
+
+def build_engine(model_id: str, spec: str) -> Engine:
+    """Load the engine a spec names."""
+    kind, _, rest = spec.partition(":")
+    factory = ENGINE_KINDS.get(kind)
+    if factory is not None:
+        return factory(model_id, rest)
+    if spec.endswith(".gguf"):
+        return _gguf(model_id, spec, {})
+    raise SpecError(f"unknown engine spec {spec!r} for model {model_id!r}; kinds: {', '.join(ENGINE_KINDS)}")
 
 
 class ModelRegistry:

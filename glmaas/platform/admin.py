@@ -50,13 +50,13 @@ def new_account(session: Session, name: str) -> dict:
 
 def topup(session: Session, name: str, amount: int, note: str = "") -> dict:
     account = get_account(session, name)
-    ledger.credit(session, account.id, "topup", amount, note)
+    ledger.credit(session, account.id, ledger.EntryKind.TOPUP, amount, note)
     return account_summary(session, name)
 
 
 def adjust(session: Session, name: str, amount: int, note: str) -> dict:
     account = get_account(session, name)
-    ledger.credit(session, account.id, "adjustment", amount, note)
+    ledger.credit(session, account.id, ledger.EntryKind.ADJUSTMENT, amount, note)
     return account_summary(session, name)
 
 

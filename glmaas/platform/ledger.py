@@ -17,26 +17,42 @@ the request path use the hand-written statements of `glmaas.store.sql`.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
-from glmaas.platform.errors import PlatformError
+from glmaas.platform.errors import BudgetExceeded, InsufficientBalance
 from glmaas.platform.pricing import PriceSheet, cost, format_amount, hold_amount
 from glmaas.store.sql import run
 from glmaas.store.tables import Hold, LedgerEntry
 
-ENTRY_KINDS = ("topup", "hold", "settlement", "release", "adjustment", "refund")
+
+class EntryKind(enum.StrEnum):
+    """The kinds of ledger entry (signs in the module docstring)."""
+
+    TOPUP = "topup"
+    HOLD = "hold"
+    RELEASE = "release"
+    SETTLEMENT = "settlement"
+    ADJUSTMENT = "adjustment"
+    REFUND = "refund"
 
 
-class InsufficientBalance(PlatformError):
-    """The account cannot cover the request's worst-case cost."""
+# The entries an operator writes by hand; the others belong to requests.
+MANUAL_ENTRY_KINDS = frozenset({EntryKind.TOPUP, EntryKind.ADJUSTMENT, EntryKind.REFUND})
 
 
-class BudgetExceeded(PlatformError):
-    """The key's budget cannot cover the request's worst-case cost."""
+class RequestStatus(enum.StrEnum):
+    """How a request ended, as its usage record says."""
+
+    OK = "ok"  # finished: stop, length or a stop string
+    ERROR = "error"  # an engine fault
+    ABORTED = "aborted"  # the client went away
+    TIMEOUT = "timeout"  # past the server's time limit
+    RECOVERED = "recovered"  # settled after a crash from its last durable progress
 
 
 @dataclass(frozen=True)
@@ -59,18 +75,18 @@ class Settlement:
     completion_tokens: int
 
 
-def _entry(conn: Connection, account_id: str, kind: str, amount: int, *, request_id: str | None = None,
+def _entry(conn: Connection, account_id: str, kind: EntryKind, amount: int, *, request_id: str | None = None,
            key_id: str | None = None, note: str = "", now: float | None = None) -> None:
     run(conn, "insert_entry", account_id=account_id, kind=kind, amount=amount, request_id=request_id,
         key_id=key_id, note=note, created_at=now or time.time())
 
 
-def credit(session: Session, account_id: str, kind: str, amount: int, note: str = "",
+def credit(session: Session, account_id: str, kind: EntryKind, amount: int, note: str = "",
            request_id: str | None = None) -> int:
     """A top-up, adjustment or refund; returns the new balance."""
-    if kind not in ("topup", "adjustment", "refund"):
+    if kind not in MANUAL_ENTRY_KINDS:
         raise ValueError(f"{kind!r} is not a manual entry kind")
-    if kind in ("topup", "refund") and amount <= 0:
+    if kind in (EntryKind.TOPUP, EntryKind.REFUND) and amount <= 0:
         raise ValueError(f"a {kind} must be positive")
     conn = session.connection()
     _entry(conn, account_id, kind, amount, note=note, request_id=request_id)
@@ -119,7 +135,7 @@ def place_hold(conn: Connection, *, request_id: str, account_id: str, key_id: st
         if not run(conn, "hold_key_budget", key_id=key_id, amount=amount).rowcount:
             raise BudgetExceeded(f"The API key's budget cannot cover this request (up to "
                                  f"{format_amount(amount)}). Lower max_tokens or raise the budget.")
-        _entry(conn, account_id, "hold", -amount, request_id=request_id, key_id=key_id, now=now)
+        _entry(conn, account_id, EntryKind.HOLD, -amount, request_id=request_id, key_id=key_id, now=now)
     run(conn, "insert_hold", **hold)
     return ticket
 
@@ -143,7 +159,7 @@ def record_progress(conn: Connection, account_id: str, request_id: str, completi
 class Outcome:
     """How a request ended: what its settlement charges for and its usage record says."""
 
-    status: str  # ok | error | aborted | timeout | recovered
+    status: RequestStatus
     cached_tokens: int
     completion_tokens: int
     finish_reason: str | None

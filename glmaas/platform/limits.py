@@ -14,13 +14,12 @@ unused part is given back at release.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from glmaas.platform.errors import PlatformError
+from glmaas.platform.errors import RateLimited
 
 WINDOW_S = 60
 BUCKETS = WINDOW_S + 1
@@ -60,19 +59,6 @@ class Grant:
     tokens: int
     second: int
     remaining: Remaining | None = None
-
-
-class RateLimited(PlatformError):
-    def __init__(self, scope: str, kind: str, limit: int, retry_after: float) -> None:
-        what = {"rpm": "requests per minute", "tpm": "tokens per minute",
-                "concurrency": "concurrent requests"}[kind]
-        who = "API key" if scope.startswith("key:") else "account on this model"
-        super().__init__(f"Rate limit reached: the {who} allows {limit} {what}. "
-                         f"Retry after {math.ceil(retry_after)} s.")
-        self.scope = scope
-        self.kind = kind
-        self.limit = limit
-        self.retry_after = retry_after
 
 
 @dataclass

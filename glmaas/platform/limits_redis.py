@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis
 
-from glmaas.platform.limits import BUCKETS, Grant, RateLimited, Remaining, Scope
+from glmaas.platform.errors import RateLimited
+from glmaas.platform.limits import BUCKETS, Grant, Remaining, Scope
 
 # KEYS: per scope, its counts hash then its in-flight sorted set.
 # ARGV: request id, tokens, scope count, then per scope rpm, tpm, concurrency (-1: no limit).

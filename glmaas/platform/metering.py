@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
@@ -21,14 +21,25 @@ from sqlalchemy.orm import Session
 
 from glmaas.platform.auth import Principal
 from glmaas.platform.errors import DuplicateRequest, ModelNotAllowed
-from glmaas.platform.ledger import HoldTicket, Outcome, place_hold, record_progress, settle_hold
-from glmaas.platform.limits import Grant, LimitSpec, Scope, account_model_scope, key_scope
-from glmaas.platform.pricing import FREE, PriceSheet
-from glmaas.store.tables import AccountModelLimit, Price
+from glmaas.platform.ledger import (
+    HoldTicket,
+    Outcome,
+    RequestStatus,
+    place_hold,
+    record_progress,
+    settle_hold,
+)
+from glmaas.platform.limits import (
+    Grant,
+    LimitSpec,
+    Scope,
+    account_model_scope,
+    key_scope,
+)
+from glmaas.platform.pricing import PriceSheet, price_of
+from glmaas.store.tables import AccountModelLimit
 
-Status = Literal["ok", "error", "aborted", "timeout", "recovered"]
-
-__all__ = ["Admission", "Meter", "Outcome", "Status"]
+__all__ = ["Admission", "Meter", "Outcome", "RequestStatus"]
 
 # Progress is made durable at the first token and then every this many tokens.
 DURABILITY_STEP = 16
@@ -140,8 +151,7 @@ class Meter:
 
     def _load_price(self, model: str) -> PriceSheet:
         with self._sessions() as session:
-            row = session.get(Price, model)
-        return FREE if row is None else PriceSheet(row.input, row.cached_input, row.output)
+            return price_of(session, model)
 
     def _limits_of(self, account_id: str, model: str) -> LimitSpec:
         return self._account_limits.get((account_id, model), lambda: self._load_limits(account_id, model))

@@ -83,3 +83,13 @@ def test_limits_out_of_range_are_400_not_500(server: Server) -> None:
         assert r.status_code == 400
         r = client.post("/admin/keys", json={"account": "big-limits", "budget": "-5"})
         assert r.status_code == 400
+
+
+def test_openapi_lists_admin_routes_to_the_admin_only(server: Server) -> None:
+    anonymous = httpx.get(server.base_url + "/openapi.json")
+    assert anonymous.status_code == 200
+    paths = anonymous.json()["paths"]
+    assert "/v1/models" in paths
+    assert not [p for p in paths if p.startswith("/admin")]
+    with admin(server) as client:
+        assert "/admin/accounts" in client.get("/openapi.json").json()["paths"]

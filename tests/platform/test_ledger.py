@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from glmaas.platform.accounts import create_account
+from glmaas.platform.errors import BudgetExceeded, InsufficientBalance
 from glmaas.platform.keys import create_key
 from glmaas.platform.ledger import (
-    BudgetExceeded,
-    InsufficientBalance,
     Outcome,
     balance,
     credit,

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glmaas.platform.limits import LimitSpec, LocalLimiter, RateLimited, Scope
+from glmaas.platform.errors import RateLimited
+from glmaas.platform.limits import LimitSpec, LocalLimiter, Scope
 
 
 class Clock:
@@ -37,7 +38,7 @@ def test_rpm_never_overshoots_any_window(rpm: int, gaps: list[float]) -> None:
         try:
             grant = limiter.acquire([scope], f"r{i}", 1)
         except RateLimited as exc:
-            assert exc.kind == "rpm" and exc.retry_after >= 1
+            assert exc.limit_kind == "rpm" and exc.retry_after >= 1
             continue
         limiter.release(grant, 1)
         admitted.append((clock.now, 1))
@@ -74,7 +75,7 @@ def test_concurrency_never_exceeded(limit: int, ops: list[bool]) -> None:
             try:
                 live.append(limiter.acquire([scope], f"r{i}", 1))
             except RateLimited as exc:
-                assert exc.kind == "concurrency" and len(live) == limit
+                assert exc.limit_kind == "concurrency" and len(live) == limit
         elif live:
             limiter.release(live.pop(0), 1)
         assert len(live) <= limit

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from glmaas.api.errors import ApiError, from_platform
+from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.requests import app_state, parse_body
 from glmaas.platform import admin
 from glmaas.platform.admin_token import is_admin
@@ -17,7 +17,20 @@ from glmaas.platform.errors import PlatformError
 from glmaas.platform.keys import revoke_key
 from glmaas.platform.pricing import PriceSheet, parse_amount
 
-router = APIRouter(prefix="/admin")
+ADMIN_PREFIX = "/admin"
+
+
+def caller_is_admin(request: Request) -> bool:
+    return is_admin(request.headers.get("authorization"), app_state(request).admin_token)
+
+
+def require_admin(request: Request) -> None:
+    """Every admin route's first step, before its body is read."""
+    if not caller_is_admin(request):
+        raise ApiError(ErrorKind.ADMIN_AUTH, "This endpoint needs the admin token.")
+
+
+router = APIRouter(prefix=ADMIN_PREFIX, dependencies=[Depends(require_admin)])
 
 
 class _Body(BaseModel):
@@ -60,17 +73,11 @@ def _amount(value: Any, field: str) -> int:
     try:
         return parse_amount(str(value))
     except ValueError as exc:
-        raise ApiError("invalid_request", str(exc), param=field) from None
-
-
-def _require_admin(request: Request) -> None:
-    if not is_admin(request.headers.get("authorization"), app_state(request).admin_token):
-        raise ApiError("admin_auth", "This endpoint needs the admin token.")
+        raise ApiError(ErrorKind.INVALID_REQUEST, str(exc), param=field) from None
 
 
 async def _do(request: Request, action, status: int = 200) -> JSONResponse:  # type: ignore[no-untyped-def]
     """Run `action(session)` in one transaction, mapping domain errors onto the wire."""
-    _require_admin(request)
     state = app_state(request)
     try:
         with state.db.session() as session, session.begin():
@@ -78,13 +85,12 @@ async def _do(request: Request, action, status: int = 200) -> JSONResponse:  # t
     except PlatformError as exc:
         raise from_platform(exc) from None
     except ValueError as exc:
-        raise ApiError("invalid_request", str(exc)) from None
+        raise ApiError(ErrorKind.INVALID_REQUEST, str(exc)) from None
     return JSONResponse(result, status_code=status)
 
 
 @router.post("/accounts")
 async def create_account(request: Request) -> JSONResponse:
-    _require_admin(request)
     body = await parse_body(request, NewAccount)
     return await _do(request, lambda s: admin.new_account(s, body.name), 201)
 
@@ -106,7 +112,6 @@ async def adjust(request: Request, name: str) -> JSONResponse:
 
 async def _credit(request: Request, name: str, action) -> JSONResponse:  # type: ignore[no-untyped-def]
     """A top-up or an adjustment: `{"amount": "12.5", "note": "..."}`."""
-    _require_admin(request)
     body = await parse_body(request, Amount)
     amount = _amount(body.amount, "amount")
     return await _do(request, lambda s: action(s, name, amount, body.note))
@@ -114,7 +119,6 @@ async def _credit(request: Request, name: str, action) -> JSONResponse:  # type:
 
 @router.put("/accounts/{name}/limits/{model}")
 async def set_limits(request: Request, name: str, model: str) -> JSONResponse:
-    _require_admin(request)
     body = await parse_body(request, Limits)
     return await _do(request, lambda s: admin.set_account_limits(s, name, model, body.rpm, body.tpm,
                                                                  body.concurrency))
@@ -122,7 +126,6 @@ async def set_limits(request: Request, name: str, model: str) -> JSONResponse:
 
 @router.post("/keys")
 async def create_key(request: Request) -> JSONResponse:
-    _require_admin(request)
     body = await parse_body(request, NewKey)
     options = _key_options(body)
     box = app_state(request).box
@@ -141,7 +144,7 @@ def _key_options(body: NewKey) -> admin.KeyOptions:
             name=body.name, models=tuple(body.models) if body.models else None, expires_at=body.expires_at,
             rpm=body.rpm, tpm=body.tpm, concurrency=body.concurrency, budget=budget)
     except ValueError as exc:
-        raise ApiError("invalid_request", str(exc)) from None
+        raise ApiError(ErrorKind.INVALID_REQUEST, str(exc)) from None
 
 
 @router.delete("/keys/{key_id}")
@@ -151,7 +154,6 @@ async def revoke(request: Request, key_id: str) -> JSONResponse:
 
 @router.put("/prices/{model}")
 async def put_price(request: Request, model: str) -> JSONResponse:
-    _require_admin(request)
     body = await parse_body(request, NewPrice)
     inp = _amount(body.input, "input")
     price = PriceSheet(inp, inp if body.cached_input is None else _amount(body.cached_input, "cached_input"),

@@ -1,4 +1,5 @@
-"""Wire schemas of a chat completion request, and the canonical request they map to.
+"""Wire schemas of a chat completion: the request, the canonical request it maps to, and the
+response body and stream chunks.
 
 Fields are in the order of the public docs. Both dialects share one schema: `null` means absent,
 unknown fields are ignored, and what we cannot honour (n > 1, image parts) is a clear 400.
@@ -9,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
+
+from glmaas.engines.base import Usage
 
 MAX_STOP_STRINGS = 4
 
@@ -96,12 +106,12 @@ class ChatRequest:
     seed: int | None
     stop: tuple[str, ...]
     stream: bool
-    include_usage: bool
+    include_usage: bool  # the client asked for usage in the stream (a dialect may send it anyway)
     request_id: str | None
     user: str | None
 
 
-def to_canonical(body: ChatCompletionRequest, *, always_usage: bool) -> ChatRequest:
+def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
     """Map a parsed request onto the canonical one. `do_sample: false` means greedy."""
     greedy = body.do_sample is False
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
@@ -115,7 +125,7 @@ def to_canonical(body: ChatCompletionRequest, *, always_usage: bool) -> ChatRequ
         if m.tool_call_id is not None:
             msg["tool_call_id"] = m.tool_call_id
         messages.append(msg)
-    include_usage = always_usage or bool(body.stream_options and body.stream_options.include_usage)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return ChatRequest(
         model=body.model,
         messages=messages,
@@ -130,3 +140,79 @@ def to_canonical(body: ChatCompletionRequest, *, always_usage: bool) -> ChatRequ
         request_id=body.request_id,
         user=body.user_id or body.user,
     )
+
+
+# Responses, in the order of the public docs.
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageInfo:
+        return cls(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                   total_tokens=usage.total_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_prompt_tokens))
+
+
+class ChatMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    finish_reason: str | None
+    message: ChatMessage
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    request_id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: UsageInfo
+
+
+class DeltaMessage(BaseModel):
+    """What a chunk adds; absent fields are left out of the wire form, not sent as null."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    request_id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    # Only on the last chunk, and only when the dialect or the client asks for it.
+    usage: UsageInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body = handler(self)
+        if body["usage"] is None:
+            del body["usage"]
+        return body

@@ -3,51 +3,43 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
-from glmaas.api.chat.serving import ChatRun, complete, rate_limit_headers, start_chat, stream
-from glmaas.api.errors import ZHIPU_PREFIX, Dialect
-from glmaas.api.requests import app_state, authenticate, new_request_id, parse_body
+from glmaas.api.chat.serving import build_prompt, complete, generation_of, stream
+from glmaas.api.dialects import DIALECTS, dialect_of
+from glmaas.api.metered import MeteredStream, admit
+from glmaas.api.requests import (
+    JSONModelResponse,
+    app_state,
+    authenticate,
+    parse_body,
+    take_request_id,
+)
 
 
 async def chat_completions(request: Request) -> Response:
+    """parse → authenticate → build prompt → admit → generate → settle → serialize."""
     arrived = time.monotonic()
-    dialect = Dialect.of_path(request.url.path)
+    dialect = dialect_of(request.url.path)
+    state = app_state(request)
     principal = authenticate(request)
-    body = await parse_body(request, ChatCompletionRequest)
-    # Zhipu always reports usage on the last chunk; OpenAI only when asked.
-    chat = to_canonical(body, always_usage=dialect is Dialect.ZHIPU)
-    request_id = chat.request_id or new_request_id()
-    request.state.request_id = request_id
-    run = start_chat(app_state(request), principal, chat, request_id, arrived)
-    headers = {"x-request-id": request_id, **rate_limit_headers(run)}
+    chat = to_canonical(await parse_body(request, ChatCompletionRequest))
+    request_id = take_request_id(request, chat.request_id)
+    prompt = build_prompt(state, chat)
+    run = admit(state, principal, chat.model, request_id, prompt_tokens=len(prompt.token_ids),
+                max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream)
+    # The run settles when its deltas end, however they end.
+    deltas = run.generate(prompt.engine, generation_of(chat, prompt, request_id))
+    headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     if chat.stream:
-        return MeteredStream(run, stream(run, dialect), headers={**headers, "cache-control": "no-cache"})
-    return JSONResponse(await complete(run, dialect), headers=headers)
-
-
-class MeteredStream(StreamingResponse):
-    """An SSE response that settles its request even if the body is never iterated (the client
-    left before the first byte): the admission must end in a settlement either way."""
-
-    def __init__(self, run: ChatRun, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers=headers)
-        self.run = run
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.run.settle_if_open("aborted")
+        return MeteredStream(run, stream(run, deltas, chat, dialect), headers)
+    return JSONModelResponse(await complete(run, deltas, chat, dialect), headers=headers)
 
 
 # Plain Starlette routes: the request path needs none of FastAPI's dependency machinery, and on the
 # hottest route its cost shows.
-routes = [Route(path, chat_completions, methods=["POST"])
-          for path in ("/v1/chat/completions", f"{ZHIPU_PREFIX}/chat/completions")]
+routes = [Route(dialect.path("/chat/completions"), chat_completions, methods=["POST"]) for dialect in DIALECTS]

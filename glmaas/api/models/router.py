@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from glmaas.api.errors import ZHIPU_PREFIX
+from glmaas.api.dialects import OPENAI, ZHIPU
 from glmaas.api.requests import app_state, authenticate
 
 router = APIRouter()
 
 
-@router.get("/v1/models")
-@router.get(f"{ZHIPU_PREFIX}/models")
+@router.get(OPENAI.path("/models"))
+@router.get(ZHIPU.path("/models"))
 async def list_models(request: Request) -> dict:
     principal = authenticate(request)
     state = app_state(request)
