@@ -1,4 +1,8 @@
-"""Settings: one object, from command-line options and the environment."""
+"""Settings: one object, from command-line options and the environment.
+
+Every default of a deployment is named here once; the `glmaas` command's options and the API's
+state read them from this module.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,11 @@ from pathlib import Path
 
 DATA_DIR_ENV = "GLMAAS_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.local/share/glmaas")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT = 600.0  # seconds a generation may run before it is stopped
+DEFAULT_USAGE_RETENTION_DAYS = 90.0  # per-request usage rows older than this are pruned
 
 
 def resolve_data_dir(option: str | None) -> Path:
@@ -23,9 +32,9 @@ class Settings:
     redis_url: str | None = None
     models: list[str] = field(default_factory=list)
     default_model: bool = True
-    max_body_bytes: int = 4 * 1024 * 1024
-    request_timeout: float = 600.0
-    usage_retention_days: float = 90.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    usage_retention_days: float = DEFAULT_USAGE_RETENTION_DAYS
 
     def db_url(self) -> str:
         from glmaas.store.db import sqlite_url

@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-exec nice -n 10 "$PY" -m glmaas.training.cli experiment objectives --work-dir runs/objectives --report docs/experiments.md "$@"
+exec nice -n 10 "$PY" -m glmaas experiment objectives --work-dir runs/objectives --report docs/experiments.md "$@"

@@ -1,14 +1,57 @@
-"""The `glmaas` command: keys and usage reports."""
+"""The `glmaas` command: every verb group answers, keys, usage reports, operator commands."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import Server
+from tests.conftest import ROOT, Server, run_cli
+
+VERB_GROUPS = (["serve"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"], ["accounts", "create"],
+               ["accounts", "topup"], ["accounts", "adjust"], ["accounts", "show"], ["accounts", "limits"],
+               ["prices", "set"], ["prices", "list"], ["usage"], ["train"], ["generate"], ["experiment"],
+               ["bench", "serve"])
+
+
+def glmaas(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "glmaas", *args], check=False, capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def test_help_lists_every_verb_group() -> None:
+    r = glmaas("--help")
+    assert r.returncode == 0
+    for group in ("serve", "accounts", "keys", "prices", "usage", "train", "generate", "experiment", "bench"):
+        assert group in r.stdout
+
+
+@pytest.mark.parametrize("command", VERB_GROUPS, ids=" ".join)
+def test_every_subcommand_answers_help(command: list[str]) -> None:
+    r = glmaas(*command, "--help")
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: glmaas {' '.join(command)}")
+
+
+def test_an_unknown_command_is_refused_by_the_parser() -> None:
+    r = glmaas("keys", "rotate")
+    assert r.returncode == 2 and "invalid choice: 'rotate'" in r.stderr
+
+
+def test_keys_commands_work_without_torch(tmp_path: Path) -> None:
+    # A `torch` that cannot be imported, first on the path: the operator's commands must not need it.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed here')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = run_cli("keys", "create", data_dir=tmp_path / "data", env=env).stdout
+    assert out.strip().splitlines()[-1].count(".") == 1
+    assert run_cli("usage", data_dir=tmp_path / "data", env=env).returncode == 0
 
 
 def test_keys_create_prints_key_alone_on_last_line_and_list_hides_secret(mock_server: Server) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from glmaas import config
 from glmaas.engines.registry import ModelRegistry
 from glmaas.platform.auth import Authenticator
 from glmaas.platform.metering import Meter
@@ -20,7 +21,7 @@ class AppState:
     meter: Meter
     box: SecretBox
     admin_token: str
-    max_body_bytes: int = 4 * 1024 * 1024
-    request_timeout: float = 600.0
-    usage_retention_days: float = 90.0
+    max_body_bytes: int = config.DEFAULT_MAX_BODY_BYTES
+    request_timeout: float = config.DEFAULT_REQUEST_TIMEOUT
+    usage_retention_days: float = config.DEFAULT_USAGE_RETENTION_DAYS
     started_at: float = field(default_factory=time.time)

@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from glmaas.platform.secrets import create_private_file
+
 ADMIN_TOKEN_ENV = "GLMAAS_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE = "admin.token"
 PREFIX = "glmaas-admin-"
@@ -20,11 +22,8 @@ def load_admin_token(data_dir: Path) -> str:
     path = data_dir / ADMIN_TOKEN_FILE
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
     token = PREFIX + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    create_private_file(path, (token + "\n").encode())
     return token
 
 

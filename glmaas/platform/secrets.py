@@ -38,12 +38,21 @@ def load_master_key(data_dir: Path) -> bytes:
     path = data_dir / MASTER_KEY_FILE
     if path.exists():
         return base64.urlsafe_b64decode(path.read_bytes().strip())
-    data_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
+    create_private_file(path, base64.urlsafe_b64encode(key) + b"\n")
+    return key
+
+
+def create_private_file(path: Path, content: bytes) -> None:
+    """Write a new file that only its owner may read (mode 0600), creating its folder.
+
+    The mode is set as the file is created, so the content is never readable by others, not
+    even for a moment; an existing file is an error rather than silently replaced.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(base64.urlsafe_b64encode(key) + b"\n")
-    return key
+        f.write(content)
 
 
 class SecretBox:

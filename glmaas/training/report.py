@@ -97,7 +97,7 @@ def write_report(results: list[dict], meta: dict, path: Path) -> Path:
         "",
         "## GLM objectives at equal training compute (glm.md §2.3)",
         "",
-        "Command: `glmaas experiment objectives` (also `python -m glmaas.training.cli experiment objectives`).",
+        "Command: `glmaas experiment objectives` (also `python -m glmaas experiment objectives`).",
         "",
         f"Setup: preset `{plan['model']}` ({meta['params']:,} parameters), byte-level BPE vocabulary "
         f"{plan['vocab_size']}, sequence length {plan['seq_len']}, batch {plan['batch_size']}, AdamW lr "

@@ -9,6 +9,7 @@ import jwt
 import pytest
 
 from glmaas.platform.accounts import ensure_account
+from glmaas.platform.admin_token import ADMIN_TOKEN_ENV, load_admin_token
 from glmaas.platform.auth import Authenticator
 from glmaas.platform.errors import AuthError
 from glmaas.platform.keys import create_key, revoke_key
@@ -94,6 +95,14 @@ def test_master_key_file_is_private_and_stable(tmp_path: Path) -> None:
     first = load_master_key(tmp_path)
     assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
     assert load_master_key(tmp_path) == first
+
+
+def test_admin_token_file_is_private_and_stable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    data_dir = tmp_path / "not-yet-there"
+    first = load_admin_token(data_dir)
+    assert (data_dir / "admin.token").stat().st_mode & 0o777 == 0o600
+    assert load_admin_token(data_dir) == first
 
 
 def test_secret_not_stored_in_clear(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

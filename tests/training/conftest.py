@@ -9,16 +9,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 
 
-def glmaas_cmd() -> list[str]:
-    """`python -m glmaas` once the main CLI exists, else this package's own entry point."""
-    if (ROOT / "glmaas" / "__main__.py").exists():
-        return [sys.executable, "-m", "glmaas"]
-    return [sys.executable, "-m", "glmaas.training.cli"]
-
-
 def run_cli(*args: str, timeout: int = 120, threads: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([*glmaas_cmd(), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "glmaas", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -59,7 +59,7 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(corpus, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "glmaas.training.cli", "train", "--out", str(tmp_path / "ddp"), "--grad-accum", "1", *common,
+         "-m", "glmaas", "train", "--out", str(tmp_path / "ddp"), "--grad-accum", "1", *common,
          "--tokenizer", str(tmp_path / "single" / "tokenizer.json")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip

@@ -1,35 +1,41 @@
-"""`glmaas bench serve`: the command-line face of `glmaas.benchmarks.serve`.
+"""`glmaas bench serve`: load-test an OpenAI-compatible server with `glmaas.benchmarks.serve`.
 
-`register(subparsers)` adds the `bench` command to the main `glmaas` parser; until it is wired in,
-run `python -m glmaas.benchmarks.cli serve ...`.
+The load generator (httpx, numpy, matplotlib) is imported when the command runs, not when the
+parser is built.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import sys
-from dataclasses import replace
 
-from glmaas.benchmarks.serve import (
-    BenchConfig,
-    format_summary,
-    plot_sweep,
-    run_benchmark,
-)
+from glmaas.config import DEFAULT_HOST, DEFAULT_PORT
+from glmaas.engines.registry import DEFAULT_MODEL_ID
+
+SLO_KEYS = ("ttft", "tpot", "e2e")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bench serve` to the `glmaas` command."""
+    bench = subparsers.add_parser("bench", help="benchmarks")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+    serve = kinds.add_parser("serve", help="load-test an OpenAI-compatible server (streaming chat)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
 
 
 def _slo(text: str) -> tuple[str, float]:
+    """`KEY:MS`, e.g. `ttft:1000`: a latency objective for goodput."""
     key, sep, value = text.partition(":")
-    if not sep or key not in ("ttft", "tpot", "e2e"):
-        raise argparse.ArgumentTypeError(f"SLO {text!r} is not ttft|tpot|e2e:MILLISECONDS")
+    if not sep or key not in SLO_KEYS:
+        raise argparse.ArgumentTypeError(f"SLO {text!r} is not {'|'.join(SLO_KEYS)}:MILLISECONDS")
     return key, float(value)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="up to and including /v1")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    """The options of `bench serve`: where to send requests, how many, how fast, what to write."""
+    parser.add_argument("--base-url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1",
+                        help="up to and including /v1")
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID)
     parser.add_argument("--api-key", default="", help="sent as a Bearer token")
     parser.add_argument("--num-prompts", type=int, default=32, help="requests per concurrency level")
     parser.add_argument(
@@ -55,6 +61,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run the sweep the arguments describe; print, and write JSON and a plot if asked."""
+    import asyncio
+    import json
+    from dataclasses import replace
+
+    from glmaas.benchmarks.serve import (
+        BenchConfig,
+        format_summary,
+        plot_sweep,
+        run_benchmark,
+    )
+
     base = BenchConfig(
         base_url=args.base_url.rstrip("/"),
         model=args.model,
@@ -78,27 +95,3 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.plot:
         plot_sweep({args.label: summaries}, args.plot, title=f"{args.model} via {args.base_url}")
     return 0 if all(s["failed"] == 0 for s in summaries) else 1
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `bench serve` to the `glmaas` command's subparsers."""
-    bench = subparsers.add_parser("bench", help="benchmarks")
-    kinds = bench.add_subparsers(dest="bench_command", required=True)
-    serve = kinds.add_parser("serve", help="load-test an OpenAI-compatible server (streaming chat)")
-    add_serve_arguments(serve)
-    serve.set_defaults(func=run_serve)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="glmaas")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    register(subparsers)
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] != "bench":
-        argv = ["bench", *argv]  # `python -m glmaas.benchmarks.cli serve ...`
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

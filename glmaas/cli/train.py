@@ -1,24 +1,26 @@
-"""`glmaas train`, `glmaas generate`, `glmaas experiment`: argparse wiring only.
+"""`glmaas train`, `glmaas generate`, `glmaas experiment`: GLM pretraining, sampling from a
+checkpoint, and the objectives experiment.
 
-The main CLI calls `register(subparsers)`; each subcommand sets `func`, which takes the parsed
-args and returns an exit code. Heavy imports (torch) happen inside the handlers, so registering
-costs nothing. `python -m glmaas.training.cli ...` runs these alone.
+Heavy imports (torch) happen inside the handlers, so that registering these commands costs
+nothing and `glmaas keys ...` never loads torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from glmaas.cli.common import fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `train`, `generate` and `experiment` to the `glmaas` command."""
     _add_train(subparsers)
     _add_generate(subparsers)
     _add_experiment(subparsers)
 
 
-def _add_train(subparsers) -> None:
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="pretrain a GLM (or a CLM/MLM baseline) on a text or JSONL corpus")
     p.add_argument("--data", nargs="+", required=True, help=".txt or .jsonl files (JSONL: one {'text': ...} per line)")
     p.add_argument("--eval-data", nargs="*", default=[], help="held-out files (default: the last 5%% of --data)")
@@ -49,7 +51,7 @@ def _add_train(subparsers) -> None:
     p.set_defaults(func=run_train)
 
 
-def run_train(args) -> int:
+def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from glmaas.training.train import TrainConfig, train
@@ -71,7 +73,7 @@ def run_train(args) -> int:
     return 0
 
 
-def _add_generate(subparsers) -> None:
+def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="continue a prompt ([gMASK]) or fill its [MASK] blanks")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (model.safetensors, config.json, tokenizer.json)")
     p.add_argument("--prompt", required=True, help="text; blanks marked [MASK] or [sMASK] are filled, else it is continued")
@@ -82,7 +84,7 @@ def _add_generate(subparsers) -> None:
     p.set_defaults(func=run_generate)
 
 
-def run_generate(args) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     from glmaas.model.glm_checkpoint import load_checkpoint
     from glmaas.model.glm_generate import SamplingParams, fill_blanks
 
@@ -90,9 +92,8 @@ def run_generate(args) -> int:
     if not (folder / "config.json").exists() and (folder / "checkpoint" / "config.json").exists():
         folder = folder / "checkpoint"  # the --out folder of `glmaas train`
     if not (folder / "config.json").exists():
-        print(f"error: no checkpoint in {args.checkpoint} (expected config.json, model.safetensors, "
-              "tokenizer.json, or a `glmaas train --out` folder)", file=sys.stderr)
-        return 1
+        return fail(f"no checkpoint in {args.checkpoint} (expected config.json, model.safetensors, "
+                    "tokenizer.json, or a `glmaas train --out` folder)")
     model, tok, _ = load_checkpoint(folder)
     ids = tok.special
     # Byte-level BPE words carry their leading space, so a blank absorbs the space before it,
@@ -106,7 +107,8 @@ def run_generate(args) -> int:
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     pieces = fill_blanks(model, part_a, ids, params)
     # Splice each piece into its blank; a [gMASK] at the end becomes the continuation.
-    out, k = [], 0
+    out: list[int] = []
+    k = 0
     for t in part_a:
         if t in (ids.mask, ids.smask, ids.gmask):
             out.extend(pieces[k])
@@ -117,7 +119,7 @@ def run_generate(args) -> int:
     return 0
 
 
-def _add_experiment(subparsers) -> None:
+def _add_experiment(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("experiment", help="reproduce GLM's objective comparison at small scale")
     p.add_argument("name", choices=["objectives"])
     p.add_argument("--data-dir", help="folder with wikitext2-*.txt and tinyshakespeare.txt (default ../shared/data)")
@@ -134,10 +136,14 @@ def _add_experiment(subparsers) -> None:
     p.set_defaults(func=run_experiment)
 
 
-def run_experiment(args) -> int:
+def run_experiment(args: argparse.Namespace) -> int:
     import torch
 
-    from glmaas.training.experiment import ExperimentPlan, rewrite_report, run_objectives_experiment
+    from glmaas.training.experiment import (
+        ExperimentPlan,
+        rewrite_report,
+        run_objectives_experiment,
+    )
 
     if args.report_only:
         rewrite_report(args.work_dir, args.report)
@@ -150,14 +156,3 @@ def run_experiment(args) -> int:
             setattr(plan, name, getattr(args, name))
     run_objectives_experiment(plan, data_dir=args.data_dir, work_dir=args.work_dir, report=args.report)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="glmaas")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,44 @@
+"""`glmaas serve`: start the API server. Its defaults are the deployment's, from `glmaas.config`."""
+
+from __future__ import annotations
+
+import argparse
+
+from glmaas import config
+from glmaas.cli.common import add_store_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `serve` to the `glmaas` command."""
+    p = sub.add_parser("serve", help="start the API server")
+    add_store_options(p)
+    p.add_argument("--host", default=config.DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=config.DEFAULT_PORT)
+    p.add_argument("--model", action="append", metavar="ID=SPEC",
+                   help="serve another model: ID=PATH.gguf, ID=mock (repeatable)")
+    p.add_argument("--no-default-model", action="store_true",
+                   help="do not load the embedded default model")
+    p.add_argument("--redis-url", help="Redis URL: rate limits shared by several replicas")
+    p.add_argument("--max-body-bytes", type=int, default=config.DEFAULT_MAX_BODY_BYTES)
+    p.add_argument("--request-timeout", type=float, default=config.DEFAULT_REQUEST_TIMEOUT,
+                   help="seconds a generation may run before it is stopped (and billed as produced)")
+    p.add_argument("--usage-retention-days", type=float, default=config.DEFAULT_USAGE_RETENTION_DAYS,
+                   help="per-request usage rows older than this are pruned (daily totals stay)")
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from glmaas.server import build_state, run
+
+    settings = config.Settings(
+        data_dir=config.resolve_data_dir(args.data_dir),
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        models=list(args.model or []),
+        default_model=not args.no_default_model,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout=args.request_timeout,
+        usage_retention_days=args.usage_retention_days,
+    )
+    run(build_state(settings), settings, host=args.host, port=args.port)
+    return 0
