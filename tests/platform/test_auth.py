@@ -15,7 +15,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from glmaas.platform.accounts import ensure_account
-from glmaas.platform.auth import JWT_EARLIEST_S, JWT_LEEWAY_S, JWT_MAX_AHEAD_S, Authenticator
+from glmaas.platform.auth import (
+    JWT_EARLIEST_S,
+    JWT_LEEWAY_S,
+    JWT_MAX_AHEAD_S,
+    Authenticator,
+)
 from glmaas.platform.errors import AuthError
 from glmaas.platform.keys import create_key, revoke_key
 from glmaas.platform.secrets import SecretBox, load_master_key

@@ -11,7 +11,13 @@ from sqlalchemy import select
 
 from glmaas.platform.accounts import create_account
 from glmaas.platform.keys import create_key
-from glmaas.platform.ledger import balance, credit, folded_balance, place_hold, record_progress
+from glmaas.platform.ledger import (
+    balance,
+    credit,
+    folded_balance,
+    place_hold,
+    record_progress,
+)
 from glmaas.platform.pricing import PriceSheet, cost
 from glmaas.platform.recovery import heartbeat, recover
 from glmaas.platform.secrets import SecretBox
