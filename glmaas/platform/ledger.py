@@ -166,7 +166,8 @@ class Outcome:
     queue_ms: float
     first_token_ms: float | None
     total_ms: float
-    # False when the client received nothing it can use (a non-streamed request that failed).
+    # False when the client received nothing it can use: a non-streamed request that failed, or a
+    # request a crash interrupted before it made anything durable (see platform.recovery).
     billable: bool = True
 
 

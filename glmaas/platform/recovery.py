@@ -4,8 +4,15 @@ Each `glmaas serve` process is a replica with an owner id `<host>:<pid>:<start m
 heartbeat row. A hold belongs to the replica that admitted it. A replica is dead when its heartbeat
 is older than `STALE_AFTER_S`, or at once when it ran on this host and its process is gone (the
 common case: the server was killed and restarted). Its open holds are settled from their last
-durable progress (`holds.progress_tokens`): the prompt and the durable tokens are charged, a
-request that produced nothing durable is charged nothing, and the reservation is released.
+durable progress (`holds.progress_tokens`, written by a stream before it delivers its first token
+and every `DURABILITY_STEP` tokens after):
+
+- a request with durable progress is charged its prompt and its durable tokens;
+- a request with none (a non-streamed request, which delivers nothing before it finishes, or a
+  stream killed before its first token) is charged nothing, not even its prompt.
+
+Either way the reservation is released and the request gets its one usage record, with status
+`recovered` and the cost charged (0 for the second kind).
 """
 
 from __future__ import annotations
@@ -75,9 +82,11 @@ def recover(session_factory: Callable[[], Session], me: str,
         session.expunge_all()
     settled = 0
     for hold in holds:
+        # No durable progress: the client was sent nothing, so the request is released unbilled.
         facts = Outcome(status="recovered", cached_tokens=hold.cached_tokens,
-                           completion_tokens=hold.progress_tokens, finish_reason=None,
-                           queue_ms=0.0, first_token_ms=None, total_ms=0.0)
+                        completion_tokens=hold.progress_tokens, finish_reason=None,
+                        queue_ms=0.0, first_token_ms=None, total_ms=0.0,
+                        billable=hold.progress_tokens > 0)
         with session_factory() as session, session.begin():
             if settle_hold(session.connection(), ticket_of(hold), facts) is not None:
                 settled += 1
