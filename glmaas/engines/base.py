@@ -11,22 +11,46 @@ work on that sequence within one decode step.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
 
 @dataclass(frozen=True)
+class OutputConstraint:
+    """Output that must match a grammar: any JSON value (`json_object`), JSON valid against a
+    JSON schema (`json_schema`, the schema as JSON text), or a grammar in the EBNF dialect of the
+    engine's grammar library (`ebnf`)."""
+
+    kind: Literal["json_object", "json_schema", "ebnf"]
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. `temperature == 0` means greedy."""
+    """How to pick tokens. `temperature == 0` means greedy.
+
+    Penalties follow OpenAI (`frequency_penalty`, `presence_penalty`: subtracted from the logits
+    of tokens already generated) and Hugging Face (`repetition_penalty`: divides positive and
+    multiplies negative logits of tokens seen in prompt or output; 1.0 is off). `logit_bias`
+    adds to a token's logit before any other step. `logprobs`: None for none, else how many
+    top alternatives (0–20) to report beside each chosen token."""
 
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
+    constraint: OutputConstraint | None = None
 
 
 @dataclass(frozen=True)
@@ -50,14 +74,26 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the most likely alternatives at its step."""
+
+    token_id: int
+    text: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (token id, text, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class Delta:
     """A step of output. `text` is the decoded piece; it may be empty while a multi-byte
-    character is still incomplete, and is never split inside a character."""
+    character is still incomplete, and is never split inside a character. `logprobs`, when the
+    request asked for them, has one entry per id in `token_ids`."""
 
     token_ids: tuple[int, ...] = ()
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
+from glmaas.platform.auth import strip_bearer
 from glmaas.platform.secrets import create_private_file
 
 ADMIN_TOKEN_ENV = "GLMAAS_ADMIN_TOKEN"
@@ -30,7 +31,4 @@ def load_admin_token(data_dir: Path) -> str:
 def is_admin(presented: str | None, token: str) -> bool:
     if not presented:
         return False
-    value = presented.strip()
-    if value[:7].lower() == "bearer ":
-        value = value[7:].strip()
-    return hmac.compare_digest(value.encode(), token.encode())
+    return hmac.compare_digest(strip_bearer(presented).encode(), token.encode())

@@ -163,9 +163,7 @@ class Authenticator:
 def _credential(authorization: str | None) -> str:
     if not authorization or not authorization.strip():
         raise AuthError("missing", "No API key was given in the Authorization header.")
-    value = authorization.strip()
-    if value[:7].lower() == "bearer ":
-        value = value[7:].strip()
+    value = strip_bearer(authorization)
     # Checked before the value reaches a database lookup or a log: no control characters, no
     # non-ASCII, nothing a driver could refuse with its own exception.
     if len(value) > MAX_CREDENTIAL_CHARS or not _CREDENTIAL.fullmatch(value):
@@ -189,3 +187,11 @@ def _claim_time_s(value: object, name: str, now: float) -> float:
         raise AuthError("malformed", f"The token's {name} is not a time between 2000 and "
                                      f"{JWT_MAX_AHEAD_S // (366 * 86_400)} years from now.")
     return value / 1000 if in_ms else float(value)
+
+
+def strip_bearer(authorization: str) -> str:
+    """The credential of an `Authorization` header, with or without its `Bearer ` scheme."""
+    value = authorization.strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    return value

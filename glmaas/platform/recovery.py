@@ -25,7 +25,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from glmaas.platform.ledger import Outcome, settle_hold, ticket_of
+from glmaas.platform.ledger import Outcome, RequestStatus, settle_hold, ticket_of
 from glmaas.platform.limits import LimitSpec, account_model_scope, key_scope
 from glmaas.store.tables import Hold, Replica
 
@@ -83,7 +83,7 @@ def recover(session_factory: Callable[[], Session], me: str,
     settled = 0
     for hold in holds:
         # No durable progress: the client was sent nothing, so the request is released unbilled.
-        facts = Outcome(status="recovered", cached_tokens=hold.cached_tokens,
+        facts = Outcome(status=RequestStatus.RECOVERED, cached_tokens=hold.cached_tokens,
                         completion_tokens=hold.progress_tokens, finish_reason=None,
                         queue_ms=0.0, first_token_ms=None, total_ms=0.0,
                         billable=hold.progress_tokens > 0)

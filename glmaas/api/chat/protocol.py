@@ -19,7 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
-from glmaas.engines.base import Usage
+from glmaas.platform.metered import MeteredRun
 
 MAX_STOP_STRINGS = 4
 
@@ -156,10 +156,11 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
     @classmethod
-    def of(cls, usage: Usage) -> UsageInfo:
-        return cls(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                   total_tokens=usage.total_tokens,
-                   prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_prompt_tokens))
+    def of(cls, run: MeteredRun) -> UsageInfo:
+        """What the client is told: the same counts the run settles."""
+        return cls(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens,
+                   total_tokens=run.prompt_tokens + run.completion_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=run.cached_tokens))
 
 
 class ChatMessage(BaseModel):

@@ -33,7 +33,7 @@ async def chat_completions(request: Request) -> Response:
     run = admit(state, principal, chat.model, request_id, prompt_tokens=len(prompt.token_ids),
                 max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream)
     # The run settles when its deltas end, however they end.
-    deltas = run.generate(prompt.engine, generation_of(chat, prompt, request_id))
+    deltas = run.generate(prompt.engine.generate(generation_of(chat, prompt, request_id)))
     headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     if chat.stream:
         return MeteredStream(run, stream(run, deltas, chat, dialect), headers)

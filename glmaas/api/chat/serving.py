@@ -31,6 +31,7 @@ from glmaas.engines.base import (
     SamplingParams,
 )
 from glmaas.model.chat_template import ChatTemplateError, render_chat
+from glmaas.platform.metered import GenerationTimeout
 
 # When the client sets no limit, a reply may run to the end of the context, capped here.
 DEFAULT_MAX_TOKENS = 1024
@@ -75,7 +76,7 @@ def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> Generat
     return GenerationRequest(request_id, prompt.token_ids, sampling)
 
 
-def _engine_error(exc: EngineError) -> ApiError:
+def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
     return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}")
 
 
@@ -88,7 +89,7 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
             pieces.append(delta.text)
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
-    except EngineError as exc:
+    except (EngineError, GenerationTimeout) as exc:
         raise _engine_error(exc) from None
     return ChatCompletion(
         id=dialect.completion_id(run.request_id),
@@ -96,7 +97,7 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
         created=run.created,
         model=chat.model,
         choices=[Choice(finish_reason=run.finish_reason, message=ChatMessage(content="".join(pieces)))],
-        usage=UsageInfo.of(run.usage()),
+        usage=UsageInfo.of(run),
     )
 
 
@@ -113,17 +114,17 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
             choices=[ChunkChoice(delta=delta, finish_reason=finish)], usage=usage))
 
     def finish_chunk(reason: str) -> bytes:
-        return chunk(DeltaMessage(), reason, UsageInfo.of(run.usage()))
+        return chunk(DeltaMessage(), reason, UsageInfo.of(run))
 
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
             if delta.text:
                 yield chunk(DeltaMessage(content=delta.text))
-    except EngineError as exc:
+    except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
         yield dialect.stream_fault(_engine_error(exc), finish_chunk)
         yield SSE_DONE
         return
-    yield chunk(DeltaMessage(), run.finish_reason, UsageInfo.of(run.usage()) if include_usage else None)
+    yield chunk(DeltaMessage(), run.finish_reason, UsageInfo.of(run) if include_usage else None)
     yield SSE_DONE

@@ -1,0 +1,150 @@
+"""A metered run: one admitted request that sells tokens, from its admission to its one
+settlement. Every resource shares it: interactive routes (through `api/metered.py`) and
+background work (batch lines, async tasks) alike.
+
+    admit ─► generate (durable progress, deadline, cancellation) ─► exactly one settlement
+
+`MeteredRun.generate` passes an engine's deltas through, counting them, making a stream's
+progress durable before its tokens are delivered, and settling exactly once however iteration
+ends: finished, failed, timed out, or cancelled because the client went away. A caller builds its
+prompt, calls `start_run`, and serialises what `generate` yields; it never settles by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import anyio
+
+from glmaas.platform.auth import Principal
+from glmaas.platform.metering import Admission, Meter, Outcome, RequestStatus
+
+
+class GenerationTimeout(Exception):
+    """The request ran past the server's time limit; it is stopped and billed as produced."""
+
+
+class _UsageShape(Protocol):
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def cached_prompt_tokens(self) -> int: ...
+
+
+class DeltaShape(Protocol):
+    """What the run reads of an engine's delta (`glmaas.engines.base.Delta` has it)."""
+
+    @property
+    def token_ids(self) -> tuple[int, ...]: ...
+    @property
+    def usage(self) -> _UsageShape | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+
+
+D = TypeVar("D", bound=DeltaShape)
+
+
+@dataclass
+class MeteredRun:
+    """One admitted request and what it has produced so far."""
+
+    meter: Meter
+    admission: Admission
+    request_id: str
+    prompt_tokens: int
+    arrived: float
+    # Streams make progress durable before delivering tokens (see platform.metering).
+    durable: bool
+    timeout_s: float
+    created: int = field(default_factory=lambda: int(time.time()))
+    first_token_at: float | None = None
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self.arrived + self.timeout_s
+
+    async def generate(self, stream: AsyncGenerator[D, None]) -> AsyncGenerator[D, None]:
+        """The engine's deltas, passed through; settles exactly once however iteration ends, and
+        closes `stream` (so the engine stops within one step) when iteration stops early."""
+        status = RequestStatus.ABORTED
+        try:
+            async for delta in stream:
+                now = time.monotonic()
+                if delta.token_ids and self.first_token_at is None:
+                    self.first_token_at = now
+                self.completion_tokens += len(delta.token_ids)
+                if delta.usage is not None:
+                    # The engine's count is the truth; it equals the sum of the deltas.
+                    self.completion_tokens = delta.usage.completion_tokens
+                    self.cached_tokens = delta.usage.cached_prompt_tokens
+                    self.finish_reason = delta.finish_reason
+                    status = RequestStatus.OK
+                elif now > self.deadline:
+                    status = RequestStatus.TIMEOUT
+                    raise GenerationTimeout(f"generation passed the server's limit of {self.timeout_s:g} s")
+                if self.durable and self.admission.needs_progress(self.completion_tokens):
+                    self.meter.progress(self.admission, self.completion_tokens, self.cached_tokens)
+                yield delta
+        except GenerationTimeout:
+            self.finish_reason = "timeout"
+            raise
+        except Exception:
+            # Engine faults and bugs alike; a disconnect (cancellation) stays aborted.
+            status = RequestStatus.ERROR
+            self.finish_reason = "error"
+            raise
+        finally:
+            # Shielded: on a client disconnect this runs inside a cancelled scope.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            self.settle(status)
+
+    def settle_if_open(self, status: RequestStatus) -> None:
+        """Settle now unless `generate` already did (it settles on every path it runs)."""
+        if not self.admission.settled:
+            self.settle(status)
+
+    def settle(self, status: RequestStatus) -> None:
+        now = time.monotonic()
+        self.meter.settle(
+            self.admission,
+            Outcome(
+                status=status,
+                cached_tokens=self.cached_tokens,
+                completion_tokens=self.completion_tokens,
+                finish_reason=self.finish_reason,
+                queue_ms=(self.admission.admitted_at - self.arrived) * 1000,
+                first_token_ms=(self.first_token_at - self.arrived) * 1000 if self.first_token_at else None,
+                total_ms=(now - self.arrived) * 1000,
+                # A stream delivered what it produced; a failed plain request delivered nothing.
+                billable=self.durable or status in (RequestStatus.OK, RequestStatus.ABORTED),
+            ),
+        )
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """`x-ratelimit-*` of the key's limits, as OpenAI sends them."""
+        left = self.admission.grant.remaining
+        headers: dict[str, str] = {}
+        if left is not None and left.limit_requests is not None:
+            headers["x-ratelimit-limit-requests"] = str(left.limit_requests)
+            headers["x-ratelimit-remaining-requests"] = str(left.requests)
+        if left is not None and left.limit_tokens is not None:
+            headers["x-ratelimit-limit-tokens"] = str(left.limit_tokens)
+            headers["x-ratelimit-remaining-tokens"] = str(left.tokens)
+        return headers
+
+
+def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
+              max_tokens: int, arrived: float, durable: bool, timeout_s: float) -> MeteredRun:
+    """Admit the request (limits, a hold of its worst-case cost) and start its run, or raise the
+    platform's refusal (`PlatformError`). `durable`: progress is saved before tokens are
+    delivered (streams), so that a crash bills what was delivered."""
+    admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens)
+    return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s)
