@@ -31,6 +31,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     models: list[str] = field(default_factory=list)
+    model_files: list[Path] = field(default_factory=list)  # --models FILE.toml
     default_model: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT

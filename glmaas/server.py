@@ -48,7 +48,8 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     recovered = recover(db.session, owner, limiter.forget)
     if recovered:
         log.warning("settled %d requests left open by a replica that stopped", recovered)
-    registry = ModelRegistry.from_options(settings.models, with_default=settings.default_model)
+    registry = ModelRegistry.from_options(settings.models, with_default=settings.default_model,
+                                          files=settings.model_files)
     return AppState(
         db=db,
         registry=registry,
@@ -68,6 +69,7 @@ def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ig
     from glmaas.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     models = ", ".join(info.model_id for info in state.registry.models())
     print(f"glmaas: serving {models} on http://{host}:{port}  (data dir {settings.data_dir})", flush=True)
     script = Path(sys.executable).parent / "glmaas"

@@ -63,6 +63,7 @@ def create_app(state: AppState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         housekeeping = asyncio.create_task(run_housekeeping(state))
+        await state.registry.start()
         yield
         housekeeping.cancel()
         await state.registry.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from glmaas import config
 from glmaas.cli.common import add_store_options
@@ -15,7 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=config.DEFAULT_HOST)
     p.add_argument("--port", type=int, default=config.DEFAULT_PORT)
     p.add_argument("--model", action="append", metavar="ID=SPEC",
-                   help="serve another model: ID=PATH.gguf, ID=mock (repeatable)")
+                   help="serve another model: ID=PATH.gguf, ID=mock, ID=openai+http://HOST/v1[,opt=v...], "
+                        "ID=zhipu+https://HOST/api/paas/v4[,...] (repeatable; an id given several "
+                        "upstreams is served by a pool of them)")
+    p.add_argument("--models", action="append", metavar="FILE.toml", type=Path,
+                   help="models from a TOML file of [[models]] tables (id, and spec or url + options)")
     p.add_argument("--no-default-model", action="store_true",
                    help="do not load the embedded default model")
     p.add_argument("--redis-url", help="Redis URL: rate limits shared by several replicas")
@@ -35,6 +40,7 @@ def serve(args: argparse.Namespace) -> int:
         database_url=args.database_url,
         redis_url=args.redis_url,
         models=list(args.model or []),
+        model_files=list(args.models or []),
         default_model=not args.no_default_model,
         max_body_bytes=args.max_body_bytes,
         request_timeout=args.request_timeout,

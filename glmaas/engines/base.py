@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -62,11 +62,13 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Usage:
-    """Exact token counts of one generation."""
+    """Token counts of one generation: exact from a local engine; from an upstream, its own
+    count, or a count of ours flagged `estimated` when the upstream reported none."""
 
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -95,6 +97,14 @@ class Delta:
     usage: Usage | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
 
+    # Whether `token_count` is exact (engines that see token ids) or an estimate (upstreams).
+    exact_count: ClassVar[bool] = True
+
+    @property
+    def token_count(self) -> int:
+        """How many generated tokens this delta stands for."""
+        return len(self.token_ids)
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -110,6 +120,11 @@ class ModelInfo:
 
 class EngineError(Exception):
     """An engine fault: the request cannot go on. The message is safe to show a client."""
+
+
+class RequestRejected(EngineError):
+    """The engine refuses the request itself as invalid (an upstream's 4xx); told to the client
+    as a bad request, with the engine's reason."""
 
 
 class PromptTooLong(EngineError):

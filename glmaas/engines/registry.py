@@ -3,12 +3,18 @@
 SPEC is `KIND:REST`, and `ENGINE_KINDS` maps each kind to the factory that builds it:
   llamacpp:PATH[,opt=v...]   a local GGUF file run in process by llama.cpp (a bare PATH.gguf too)
   mock[:opt=v,...]           the deterministic test engine (`engines/mock.py`)
+  openai+http(s)://HOST/v1[,opt=v...]           an OpenAI-compatible server (`engines/upstream/`)
+  zhipu+http(s)://HOST/api/paas/v4[,opt=v...]   a Zhipu-dialect server
 A new kind of engine is one entry in that table.
+
+The same model id given several upstream specs (repeated `--model`, or several `[[models]]`
+tables of `--models FILE.toml`) is served by one pool of those upstreams.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,11 +81,35 @@ def _gguf(model_id: str, path: str, options: dict[str, str]) -> Engine:
     return LlamaCppEngine.from_spec(model_id, file, options)
 
 
+def _upstream_config(spec: str):  # type: ignore[no-untyped-def]
+    from glmaas.engines.upstream import UpstreamConfigError, parse_upstream
+
+    kind, _, rest = spec.partition(":")
+    dialect, _, scheme = kind.partition("+")
+    try:
+        return parse_upstream(dialect, f"{scheme}:{rest}")
+    except UpstreamConfigError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _upstreams(model_id: str, specs: list[str]) -> Engine:
+    from glmaas.engines.upstream import UpstreamEngine
+
+    return UpstreamEngine(model_id, [_upstream_config(spec) for spec in specs])  # type: ignore[return-value]
+
+
+def is_upstream(spec: str) -> bool:
+    return "+" in spec.partition(":")[0]
+
+
 # Engine kind → factory(model_id, the spec after "KIND:"). Factories import their engine lazily,
 # so serving the mock engine never loads llama.cpp.
 ENGINE_KINDS: dict[str, Callable[[str, str], Engine]] = {
     "llamacpp": _llamacpp,
     "mock": _mock,
+    **{f"{dialect}+{scheme}": (lambda model_id, rest, kind=f"{dialect}+{scheme}":
+                               _upstreams(model_id, [f"{kind}:{rest}"]))
+       for dialect in ("openai", "zhipu") for scheme in ("http", "https")},
 }
 
 
@@ -101,11 +131,33 @@ class ModelRegistry:
         self._engines: dict[str, Engine] = dict(engines or {})
 
     @classmethod
-    def from_options(cls, options: list[str], *, with_default: bool = True) -> ModelRegistry:
-        specs = dict(parse_model_option(o) for o in options)
+    def from_options(cls, options: list[str], *, with_default: bool = True,
+                     files: list[Path] | None = None) -> ModelRegistry:
+        """The models of `--model ID=SPEC` options and `--models FILE.toml` files."""
+        specs: dict[str, list[str]] = {}
+        pairs = [parse_model_option(o) for o in options]
+        for file in files or []:
+            pairs += read_models_file(file)
+        for model_id, spec in pairs:
+            specs.setdefault(model_id, []).append(spec)
         if with_default and DEFAULT_MODEL_ID not in specs:
-            specs = {DEFAULT_MODEL_ID: str(default_model_path()), **specs}
-        return cls({mid: build_engine(mid, spec) for mid, spec in specs.items()})
+            specs = {DEFAULT_MODEL_ID: [str(default_model_path())], **specs}
+        engines: dict[str, Engine] = {}
+        for model_id, given in specs.items():
+            if len(given) == 1:
+                engines[model_id] = build_engine(model_id, given[0])
+            elif all(is_upstream(spec) for spec in given):
+                engines[model_id] = _upstreams(model_id, given)
+            else:
+                raise SpecError(f"model {model_id!r} is given {len(given)} times; only upstreams form a pool")
+        return cls(engines)
+
+    async def start(self) -> None:
+        """Start the engines' background work (upstream health checks)."""
+        for engine in self._engines.values():
+            start = getattr(engine, "start", None)
+            if start is not None:
+                await start()
 
     def get(self, model_id: str) -> Engine | None:
         return self._engines.get(model_id)
@@ -116,3 +168,34 @@ class ModelRegistry:
     async def close(self) -> None:
         for engine in self._engines.values():
             await engine.close()
+
+
+def read_models_file(path: Path) -> list[tuple[str, str]]:
+    """(id, spec) pairs from a TOML file of `[[models]]` tables, each with an `id` and either a
+    `spec` (any `--model` SPEC) or an upstream `url` with its options as keys:
+
+        [[models]]
+        id = "glm-4.6"
+        url = "openai+http://10.0.0.7:8000/v1"
+        model = "zai-org/GLM-4.6"
+        key_env = "VLLM_KEY"
+        priority = 0
+        weight = 2
+    """
+    try:
+        tables = tomllib.loads(Path(path).read_text()).get("models", [])
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SpecError(f"cannot read the models file {path}: {exc}") from None
+    pairs = []
+    for table in tables:
+        model_id = str(table.get("id", "")).strip()
+        if not model_id:
+            raise SpecError(f"{path}: every [[models]] table needs an id")
+        if "spec" in table:
+            pairs.append((model_id, str(table["spec"])))
+        elif "url" in table:
+            options = "".join(f",{k}={v}" for k, v in table.items() if k not in ("id", "url"))
+            pairs.append((model_id, f"{table['url']}{options}"))
+        else:
+            raise SpecError(f"{path}: model {model_id!r} needs a spec or an upstream url")
+    return pairs

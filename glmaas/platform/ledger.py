@@ -55,6 +55,13 @@ class RequestStatus(enum.StrEnum):
     RECOVERED = "recovered"  # settled after a crash from its last durable progress
 
 
+class UsageSource(enum.StrEnum):
+    """Where a usage record's token counts come from."""
+
+    EXACT = "exact"  # the engine's own count (a local engine's, or an upstream's usage)
+    ESTIMATED = "estimated"  # our count of an upstream's text, when it reported no usage
+
+
 @dataclass(frozen=True)
 class HoldTicket:
     """What admission reserved; enough to settle without reading the hold back."""
@@ -166,6 +173,9 @@ class Outcome:
     queue_ms: float
     first_token_ms: float | None
     total_ms: float
+    # The prompt as the engine counted it; None: as admitted (the hold's count).
+    prompt_tokens: int | None = None
+    usage_source: UsageSource = UsageSource.EXACT
     # False when the client received nothing it can use: a non-streamed request that failed, or a
     # request a crash interrupted before it made anything durable (see platform.recovery).
     billable: bool = True
@@ -177,14 +187,17 @@ def settle_hold(conn: Connection, ticket: HoldTicket, facts: Outcome) -> Settlem
     was already settled, so a settlement can never happen twice. On PostgreSQL this is one
     statement, safe under autocommit."""
     now = time.time()
-    # The hold covers every outcome; clamp defensively so no bug can charge beyond it.
-    charged = min(cost(ticket.price, ticket.prompt_tokens, facts.cached_tokens, facts.completion_tokens),
+    prompt_tokens = ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens
+    # The hold covers every outcome (an upstream's prompt count beyond our estimate included);
+    # clamp so nothing can charge beyond it.
+    charged = min(cost(ticket.price, prompt_tokens, facts.cached_tokens, facts.completion_tokens),
                   ticket.amount) if ticket.amount and facts.billable else 0
     if conn.dialect.name == "postgresql":
         claimed = run(conn, "pg_settle_hold", account_id=ticket.account_id, request_id=ticket.request_id,
                       key_id=ticket.key_id, model=ticket.model, released=ticket.amount, charged=charged,
-                      prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
+                      prompt_tokens=prompt_tokens, cached_tokens=facts.cached_tokens,
                       completion_tokens=facts.completion_tokens, status=facts.status,
+                      usage_source=facts.usage_source,
                       finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,
                       first_token_ms=facts.first_token_ms, total_ms=facts.total_ms, created_at=now,
                       day=_day(now)).scalar()
@@ -197,9 +210,9 @@ def settle_hold(conn: Connection, ticket: HoldTicket, facts: Outcome) -> Settlem
         run(conn, "credit_account", account_id=ticket.account_id, amount=ticket.amount - charged)
         run(conn, "settle_key", key_id=ticket.key_id, amount=ticket.amount, charged=charged)
     usage = dict(account_id=ticket.account_id, key_id=ticket.key_id, model=ticket.model,
-                 prompt_tokens=ticket.prompt_tokens, cached_tokens=facts.cached_tokens,
+                 prompt_tokens=prompt_tokens, cached_tokens=facts.cached_tokens,
                  completion_tokens=facts.completion_tokens, cost=charged)
-    run(conn, "insert_usage", request_id=ticket.request_id, status=facts.status,
+    run(conn, "insert_usage", request_id=ticket.request_id, status=facts.status, usage_source=facts.usage_source,
         finish_reason=facts.finish_reason, queue_ms=facts.queue_ms, first_token_ms=facts.first_token_ms,
         total_ms=facts.total_ms, created_at=now, **usage)
     run(conn, "add_daily", day=_day(now), **usage)

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import anyio
 
 from glmaas.platform.auth import Principal
-from glmaas.platform.metering import Admission, Meter, Outcome, RequestStatus
+from glmaas.platform.metering import Admission, Meter, Outcome, RequestStatus, UsageSource
 
 
 class GenerationTimeout(Exception):
@@ -29,16 +29,22 @@ class GenerationTimeout(Exception):
 
 class _UsageShape(Protocol):
     @property
+    def prompt_tokens(self) -> int: ...
+    @property
     def completion_tokens(self) -> int: ...
     @property
     def cached_prompt_tokens(self) -> int: ...
+    @property
+    def estimated(self) -> bool: ...
 
 
 class DeltaShape(Protocol):
     """What the run reads of an engine's delta (`glmaas.engines.base.Delta` has it)."""
 
     @property
-    def token_ids(self) -> tuple[int, ...]: ...
+    def token_count(self) -> int: ...
+    @property
+    def exact_count(self) -> bool: ...
     @property
     def usage(self) -> _UsageShape | None: ...
     @property
@@ -65,6 +71,8 @@ class MeteredRun:
     completion_tokens: int = 0
     cached_tokens: int = 0
     finish_reason: str | None = None
+    # Our own count stands in for usage the engine did not report (an upstream's, see engines/chat.py).
+    usage_estimated: bool = False
 
     @property
     def deadline(self) -> float:
@@ -77,13 +85,19 @@ class MeteredRun:
         try:
             async for delta in stream:
                 now = time.monotonic()
-                if delta.token_ids and self.first_token_at is None:
+                count = delta.token_count
+                if count and self.first_token_at is None:
                     self.first_token_at = now
-                self.completion_tokens += len(delta.token_ids)
+                self.completion_tokens += count
+                if not delta.exact_count:
+                    self.usage_estimated = True
                 if delta.usage is not None:
-                    # The engine's count is the truth; it equals the sum of the deltas.
+                    # The engine's count is the truth; for a local engine it equals the sum of
+                    # the deltas and the prompt admitted, an upstream's replaces our estimates.
+                    self.prompt_tokens = delta.usage.prompt_tokens
                     self.completion_tokens = delta.usage.completion_tokens
                     self.cached_tokens = delta.usage.cached_prompt_tokens
+                    self.usage_estimated = delta.usage.estimated
                     self.finish_reason = delta.finish_reason
                     status = RequestStatus.OK
                 elif now > self.deadline:
@@ -117,14 +131,18 @@ class MeteredRun:
             self.admission,
             Outcome(
                 status=status,
+                prompt_tokens=self.prompt_tokens,
+                usage_source=UsageSource.ESTIMATED if self.usage_estimated else UsageSource.EXACT,
                 cached_tokens=self.cached_tokens,
                 completion_tokens=self.completion_tokens,
                 finish_reason=self.finish_reason,
                 queue_ms=(self.admission.admitted_at - self.arrived) * 1000,
                 first_token_ms=(self.first_token_at - self.arrived) * 1000 if self.first_token_at else None,
                 total_ms=(now - self.arrived) * 1000,
-                # A stream delivered what it produced; a failed plain request delivered nothing.
-                billable=self.durable or status in (RequestStatus.OK, RequestStatus.ABORTED),
+                # A stream delivered what it produced; a failed plain request, or a stream that
+                # failed before its first token, delivered nothing.
+                billable=(self.durable and self.first_token_at is not None)
+                or status in (RequestStatus.OK, RequestStatus.ABORTED),
             ),
         )
 

@@ -25,6 +25,7 @@ from glmaas.platform.ledger import (
     HoldTicket,
     Outcome,
     RequestStatus,
+    UsageSource,
     place_hold,
     record_progress,
     settle_hold,
@@ -39,7 +40,7 @@ from glmaas.platform.limits import (
 from glmaas.platform.pricing import PriceSheet, price_of
 from glmaas.store.tables import AccountModelLimit
 
-__all__ = ["Admission", "Meter", "Outcome", "RequestStatus"]
+__all__ = ["Admission", "Meter", "Outcome", "RequestStatus", "UsageSource"]
 
 # Progress is made durable at the first token and then every this many tokens.
 DURABILITY_STEP = 16

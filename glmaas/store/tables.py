@@ -70,6 +70,8 @@ class UsageRecord(Base):
     total_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, index=True)
     cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    # exact | estimated: whether the counts are the engine's or our estimate (see UsageSource).
+    usage_source: Mapped[str] = mapped_column(String(16), default="exact", server_default="exact")
 
 
 class Price(Base):

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
-from glmaas.api.chat.serving import build_prompt, complete, generation_of, stream
+from glmaas.api.chat.serving import build_prompt, complete, first_delta_ahead, generate, stream
 from glmaas.api.dialects import DIALECTS, dialect_of
 from glmaas.api.metered import MeteredStream, admit
 from glmaas.api.requests import (
@@ -30,12 +30,14 @@ async def chat_completions(request: Request) -> Response:
     chat = to_canonical(await parse_body(request, ChatCompletionRequest))
     request_id = take_request_id(request, chat.request_id)
     prompt = build_prompt(state, chat)
-    run = admit(state, principal, chat.model, request_id, prompt_tokens=len(prompt.token_ids),
+    run = admit(state, principal, chat.model, request_id, prompt_tokens=prompt.prompt_tokens,
                 max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream)
     # The run settles when its deltas end, however they end.
-    deltas = run.generate(prompt.engine.generate(generation_of(chat, prompt, request_id)))
+    deltas = run.generate(generate(chat, prompt, request_id))
     headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     if chat.stream:
+        if prompt.asks_in_messages:  # an upstream: it may still refuse before its first output
+            deltas = await first_delta_ahead(deltas)
         return MeteredStream(run, stream(run, deltas, chat, dialect), headers)
     return JSONModelResponse(await complete(run, deltas, chat, dialect), headers=headers)
 

@@ -4,7 +4,7 @@ run's (`api/metered.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from glmaas.api.chat.protocol import (
@@ -28,8 +28,10 @@ from glmaas.engines.base import (
     EngineError,
     GenerationRequest,
     PromptTooLong,
+    RequestRejected,
     SamplingParams,
 )
+from glmaas.engines.chat import ChatCall, ChatEngine
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
 
@@ -39,11 +41,17 @@ DEFAULT_MAX_TOKENS = 1024
 
 @dataclass(frozen=True)
 class Prompt:
-    """A chat request made ready for its engine."""
+    """A chat request made ready for its engine. A chat engine (an upstream) takes the messages
+    themselves: it has no token ids, and `prompt_tokens` is our estimate until it reports usage."""
 
-    engine: Engine
+    engine: Engine | ChatEngine
     token_ids: tuple[int, ...]
     max_tokens: int
+    prompt_tokens: int
+
+    @property
+    def asks_in_messages(self) -> bool:
+        return isinstance(self.engine, ChatEngine)
 
 
 def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
@@ -53,6 +61,10 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
     if engine is None:
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {chat.model!r} does not exist.", param="model")
     info = engine.info
+    if isinstance(engine, ChatEngine):
+        estimate = engine.count_prompt(chat.messages, chat.tools)
+        room = max(1, info.context_length - estimate)
+        return Prompt(engine, (), min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), estimate)
     try:
         text = render_chat(info.chat_template or "", chat.messages, bos_token=info.bos_token,
                            eos_token=info.eos_token, tools=chat.tools)
@@ -67,13 +79,51 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
             f"{info.context_length - 1} prompt tokens.",
             param="messages",
         )
-    return Prompt(engine, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room))
+    return Prompt(engine, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), len(token_ids))
+
+
+def generate(chat: ChatRequest, prompt: Prompt, request_id: str) -> AsyncGenerator[Delta, None]:
+    """Start the engine on the request: token ids for a local engine, the chat for a chat engine."""
+    if isinstance(prompt.engine, ChatEngine):
+        return prompt.engine.chat(call_of(chat, prompt, request_id))  # type: ignore[return-value]
+    return prompt.engine.generate(generation_of(chat, prompt, request_id))  # type: ignore[return-value]
 
 
 def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> GenerationRequest:
     sampling = SamplingParams(max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
                               seed=chat.seed, stop=chat.stop)
     return GenerationRequest(request_id, prompt.token_ids, sampling)
+
+
+def call_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> ChatCall:
+    sampling: dict = {"temperature": chat.temperature, "top_p": chat.top_p}
+    if chat.seed is not None:
+        sampling["seed"] = chat.seed
+    if chat.stop:
+        sampling["stop"] = list(chat.stop)
+    return ChatCall(request_id, chat.messages, prompt.max_tokens, sampling, tools=chat.tools, user=chat.user)
+
+
+async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
+    """Wait for the first delta before the response starts, so that an engine that refuses the
+    request (an upstream's 4xx) or cannot start it (no upstream available) still answers with an
+    HTTP error instead of a stream that fails at once."""
+    try:
+        first = await anext(deltas)
+    except RequestRejected as exc:
+        raise ApiError(ErrorKind.INVALID_REQUEST, str(exc)) from None
+    except (EngineError, GenerationTimeout) as exc:
+        raise _engine_error(exc) from None
+
+    async def chained() -> AsyncGenerator[Delta, None]:
+        try:
+            yield first
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()
+
+    return chained()
 
 
 def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
@@ -89,6 +139,8 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
             pieces.append(delta.text)
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
+    except RequestRejected as exc:
+        raise ApiError(ErrorKind.INVALID_REQUEST, str(exc)) from None
     except (EngineError, GenerationTimeout) as exc:
         raise _engine_error(exc) from None
     return ChatCompletion(

@@ -1,0 +1,91 @@
+"""Chat engines: a whole chat in, deltas out.
+
+A local engine speaks token ids (`engines/base.py`): the layers above render the chat template
+and tokenize. An engine that fronts another server (an upstream: vLLM, SGLang, llama.cpp's
+server, another MaaS) cannot: its tokenizer and template live on the other side, and it is
+asked in text. So a `ChatEngine` takes a `ChatCall` (the messages, tools, response format and
+sampling fields of the canonical request, dialect-free) and yields `ChatDelta`s: a `Delta` that
+also carries reasoning and tool-call pieces, counts the tokens it stands for as an estimate, and
+ends with the engine's `Usage` (the upstream's own, or an estimate flagged `estimated`).
+
+The metered run reads both kinds of delta the same way (`token_count`, `usage`,
+`finish_reason`); cancellation is the same too: closing the iterator stops the engine at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from glmaas.engines.base import Delta, ModelInfo
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """A chat request as an engine that speaks text receives it. Messages and tools are in the
+    OpenAI wire form, which every dialect maps onto; `sampling` holds only the sampling fields
+    the client set (temperature, top_p, seed, stop, penalties...), by their OpenAI names."""
+
+    request_id: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    sampling: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    logprobs: int | None = None  # None: none; else how many alternatives beside each token
+    thinking: bool | None = None  # reasoning on/off where the model has the switch; None: its default
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallPiece:
+    """A piece of a tool call, as streams send them: the first piece of call `index` has its
+    id and function name; arguments arrive as text, possibly over several pieces."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class ChatDelta(Delta):
+    """A step of a chat engine's output. `tokens` is how many tokens it stands for, by our own
+    count (the upstream's usage, on the last delta, replaces the sum)."""
+
+    reasoning: str = ""
+    tool_calls: tuple[ToolCallPiece, ...] = ()
+    tokens: int = 0
+
+    exact_count: ClassVar[bool] = False
+
+    @property
+    def token_count(self) -> int:
+        return self.tokens
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    """A model asked in messages; see the module docstring."""
+
+    info: ModelInfo
+
+    def count_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+        """Our estimate of the prompt's tokens: what admission holds for and what is billed
+        when the engine reports no usage."""
+        ...
+
+    def chat(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        """Stream the reply; the last delta has `finish_reason` and `usage` set. Raises
+        `RequestRejected` when the request is refused as invalid, `EngineError` on a fault."""
+        ...
+
+    async def start(self) -> None:
+        """Start background work (health checks); called once the event loop runs."""
+        ...
+
+    async def close(self) -> None:
+        """Close connections and stop background work."""
+        ...

@@ -1,0 +1,153 @@
+"""One upstream server in a pool: its HTTP client, its health, and one streamed call.
+
+Each member owns one `httpx.AsyncClient` (a keep-alive connection pool with a cap on
+connections) for its whole life; no client is made per request. Its health is a circuit
+breaker: `closed` (in use), `open` (ejected after a refused connection or `fail_threshold`
+failures in a row, for `cooldown` seconds), then `half_open`, when one probe (a request or an
+active health check) decides between closed and open again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from glmaas.engines.upstream.config import UpstreamConfig
+from glmaas.engines.upstream.wire import authorization
+
+
+class Unavailable(Exception):
+    """The upstream could not take the request (no connection, 5xx, 429, timeout before any
+    output): another member may."""
+
+
+class Refused(Exception):
+    """The upstream refused the request itself (a 4xx): no other member would do better."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Member:
+    """An upstream server and its circuit breaker."""
+
+    def __init__(self, config: UpstreamConfig, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self._key = config.api_key()
+        self._clock = clock
+        self.client = httpx.AsyncClient(
+            base_url=config.base_url,
+            headers=authorization(config, self._key) if config.auth == "key" else {},
+            timeout=httpx.Timeout(connect=config.connect_timeout, read=None, write=30.0, pool=config.connect_timeout),
+            limits=httpx.Limits(max_connections=config.max_connections,
+                                max_keepalive_connections=config.max_connections, keepalive_expiry=30.0),
+        )
+        self.outstanding = 0
+        self.state = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+        self._probing = False
+
+    def __repr__(self) -> str:
+        return f"Member({self.config.describe()}, {self.state})"
+
+    # The circuit breaker.
+
+    def available(self) -> bool:
+        """Whether a request may be sent here now (a half-open member takes one probe)."""
+        if self.state == "open" and self._clock() - self.opened_at >= self.config.cooldown:
+            self.state = "half_open"
+        return self.state == "closed" or (self.state == "half_open" and not self._probing)
+
+    def succeeded(self) -> None:
+        self.state, self.failures, self._probing = "closed", 0, False
+
+    def failed(self, *, eject: bool = False) -> None:
+        """Count a failure; `eject` opens the breaker at once (a refused connection is proof
+        enough)."""
+        self.failures += 1
+        self._probing = False
+        if eject or self.state == "half_open" or self.failures >= self.config.fail_threshold:
+            self.state, self.opened_at = "open", self._clock()
+
+    # Calls.
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST the chat request and yield its stream's chunks as JSON objects. Raises
+        `Unavailable` or `Refused` before the first chunk; closing the iterator closes the
+        connection, so the upstream sees the client leave at once."""
+        if self.state == "half_open":
+            self._probing = True
+        request = self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+        try:
+            async with asyncio.timeout(self.config.first_token_timeout):
+                response = await self.client.send(request, stream=True)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            self.failed(eject=isinstance(exc, httpx.ConnectError))
+            raise Unavailable(f"{self.config.describe()}: {type(exc).__name__}") from None
+        try:
+            if response.status_code >= 400:
+                await self._refusal(response)
+            lines = response.aiter_lines()
+            first = True
+            while True:
+                timeout = self.config.first_token_timeout if first else self.config.idle_timeout
+                async with asyncio.timeout(timeout):
+                    line = await anext(lines, None)
+                if line is None:
+                    return
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(chunk, dict):
+                    first = False
+                    yield chunk
+        finally:
+            await response.aclose()
+
+    async def _refusal(self, response: httpx.Response) -> None:
+        raw = await response.aread()
+        status = response.status_code
+        if status >= 500 or status in (408, 429):
+            self.failed()
+            raise Unavailable(f"{self.config.describe()}: HTTP {status}")
+        try:
+            error = json.loads(raw).get("error") or {}
+            message = str(error.get("message") or error)[:300]
+        except (ValueError, AttributeError):
+            message = f"HTTP {status}"
+        raise Refused(status, message)
+
+    def _auth(self) -> dict[str, str]:
+        # A JWT is short-lived, so it is signed per request; a raw key sits in the client's headers.
+        return authorization(self.config, self._key) if self.config.auth == "jwt" else {}
+
+    async def check(self) -> bool:
+        """An active health check: GET /models. Any answer below 500 means the server is up
+        (a 401 or 404 still proves it is serving); no answer or a 5xx means down."""
+        try:
+            response = await self.client.get("/models", headers=self._auth(),
+                                              timeout=self.config.connect_timeout)
+            healthy = response.status_code < 500
+        except httpx.HTTPError:
+            healthy = False
+        if healthy and self.state != "closed" and self._clock() - self.opened_at >= self.config.cooldown:
+            self.succeeded()  # re-admitted, once its cooldown has passed
+        elif not healthy:
+            self.failed(eject=True)
+        return healthy
+
+    async def close(self) -> None:
+        await self.client.aclose()

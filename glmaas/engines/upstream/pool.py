@@ -1,0 +1,135 @@
+"""The upstream engine: one model id served by a pool of upstream servers.
+
+Choice: the best (lowest) priority that has an available member, and within it the member
+with the fewest outstanding requests per unit of weight. Failover: a request that fails before
+it has yielded anything (no connection, a 5xx, a timeout, the upstream dying before its first
+output) is sent to the next member; once output has been yielded, it reached the client, and a
+failure ends the stream as an engine fault. Active health checks run every `health_interval`
+seconds and re-admit an ejected member once it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from glmaas.engines.base import EngineError, ModelInfo, RequestRejected, Usage
+from glmaas.engines.chat import ChatCall, ChatDelta
+from glmaas.engines.upstream.config import UpstreamConfig
+from glmaas.engines.upstream.member import Member, Refused, Unavailable
+from glmaas.engines.upstream.tokens import TokenCounter
+from glmaas.engines.upstream.wire import UpstreamFault, read_chunk, request_body
+
+log = logging.getLogger("glmaas.upstream")
+
+
+class UpstreamEngine:
+    """A `ChatEngine` in front of one or more upstream servers; see the module docstring."""
+
+    def __init__(self, model_id: str, configs: list[UpstreamConfig]) -> None:
+        self.members = [Member(c) for c in configs]
+        tokenizer = next((c.tokenizer for c in configs if c.tokenizer), None)
+        self.counter = TokenCounter(tokenizer)
+        self._exact_pieces = tokenizer is not None
+        self.info = ModelInfo(model_id=model_id, context_length=min(c.context_length for c in configs),
+                              chat_template=None)
+        self._health: asyncio.Task[None] | None = None
+
+    def count_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+        return self.counter.messages(messages, tools)
+
+    def choose(self, tried: list[Member]) -> Member | None:
+        """The member to send the next attempt to, or None when none is left."""
+        candidates = [m for m in self.members if m not in tried and m.available()]
+        if not candidates:
+            return None
+        best = min(m.config.priority for m in candidates)
+        level = [m for m in candidates if m.config.priority == best]
+        return min(level, key=lambda m: (m.outstanding + 1) / m.config.weight)
+
+    async def chat(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        tried: list[Member] = []
+        while (member := self.choose(tried)) is not None:
+            tried.append(member)
+            yielded = False
+            member.outstanding += 1
+            chunks = member.stream(request_body(member.config, call, self.info.model_id))
+            try:
+                async for delta in self._relay(chunks, call):
+                    yielded = True
+                    yield delta
+                member.succeeded()
+                return
+            except Unavailable as exc:
+                log.warning("upstream unavailable for %s, trying another: %s", self.info.model_id, exc)
+            except Refused as exc:
+                member.succeeded()  # it answered: the request was at fault, not the server
+                raise RequestRejected(f"The upstream refused the request: {exc}") from None
+            except (httpx.HTTPError, TimeoutError, UpstreamFault) as exc:
+                member.failed(eject=isinstance(exc, httpx.TransportError))
+                log.warning("upstream %s failed (%s)", member.config.describe(), type(exc).__name__)
+                if yielded:
+                    raise EngineError("the upstream failed mid-stream") from None
+            finally:
+                member.outstanding -= 1
+                await chunks.aclose()
+        raise EngineError(f"no upstream of {self.info.model_id} is available")
+
+    async def _relay(self, chunks: AsyncIterator[dict], call: ChatCall) -> AsyncIterator[ChatDelta]:
+        """The upstream's chunks as deltas, then the last delta with the finish reason and the
+        usage: the upstream's, or our estimate when it sent none."""
+        usage: Usage | None = None
+        finish: str | None = None
+        produced = 0
+        async for chunk in chunks:
+            delta, chunk_usage, chunk_finish = read_chunk(chunk)
+            usage = chunk_usage or usage
+            finish = chunk_finish or finish
+            if delta is not None:
+                tokens = self._count(delta)
+                produced += tokens
+                yield ChatDelta(text=delta.text, reasoning=delta.reasoning, tool_calls=delta.tool_calls,
+                                logprobs=delta.logprobs, tokens=tokens)
+        if finish is None:
+            raise UpstreamFault("the upstream's stream ended without a finish reason")
+        if usage is None:
+            usage = Usage(self.count_prompt(call.messages, call.tools), produced, estimated=True)
+        yield ChatDelta(finish_reason=finish if finish in ("stop", "length", "tool_calls") else "stop",  # type: ignore[arg-type]
+                        usage=usage)
+
+    def _count(self, delta: ChatDelta) -> int:
+        if not self._exact_pieces:
+            return 1  # streaming servers send about one token per chunk
+        text = delta.text + delta.reasoning + "".join(c.arguments for c in delta.tool_calls)
+        return max(1, self.counter.text(text))
+
+    async def start(self) -> None:
+        if self._health is None:
+            self._health = asyncio.create_task(self._check_health())
+
+    async def _check_health(self) -> None:
+        interval = min(m.config.health_interval for m in self.members)
+        while True:
+            await asyncio.sleep(interval)
+            results = await asyncio.gather(*(m.check() for m in self.members), return_exceptions=True)
+            for member, ok in zip(self.members, results, strict=True):
+                if ok is not True:
+                    log.warning("upstream %s failed its health check", member.config.describe())
+
+    async def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+        for member in self.members:
+            await member.close()
+
+    # A chat engine has no token ids of its own; these satisfy the `Engine` protocol's shape.
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        raise EngineError("an upstream model takes messages, not token ids")
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        raise EngineError("an upstream model takes messages, not token ids")

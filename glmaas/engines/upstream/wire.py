@@ -1,0 +1,127 @@
+"""What goes over the wire to an upstream and what comes back: the request body in the
+upstream's dialect, its authorization header, and its stream chunks read into `ChatDelta`s.
+
+Both dialects stream OpenAI-shaped chunks; they differ in what the request may carry (Zhipu
+takes `do_sample` instead of a zero temperature, `thinking`, and always reports usage) and in
+how a fault mid-stream is told (`finish_reason: network_error` on Zhipu, an `error` object on
+OpenAI-compatible servers). Only the fields named here go up or come down; anything else an
+upstream sends is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+
+from glmaas.engines.base import TokenLogprob, Usage
+from glmaas.engines.chat import ChatCall, ChatDelta, ToolCallPiece
+from glmaas.engines.upstream.config import UpstreamConfig
+
+# Sampling fields passed up by name, when the client set them.
+OPENAI_SAMPLING = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty",
+                   "logit_bias", "top_k", "min_p", "repetition_penalty")
+ZHIPU_SAMPLING = ("temperature", "top_p", "seed", "stop")
+# Finish reasons that mean the upstream failed, not that the reply ended.
+FAULT_FINISHES = {"network_error", "error"}
+JWT_TTL_S = 210  # what the Zhipu SDKs sign for
+
+
+class UpstreamFault(Exception):
+    """The upstream reported a failure inside its stream."""
+
+
+def request_body(config: UpstreamConfig, call: ChatCall, model: str) -> dict[str, Any]:
+    """The streaming chat request for this upstream."""
+    body: dict[str, Any] = {"model": config.model or model, "messages": call.messages,
+                            "max_tokens": call.max_tokens, "stream": True}
+    for name in ("tools", "tool_choice", "response_format"):
+        value = getattr(call, name)
+        if value is not None:
+            body[name] = value
+    if call.user is not None:
+        body["user"] = call.user
+    if config.dialect == "zhipu":
+        body.update({k: v for k, v in call.sampling.items() if k in ZHIPU_SAMPLING})
+        if body.get("temperature") == 0:
+            # Zhipu's way to say greedy; a zero temperature is outside its range.
+            del body["temperature"]
+            body.pop("top_p", None)
+            body["do_sample"] = False
+        if call.thinking is not None:
+            body["thinking"] = {"type": "enabled" if call.thinking else "disabled"}
+        return body
+    body.update({k: v for k, v in call.sampling.items() if k in OPENAI_SAMPLING})
+    body["stream_options"] = {"include_usage": True}
+    if call.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = call.logprobs
+    if call.thinking is not None:
+        # vLLM and SGLang take the GLM templates' switch this way.
+        body["chat_template_kwargs"] = {"enable_thinking": call.thinking}
+    return body
+
+
+def authorization(config: UpstreamConfig, key: str | None) -> dict[str, str]:
+    """The Authorization header: the key as a bearer token, or (Zhipu, `auth=jwt`) a JWT signed
+    with it the way the Zhipu SDKs sign (HS256, millisecond `exp`)."""
+    if key is None:
+        return {}
+    if config.auth == "jwt":
+        key_id, _, secret = key.partition(".")
+        now_ms = int(time.time() * 1000)
+        token = jwt.encode({"api_key": key_id, "exp": now_ms + JWT_TTL_S * 1000, "timestamp": now_ms},
+                           secret, algorithm="HS256", headers={"alg": "HS256", "sign_type": "SIGN"})
+        return {"authorization": f"Bearer {token}"}
+    return {"authorization": f"Bearer {key}"}
+
+
+def read_chunk(chunk: dict[str, Any]) -> tuple[ChatDelta | None, Usage | None, str | None]:
+    """One stream chunk → (its delta, if it carries output; the usage it reports; its finish
+    reason). Raises `UpstreamFault` when the chunk says the upstream failed."""
+    if "error" in chunk:
+        error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+        raise UpstreamFault(str(error.get("message", "the upstream reported an error"))[:300])
+    usage = read_usage(chunk.get("usage"))
+    choices = chunk.get("choices") or []
+    if not choices:
+        return None, usage, None
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    finish = choice.get("finish_reason")
+    if finish in FAULT_FINISHES:
+        raise UpstreamFault(f"the upstream ended its stream with {finish}")
+    delta = choice.get("delta") or {}
+    text = delta.get("content") or ""
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+    calls = tuple(_tool_call(i, c) for i, c in enumerate(delta.get("tool_calls") or []) if isinstance(c, dict))
+    logprobs = _logprobs(choice.get("logprobs"))
+    if not (text or reasoning or calls or logprobs):
+        return None, usage, finish
+    return ChatDelta(text=text, reasoning=reasoning, tool_calls=calls, logprobs=logprobs), usage, finish
+
+
+def read_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict) or "prompt_tokens" not in raw:
+        return None
+    details = raw.get("prompt_tokens_details") or {}
+    return Usage(prompt_tokens=int(raw["prompt_tokens"]), completion_tokens=int(raw.get("completion_tokens") or 0),
+                 cached_prompt_tokens=int(details.get("cached_tokens") or 0))
+
+
+def _tool_call(position: int, raw: dict[str, Any]) -> ToolCallPiece:
+    function = raw.get("function") or {}
+    return ToolCallPiece(index=int(raw.get("index", position)), id=raw.get("id"), name=function.get("name"),
+                         arguments=function.get("arguments") or "")
+
+
+def _logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+    """OpenAI-form logprobs (`{"content": [{token, logprob, top_logprobs}]}`); upstream token
+    ids are unknown, so they read -1."""
+    if not isinstance(raw, dict) or not raw.get("content"):
+        return None
+    return tuple(
+        TokenLogprob(-1, str(item.get("token", "")), float(item.get("logprob", 0.0)),
+                     tuple((-1, str(t.get("token", "")), float(t.get("logprob", 0.0)))
+                           for t in item.get("top_logprobs") or []))
+        for item in raw["content"] if isinstance(item, dict))
