@@ -105,9 +105,9 @@ class Server:
 
 
 def start_server(data_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> Server:
-    """Start `glmaas serve` with `args` and wait until it answers."""
-    port = free_port()
+                 timeout: float = 60.0, port: int | None = None) -> Server:
+    """Start `glmaas serve` with `args` (on `port`, else a free one) and wait until it answers."""
+    port = port or free_port()
     log = data_dir / f"server-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
