@@ -136,17 +136,20 @@ class Member:
 
     async def check(self) -> bool:
         """An active health check: GET /models. Any answer below 500 means the server is up
-        (a 401 or 404 still proves it is serving); no answer or a 5xx means down."""
+        (a 401 or 404 still proves it is serving). A refused connection ejects it at once; a
+        slow answer or a 5xx counts as one failure (a busy server may answer late: llama.cpp's
+        Python server holds /models while it generates)."""
+        refused = False
         try:
             response = await self.client.get("/models", headers=self._auth(),
                                               timeout=self.config.connect_timeout)
             healthy = response.status_code < 500
-        except httpx.HTTPError:
-            healthy = False
+        except httpx.HTTPError as exc:
+            healthy, refused = False, isinstance(exc, httpx.ConnectError)
         if healthy and self.state != "closed" and self._clock() - self.opened_at >= self.config.cooldown:
             self.succeeded()  # re-admitted, once its cooldown has passed
         elif not healthy:
-            self.failed(eject=True)
+            self.failed(eject=refused)
         return healthy
 
     async def close(self) -> None:
