@@ -51,12 +51,21 @@ class ToolCallPiece:
 
 
 @dataclass(frozen=True)
+class WholeToolCall:
+    """A complete call of a declared function; `arguments` is JSON text, as both dialects carry it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ChatDelta(Delta):
     """A step of a chat engine's output. `tokens` is how many tokens it stands for, by our own
     count (the upstream's usage, on the last delta, replaces the sum)."""
 
     reasoning: str = ""
-    tool_calls: tuple[ToolCallPiece, ...] = ()
+    tool_calls: tuple[WholeToolCall, ...] = ()
     tokens: int = 0
 
     exact_count: ClassVar[bool] = False

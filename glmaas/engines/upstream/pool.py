@@ -22,7 +22,7 @@ from glmaas.engines.chat import ChatCall, ChatDelta
 from glmaas.engines.upstream.config import UpstreamConfig
 from glmaas.engines.upstream.member import Member, Refused, Unavailable
 from glmaas.engines.upstream.tokens import TokenCounter
-from glmaas.engines.upstream.wire import UpstreamFault, read_chunk, request_body
+from glmaas.engines.upstream.wire import ToolCallAssembler, UpstreamFault, read_chunk, request_body
 
 log = logging.getLogger("glmaas.upstream")
 
@@ -81,30 +81,36 @@ class UpstreamEngine:
 
     async def _relay(self, chunks: AsyncIterator[dict], call: ChatCall) -> AsyncIterator[ChatDelta]:
         """The upstream's chunks as deltas, then the last delta with the finish reason and the
-        usage: the upstream's, or our estimate when it sent none."""
+        usage: the upstream's, or our estimate when it sent none. Tool calls are passed on whole,
+        once the stream has ended (their pieces are counted as they come)."""
         usage: Usage | None = None
         finish: str | None = None
         produced = 0
-        async for chunk in chunks:
-            delta, chunk_usage, chunk_finish = read_chunk(chunk)
-            usage = chunk_usage or usage
-            finish = chunk_finish or finish
-            if delta is not None:
-                tokens = self._count(delta)
+        calls = ToolCallAssembler()
+        async for raw in chunks:
+            chunk = read_chunk(raw)
+            usage = chunk.usage or usage
+            finish = chunk.finish_reason or finish
+            for piece in chunk.tool_pieces:
+                calls.push(piece)
+            arguments = "".join(p.arguments for p in chunk.tool_pieces)
+            if chunk.delta is not None or chunk.tool_pieces:
+                delta = chunk.delta or ChatDelta()
+                tokens = self._count(delta.text + delta.reasoning + arguments)
                 produced += tokens
-                yield ChatDelta(text=delta.text, reasoning=delta.reasoning, tool_calls=delta.tool_calls,
-                                logprobs=delta.logprobs, tokens=tokens)
+                yield ChatDelta(text=delta.text, reasoning=delta.reasoning, logprobs=delta.logprobs, tokens=tokens)
         if finish is None:
             raise UpstreamFault("the upstream's stream ended without a finish reason")
+        if whole := calls.calls():
+            yield ChatDelta(tool_calls=whole)
         if usage is None:
             usage = Usage(self.count_prompt(call.messages, call.tools), produced, estimated=True)
         yield ChatDelta(finish_reason=finish if finish in ("stop", "length", "tool_calls") else "stop",  # type: ignore[arg-type]
                         usage=usage)
 
-    def _count(self, delta: ChatDelta) -> int:
+    def _count(self, text: str) -> int:
         if not self._exact_pieces:
             return 1  # streaming servers send about one token per chunk
-        text = delta.text + delta.reasoning + "".join(c.arguments for c in delta.tool_calls)
         return max(1, self.counter.text(text))
 
     async def start(self) -> None:

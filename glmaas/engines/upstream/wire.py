@@ -10,13 +10,15 @@ upstream sends is dropped.
 
 from __future__ import annotations
 
+import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from glmaas.engines.base import TokenLogprob, Usage
-from glmaas.engines.chat import ChatCall, ChatDelta, ToolCallPiece
+from glmaas.engines.chat import ChatCall, ChatDelta, ToolCallPiece, WholeToolCall
 from glmaas.engines.upstream.config import UpstreamConfig
 
 # Sampling fields passed up by name, when the client set them.
@@ -77,16 +79,43 @@ def authorization(config: UpstreamConfig, key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-def read_chunk(chunk: dict[str, Any]) -> tuple[ChatDelta | None, Usage | None, str | None]:
-    """One stream chunk → (its delta, if it carries output; the usage it reports; its finish
-    reason). Raises `UpstreamFault` when the chunk says the upstream failed."""
+@dataclass(frozen=True)
+class Chunk:
+    """What one stream chunk says: output (text, reasoning, tool-call pieces, logprobs), the
+    usage, the finish reason."""
+
+    delta: ChatDelta | None = None
+    tool_pieces: tuple[ToolCallPiece, ...] = ()
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+class ToolCallAssembler:
+    """Joins the pieces of streamed tool calls into whole calls, by index."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def push(self, piece: ToolCallPiece) -> None:
+        call = self._calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+        call["id"] = piece.id or call["id"]
+        call["name"] = piece.name or call["name"]
+        call["arguments"] += piece.arguments
+
+    def calls(self) -> tuple[WholeToolCall, ...]:
+        return tuple(WholeToolCall(c["id"] or f"call_{secrets.token_hex(12)}", c["name"], c["arguments"] or "{}")
+                     for _, c in sorted(self._calls.items()))
+
+
+def read_chunk(chunk: dict[str, Any]) -> Chunk:
+    """One stream chunk, read. Raises `UpstreamFault` when the chunk says the upstream failed."""
     if "error" in chunk:
         error = chunk["error"] if isinstance(chunk["error"], dict) else {}
         raise UpstreamFault(str(error.get("message", "the upstream reported an error"))[:300])
     usage = read_usage(chunk.get("usage"))
     choices = chunk.get("choices") or []
     if not choices:
-        return None, usage, None
+        return Chunk(usage=usage)
     choice = choices[0] if isinstance(choices[0], dict) else {}
     finish = choice.get("finish_reason")
     if finish in FAULT_FINISHES:
@@ -94,11 +123,10 @@ def read_chunk(chunk: dict[str, Any]) -> tuple[ChatDelta | None, Usage | None, s
     delta = choice.get("delta") or {}
     text = delta.get("content") or ""
     reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-    calls = tuple(_tool_call(i, c) for i, c in enumerate(delta.get("tool_calls") or []) if isinstance(c, dict))
+    pieces = tuple(_tool_call(i, c) for i, c in enumerate(delta.get("tool_calls") or []) if isinstance(c, dict))
     logprobs = _logprobs(choice.get("logprobs"))
-    if not (text or reasoning or calls or logprobs):
-        return None, usage, finish
-    return ChatDelta(text=text, reasoning=reasoning, tool_calls=calls, logprobs=logprobs), usage, finish
+    output = ChatDelta(text=text, reasoning=reasoning, logprobs=logprobs) if text or reasoning or logprobs else None
+    return Chunk(output, pieces, usage, finish)
 
 
 def read_usage(raw: Any) -> Usage | None:

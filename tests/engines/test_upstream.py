@@ -1,0 +1,174 @@
+"""The upstream engine in process: specs, the wire in both dialects, choice within a pool, the
+circuit breaker, failover before the first output. Upstreams are httpx mock transports here;
+tests/api/test_upstream.py runs real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import httpx
+import pytest
+
+from glmaas.engines.base import EngineError, RequestRejected
+from glmaas.engines.chat import ChatCall, ChatDelta
+from glmaas.engines.registry import ModelRegistry, SpecError
+from glmaas.engines.upstream import UpstreamEngine, parse_upstream
+from glmaas.engines.upstream.wire import UpstreamFault, read_chunk, request_body
+
+CALL = ChatCall("r1", [{"role": "user", "content": "hi"}], 16, {"temperature": 0.0, "top_p": 1.0})
+
+
+def _sse(*chunks: dict) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def _choice(delta: dict, finish: str | None = None) -> dict:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _engine(*handlers, **options) -> UpstreamEngine:  # type: ignore[no-untyped-def]
+    """A pool whose members answer with `handlers` (request → response)."""
+    extra = "".join(f",{k}={v}" for k, v in options.items())
+    engine = UpstreamEngine("m", [parse_upstream("openai", f"http://up{i}.test/v1{extra}") for i in range(len(handlers))])
+    for member, handler in zip(engine.members, handlers, strict=True):
+        member.client = httpx.AsyncClient(base_url=member.config.base_url, transport=httpx.MockTransport(handler))
+    return engine
+
+
+async def _collect(engine: UpstreamEngine, call: ChatCall = CALL) -> list[ChatDelta]:
+    return [d async for d in engine.chat(call)]
+
+
+def _ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=_sse(_choice({"role": "assistant", "content": ""}), _choice({"content": "Hel"}),
+                                            _choice({"content": "lo"}, "stop"),
+                                            {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}))
+
+
+def test_a_spec_reads_its_options_and_refuses_unknown_ones() -> None:
+    config = parse_upstream("zhipu", "https://open.bigmodel.cn/api/paas/v4/,model=glm-4.6,auth=jwt,priority=1,weight=2")
+    assert (config.base_url, config.model, config.auth, config.priority, config.weight) == (
+        "https://open.bigmodel.cn/api/paas/v4", "glm-4.6", "jwt", 1, 2.0)
+    with pytest.raises(SpecError, match="unknown upstream option 'colour'"):
+        ModelRegistry.from_options(["m=openai+http://h:1/v1,colour=red"], with_default=False)
+    with pytest.raises(SpecError, match="only upstreams form a pool"):
+        ModelRegistry.from_options(["m=openai+http://h:1/v1", "m=mock"], with_default=False)
+
+
+def test_a_key_env_that_is_empty_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(ValueError, match="NO_SUCH_KEY"):
+        ModelRegistry.from_options(["m=openai+http://h:1/v1,key_env=NO_SUCH_KEY"], with_default=False)
+
+
+def test_the_request_body_speaks_the_upstreams_dialect() -> None:
+    openai = request_body(parse_upstream("openai", "http://h/v1,model=up"), CALL, "m")
+    assert openai["model"] == "up" and openai["stream_options"] == {"include_usage": True}
+    assert openai["temperature"] == 0.0
+    zhipu = request_body(parse_upstream("zhipu", "http://h/api/paas/v4"), CALL, "m")
+    assert zhipu["do_sample"] is False and "temperature" not in zhipu and "stream_options" not in zhipu
+
+
+def test_a_fault_told_in_the_stream_is_a_fault() -> None:
+    with pytest.raises(UpstreamFault):
+        read_chunk({"error": {"message": "boom"}})
+    with pytest.raises(UpstreamFault):
+        read_chunk(_choice({}, "network_error"))
+    assert read_chunk({"choices": [], "unknown": 1}).delta is None
+
+
+def test_deltas_carry_the_upstreams_text_and_usage() -> None:
+    deltas = asyncio.run(_collect(_engine(_ok)))
+    assert "".join(d.text for d in deltas) == "Hello"
+    assert deltas[-1].finish_reason == "stop"
+    assert (deltas[-1].usage.prompt_tokens, deltas[-1].usage.completion_tokens, deltas[-1].usage.estimated) == (
+        9, 2, False)
+
+
+def test_tool_call_pieces_and_reasoning_arrive_whole() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=_sse(
+            _choice({"reasoning_content": "think"}),
+            _choice({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{\"a\""}}]}),
+            _choice({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}),
+            _choice({}, "tool_calls")))
+
+    deltas = asyncio.run(_collect(_engine(handler)))
+    assert "".join(d.reasoning for d in deltas) == "think"
+    calls = [c for d in deltas for c in d.tool_calls]
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in calls] == [("call_1", "f", {"a": 1})]
+    last = deltas[-1]
+    assert last.finish_reason == "tool_calls" and last.usage.estimated and last.usage.completion_tokens == 3
+
+
+def test_a_failure_before_any_output_goes_to_the_next_upstream() -> None:
+    engine = _engine(lambda r: httpx.Response(503), _ok)
+    assert "".join(d.text for d in asyncio.run(_collect(engine))) == "Hello"
+    assert engine.members[0].failures == 1
+
+
+def test_a_4xx_is_the_requests_fault_and_is_not_retried() -> None:
+    seen = []
+
+    def second(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _ok(request)
+
+    engine = _engine(lambda r: httpx.Response(400, json={"error": {"message": "bad tools"}}), second)
+    with pytest.raises(RequestRejected, match="bad tools"):
+        asyncio.run(_collect(engine))
+    assert not seen
+
+
+def test_a_failure_after_output_ends_the_stream() -> None:
+    def dies(request: httpx.Request) -> httpx.Response:
+        async def body():  # type: ignore[no-untyped-def]
+            yield b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n'
+            raise httpx.ReadError("connection reset")
+        return httpx.Response(200, content=body())
+
+    engine = _engine(dies, _ok)
+    got: list[str] = []
+
+    async def run() -> None:
+        async for delta in engine.chat(CALL):
+            got.append(delta.text)
+
+    with pytest.raises(EngineError, match="mid-stream"):
+        asyncio.run(run())
+    assert got == ["Hi"]  # not "Hi" then "Hello" from the other upstream
+    assert engine.members[0].state == "open"
+
+
+def test_choice_prefers_priority_then_fewest_outstanding_per_weight() -> None:
+    engine = _engine(_ok, _ok, _ok)
+    a, b, c = engine.members
+    c.config = dataclasses.replace(c.config, priority=1)
+    b.config = dataclasses.replace(b.config, weight=3.0)
+    a.outstanding, b.outstanding = 1, 2  # per weight: 2/1 against 3/3
+    assert engine.choose([]) is b
+    a.state = b.state = "open"
+    a.opened_at = b.opened_at = float("inf")
+    assert engine.choose([]) is c  # the fallback priority, while the others are ejected
+
+
+def test_an_ejected_upstream_takes_one_probe_after_its_cooldown() -> None:
+    now = [0.0]
+    engine = _engine(_ok, cooldown=5)
+    member = engine.members[0]
+    member._clock = lambda: now[0]
+    member.failed(eject=True)
+    assert not member.available()
+    now[0] = 5.0
+    assert member.available() and member.state == "half_open"
+    member._probing = True
+    assert not member.available()  # one probe at a time
+    member.succeeded()
+    assert member.available() and member.state == "closed"
+
+
+def test_no_upstream_left_is_an_engine_error() -> None:
+    with pytest.raises(EngineError, match="no upstream"):
+        asyncio.run(_collect(_engine(lambda r: httpx.Response(502), lambda r: httpx.Response(500))))
