@@ -1,4 +1,5 @@
-"""A do-nothing OpenAI-compatible upstream: every request gets the same small chat completion.
+"""A do-nothing OpenAI-compatible upstream: every request gets the same small chat completion
+(as SSE chunks, ending with a usage chunk, when the request asks to stream).
 
 It stands in for the model server behind LiteLLM's proxy, and is called directly to measure the
 baseline latency that a gateway adds to. Raw asyncio (uvloop when present) and no framework, so
@@ -42,16 +43,36 @@ def _response(body: dict, keep_alive: bool) -> bytes:
     return head.encode() + payload
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> None:
+def _stream(keep_alive: bool) -> bytes:
+    """The same completion as an SSE stream: role, content, finish, usage, [DONE]."""
+    choice = COMPLETION["choices"][0]
+    base = {k: COMPLETION[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]},
+        {**base, "choices": [], "usage": COMPLETION["usage"]},
+    ]
+    payload = b"".join(b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n" for c in chunks)
+    payload += b"data: [DONE]\n\n"
+    head = (
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        f"content-length: {len(payload)}\r\n"
+        f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
     if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
         while True:
             size = int((await reader.readline()).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
+            body += (await reader.readexactly(size + 2))[:size]
             if size == 0:
-                return
+                return body
     length = int(headers.get("content-length", "0"))
-    if length:
-        await reader.readexactly(length)
+    return await reader.readexactly(length) if length else b""
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,11 +85,15 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 name, sep, value = line.partition(":")
                 if sep:
                     headers[name.strip().lower()] = value.strip()
-            await _read_body(reader, headers)
+            request = await _read_body(reader, headers)
             keep_alive = headers.get("connection", "").lower() != "close"
             method, path = request_line.split(" ")[:2]
-            body = MODELS if method == "GET" and path.rstrip("/").endswith("/models") else COMPLETION
-            writer.write(_response(body, keep_alive))
+            if method == "GET" and path.rstrip("/").endswith("/models"):
+                writer.write(_response(MODELS, keep_alive))
+            elif b'"stream":true' in request.replace(b" ", b""):
+                writer.write(_stream(keep_alive))
+            else:
+                writer.write(_response(COMPLETION, keep_alive))
             await writer.drain()
             if not keep_alive:
                 break

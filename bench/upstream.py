@@ -1,0 +1,208 @@
+"""glmaas as a gateway in front of an upstream server, against the client calling the server
+directly and against LiteLLM's proxy in front of the same server, in one run.
+
+Two parts:
+
+  stream   llama_cpp.server with the default GGUF. Streaming chat requests, one at a time, the
+           systems alternating request by request: time to first token (TTFT, from sending the
+           request to the first content chunk) and decode tokens/s (content chunks after the
+           first, over the time from the first to the last; llama_cpp.server sends one token per
+           chunk). Prints p50 TTFT and glmaas's added milliseconds, and decode tokens/s as a
+           ratio of direct.
+  noop     the do-nothing upstream of bench/gateway.py (streaming when asked), under wrk on one
+           pinned core: requests/s, server CPU ms per request, and from it requests/s per core,
+           glmaas / LiteLLM.
+
+The issue's targets: glmaas adds at most 1 ms p50 TTFT and keeps at least 0.98x the direct
+decode tokens/s; at least 5x LiteLLM's requests/s per core on the no-op upstream.
+
+    python bench/upstream.py [--parts stream,noop] [--systems glmaas,litellm] [--requests 20]
+                             [--max-tokens 64] [--rounds 3] [--duration 5] [--concurrency 1,8]
+
+LiteLLM is installed on first use into bench/.venv-litellm (bench/gateway.py's). Needs wrk and
+taskset for the noop part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gateway as gw  # noqa: E402 - bench/gateway.py, beside this file
+
+from glmaas.benchmarks.servers import llama_cpp_server  # noqa: E402
+from glmaas.engines.registry import DEFAULT_MODEL_ID, default_model_path  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+def start_front(stack: ExitStack, work: Path, upstream_v1: str, model: str, upstream_model: str) -> gw.Target:
+    """glmaas with one upstream model, an account with a balance, a price and a key."""
+    store = ["--data-dir", str(work / f"glmaas-{model}")]
+    cli = lambda *a: gw.glmaas_cli(*a, store=store)  # noqa: E731
+    cli("accounts", "create", "bench")
+    cli("accounts", "topup", "bench", "1000000")
+    cli("prices", "set", model, "--input", str(gw.PRICE_IN), "--cached-input", str(gw.PRICE_CACHED),
+        "--output", str(gw.PRICE_OUT))
+    key = cli("keys", "create", "--account", "bench", "--rpm", str(gw.RPM), "--tpm", str(gw.TPM),
+              "--concurrency", str(gw.CONCURRENCY)).strip().splitlines()[-1]
+    port = gw.free_port()
+    argv = ["taskset", "-c", gw.SERVER_CORE, sys.executable, "-m", "glmaas", "serve", "--host", gw.HOST,
+            "--port", str(port), "--no-default-model",
+            "--model", f"{model}=openai+{upstream_v1},model={upstream_model}", *store]
+    proc = stack.enter_context(gw.serve(f"glmaas-{model}", argv, f"http://{gw.HOST}:{port}/healthz", work))
+    return gw.Target("glmaas", f"http://{gw.HOST}:{port}/v1/chat/completions", key, proc.pid, store=store)
+
+
+def start_litellm_for(stack: ExitStack, work: Path, upstream_v1: str, model: str, upstream_model: str) -> gw.Target:
+    """LiteLLM's proxy (master-key mode) with one model in front of `upstream_v1`."""
+    params = {"model": f"openai/{upstream_model}", "api_base": upstream_v1, "api_key": "unused",
+              "input_cost_per_token": gw.PRICE_IN / 1e6, "output_cost_per_token": gw.PRICE_OUT / 1e6}
+    config = work / f"litellm-{model}.json"
+    config.write_text(json.dumps({"model_list": [{"model_name": model, "litellm_params": params}],
+                                  "general_settings": {"master_key": gw.MASTER_KEY},
+                                  "litellm_settings": {"telemetry": False}}))
+    port = gw.free_port()
+    argv = ["taskset", "-c", gw.SERVER_CORE, str(gw.litellm_bin()), "--config", str(config),
+            "--host", gw.HOST, "--port", str(port), "--num_workers", "1"]
+    proc = stack.enter_context(gw.serve(f"litellm-{model}", argv, f"http://{gw.HOST}:{port}/health/liveliness",
+                                        work, env=gw.litellm_env()))
+    return gw.Target("litellm", f"http://{gw.HOST}:{port}/v1/chat/completions", gw.MASTER_KEY, proc.pid)
+
+
+# --- stream: TTFT and decode tokens/s through each system ------------------------------------
+
+
+def one_stream(client: httpx.Client, t: gw.Target, model: str, max_tokens: int) -> tuple[float, float | None, int]:
+    """(TTFT ms, decode tokens/s or None when fewer than two tokens came, content chunks)."""
+    headers = {"Authorization": f"Bearer {t.key}"} if t.key else {}
+    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    start = time.perf_counter()
+    first = last = None
+    chunks = 0
+    with client.stream("POST", t.url, json=body, headers=headers) as r:
+        if r.status_code != 200:
+            sys.exit(f"{t.system}: HTTP {r.status_code}: {r.read()[:300]!r}")
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content"):
+                last = time.perf_counter()
+                first = first or last
+                chunks += 1
+    if first is None:
+        sys.exit(f"{t.system}: the stream carried no content")
+    rate = (chunks - 1) / (last - first) if chunks > 1 and last > first else None
+    return (first - start) * 1000, rate, chunks
+
+
+def stream_part(args: argparse.Namespace, work: Path) -> list[str]:
+    model = DEFAULT_MODEL_ID
+    lines = []
+    with ExitStack() as stack:
+        llama = stack.enter_context(llama_cpp_server(default_model_path(), threads=args.threads))
+        targets = [gw.Target("direct", f"{llama.base_url}/chat/completions", None, llama.pid)]
+        if "glmaas" in args.systems:
+            targets.append(start_front(stack, work, llama.base_url, model, model))
+        if "litellm" in args.systems:
+            targets.append(start_litellm_for(stack, work, llama.base_url, model, model))
+        ttft: dict[str, list[float]] = {t.system: [] for t in targets}
+        rate: dict[str, list[float]] = {t.system: [] for t in targets}
+        with httpx.Client(timeout=300) as client:
+            for t in targets:
+                one_stream(client, t, model, 4)  # warm each path once
+            for n in range(args.requests):
+                # Rotate the order so that no system always follows the same neighbour.
+                for t in targets[n % len(targets):] + targets[:n % len(targets)]:
+                    ms, tps, _ = one_stream(client, t, model, args.max_tokens)
+                    ttft[t.system].append(ms)
+                    if tps is not None:
+                        rate[t.system].append(tps)
+    base_ttft = statistics.median(ttft["direct"])
+    base_rate = statistics.median(rate["direct"]) if rate["direct"] else float("nan")
+    lines.append(f"stream: llama_cpp.server ({model}, {args.threads} threads), {args.requests} requests per "
+                 f"system, max_tokens {args.max_tokens}, temperature 0, load average {os.getloadavg()[0]:.2f}")
+    lines.append("| system | p50 TTFT ms | added p50 ms | decode tok/s (p50) | of direct |")
+    lines.append("|---|---|---|---|---|")
+    for system in ttft:
+        p50 = statistics.median(ttft[system])
+        tps = statistics.median(rate[system]) if rate[system] else float("nan")
+        lines.append(f"| {system} | {p50:.1f} | {p50 - base_ttft:+.1f} | {tps:.1f} | {tps / base_rate:.3f} |")
+    return lines
+
+
+# --- noop: requests/s per core on a do-nothing upstream --------------------------------------
+
+
+def noop_part(args: argparse.Namespace, work: Path) -> list[str]:
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    rounds: dict[tuple[str, int], list[gw.Phase]] = {}
+    with ExitStack() as stack:
+        upstream = gw.start_upstream(stack, "noop-upstream", work, gw.LOAD_CORE)
+        upstream_v1 = upstream.url.removesuffix("/chat/completions")
+        targets = []
+        if "glmaas" in args.systems:
+            targets.append(start_front(stack, work, upstream_v1, "mock", "mock"))
+        if "litellm" in args.systems:
+            targets.append(start_litellm_for(stack, work, upstream_v1, "mock", "mock"))
+        for t in targets:
+            gw.check_reply(t)
+        for r in range(args.rounds):
+            for c in concurrency:
+                for t in targets[r % len(targets):] + targets[:r % len(targets)]:
+                    rounds.setdefault((t.system, c), []).append(gw.measure(t, c, args.duration, args.warmup))
+    phases = {key: gw.median_phase(ps) for key, ps in rounds.items()}
+    lines = [f"noop: {args.rounds} rounds x wrk -c<c> -d{args.duration}s, servers pinned to core "
+             f"{gw.SERVER_CORE}, the upstream and wrk on core {gw.LOAD_CORE}",
+             "| system | c | req/s | CPU ms/req | req/s per core | p50 ms |", "|---|---|---|---|---|---|"]
+    for (system, c), p in sorted(phases.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lines.append(f"| {system} | {c} | {p.rps:.1f} | {p.cpu_ms:.2f} | {1000 / p.cpu_ms:.0f} | {p.p50_ms:.2f} |")
+    for c in concurrency:
+        if ("glmaas", c) in phases and ("litellm", c) in phases:
+            ratio = phases[("litellm", c)].cpu_ms / phases[("glmaas", c)].cpu_ms
+            lines.append(f"c={c}: glmaas / LiteLLM requests/s per core = {ratio:.2f}x")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="stream,noop")
+    parser.add_argument("--systems", default="glmaas,litellm", help="besides direct: glmaas, litellm")
+    parser.add_argument("--requests", type=int, default=20, help="stream: requests per system")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="stream: llama_cpp.server threads")
+    parser.add_argument("--rounds", type=int, default=3, help="noop: rounds (median)")
+    parser.add_argument("--duration", type=int, default=5, help="noop: seconds of load per system and round")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
+    args = parser.parse_args()
+    args.systems = args.systems.split(",")
+    work = Path(tempfile.mkdtemp(prefix="glmaas-upstream-bench-"))
+    report = [f"glmaas upstream benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+              f"{os.cpu_count()} cores; work dir {work}"]
+    try:
+        if "stream" in args.parts:
+            report += stream_part(args, work)
+        if "noop" in args.parts:
+            report += noop_part(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()
