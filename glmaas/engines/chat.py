@@ -37,6 +37,7 @@ class ChatCall:
     logprobs: int | None = None  # None: none; else how many alternatives beside each token
     thinking: bool | None = None  # reasoning on/off where the model has the switch; None: its default
     user: str | None = None
+    tenant: str | None = None  # the account asking: an upstream may keep its prefix cache apart per tenant
 
 
 @dataclass(frozen=True)

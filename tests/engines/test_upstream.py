@@ -172,3 +172,11 @@ def test_an_ejected_upstream_takes_one_probe_after_its_cooldown() -> None:
 def test_no_upstream_left_is_an_engine_error() -> None:
     with pytest.raises(EngineError, match="no upstream"):
         asyncio.run(_collect(_engine(lambda r: httpx.Response(502), lambda r: httpx.Response(500))))
+
+
+def test_each_tenant_gets_its_own_unguessable_cache_salt() -> None:
+    config = parse_upstream("openai", "http://h/v1,cache_salt=true")
+    salts = {request_body(config, dataclasses.replace(CALL, tenant=t), "m", "k.secret")["cache_salt"]
+             for t in ("acct_a", "acct_b")}
+    assert len(salts) == 2 and all(len(s) == 43 for s in salts)
+    assert "cache_salt" not in request_body(parse_upstream("openai", "http://h/v1"), CALL, "m")

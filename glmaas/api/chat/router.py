@@ -33,7 +33,7 @@ async def chat_completions(request: Request) -> Response:
     run = admit(state, principal, chat.model, request_id, prompt_tokens=prompt.prompt_tokens,
                 max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream)
     # The run settles when its deltas end, however they end.
-    deltas = run.generate(generate(chat, prompt, request_id))
+    deltas = run.generate(generate(chat, prompt, request_id, principal.account_id))
     headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     if chat.stream:
         if prompt.asks_in_messages:  # an upstream: it may still refuse before its first output

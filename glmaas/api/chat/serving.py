@@ -82,10 +82,10 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
     return Prompt(engine, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), len(token_ids))
 
 
-def generate(chat: ChatRequest, prompt: Prompt, request_id: str) -> AsyncGenerator[Delta, None]:
+def generate(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> AsyncGenerator[Delta, None]:
     """Start the engine on the request: token ids for a local engine, the chat for a chat engine."""
     if isinstance(prompt.engine, ChatEngine):
-        return prompt.engine.chat(call_of(chat, prompt, request_id))  # type: ignore[return-value]
+        return prompt.engine.chat(call_of(chat, prompt, request_id, tenant))  # type: ignore[return-value]
     return prompt.engine.generate(generation_of(chat, prompt, request_id))  # type: ignore[return-value]
 
 
@@ -95,13 +95,14 @@ def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> Generat
     return GenerationRequest(request_id, prompt.token_ids, sampling)
 
 
-def call_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> ChatCall:
+def call_of(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> ChatCall:
     sampling: dict = {"temperature": chat.temperature, "top_p": chat.top_p}
     if chat.seed is not None:
         sampling["seed"] = chat.seed
     if chat.stop:
         sampling["stop"] = list(chat.stop)
-    return ChatCall(request_id, chat.messages, prompt.max_tokens, sampling, tools=chat.tools, user=chat.user)
+    return ChatCall(request_id, chat.messages, prompt.max_tokens, sampling, tools=chat.tools, user=chat.user,
+                    tenant=tenant)
 
 
 async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:

@@ -8,7 +8,9 @@ holding the upstream's API key; read at start, never logged), `auth` (Zhipu only
 the raw key, `jwt` signs a short-lived token with it), `weight`, `priority` (lower is preferred),
 `tokenizer` (a tokenizer.json or GGUF file to estimate usage with), `context` (the context
 length /models reports), `connect_timeout`, `first_token_timeout`, `idle_timeout` (seconds),
-`max_connections`, `health_interval`, `fail_threshold`, `cooldown`.
+`max_connections`, `health_interval`, `fail_threshold`, `cooldown`, `cache_salt` (true: send
+vLLM a `cache_salt` per tenant, so that one account cannot probe another's prompts through the
+prefix cache's timing).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class UpstreamConfig:
     health_interval: float = 5.0
     fail_threshold: int = 3
     cooldown: float = 5.0
+    cache_salt: bool = False
 
     def api_key(self) -> str | None:
         """The upstream's key from the environment (None when none is configured)."""
@@ -97,6 +100,10 @@ def _option(key: str, value: str) -> dict[str, object]:
         return {key: value}
     if key == "context":
         return {"context_length": int(value)}
+    if key == "cache_salt":
+        if value not in ("true", "false"):
+            raise UpstreamConfigError("upstream option cache_salt is true or false")
+        return {"cache_salt": value == "true"}
     if key == "auth":
         if value not in ("key", "jwt"):
             raise UpstreamConfigError("upstream option auth is key or jwt")

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from glmaas.engines.chat import ChatCall
 from glmaas.engines.upstream.config import UpstreamConfig
-from glmaas.engines.upstream.wire import authorization
+from glmaas.engines.upstream.wire import authorization, request_body
 
 
 class Unavailable(Exception):
@@ -39,7 +40,7 @@ class Member:
 
     def __init__(self, config: UpstreamConfig, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
         self.config = config
-        self._key = config.api_key()
+        self._key = config.api_key()  # kept here only: never logged, never in an error
         self._clock = clock
         self.client = httpx.AsyncClient(
             base_url=config.base_url,
@@ -77,6 +78,10 @@ class Member:
             self.state, self.opened_at = "open", self._clock()
 
     # Calls.
+
+    def body(self, call: ChatCall, model: str) -> dict[str, Any]:
+        """The request `call` makes of this upstream."""
+        return request_body(self.config, call, model, self._key)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST the chat request and yield its stream's chunks as JSON objects. Raises

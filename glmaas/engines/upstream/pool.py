@@ -22,7 +22,7 @@ from glmaas.engines.chat import ChatCall, ChatDelta
 from glmaas.engines.upstream.config import UpstreamConfig
 from glmaas.engines.upstream.member import Member, Refused, Unavailable
 from glmaas.engines.upstream.tokens import TokenCounter
-from glmaas.engines.upstream.wire import ToolCallAssembler, UpstreamFault, read_chunk, request_body
+from glmaas.engines.upstream.wire import ToolCallAssembler, UpstreamFault, read_chunk
 
 log = logging.getLogger("glmaas.upstream")
 
@@ -57,7 +57,7 @@ class UpstreamEngine:
             tried.append(member)
             yielded = False
             member.outstanding += 1
-            chunks = member.stream(request_body(member.config, call, self.info.model_id))
+            chunks = member.stream(member.body(call, self.info.model_id))
             try:
                 async for delta in self._relay(chunks, call):
                     yielded = True

@@ -10,6 +10,9 @@ upstream sends is dropped.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -34,8 +37,8 @@ class UpstreamFault(Exception):
     """The upstream reported a failure inside its stream."""
 
 
-def request_body(config: UpstreamConfig, call: ChatCall, model: str) -> dict[str, Any]:
-    """The streaming chat request for this upstream."""
+def request_body(config: UpstreamConfig, call: ChatCall, model: str, key: str | None = None) -> dict[str, Any]:
+    """The streaming chat request for this upstream (`key`: its API key, which keys the cache salt)."""
     body: dict[str, Any] = {"model": config.model or model, "messages": call.messages,
                             "max_tokens": call.max_tokens, "stream": True}
     for name in ("tools", "tool_choice", "response_format"):
@@ -56,6 +59,8 @@ def request_body(config: UpstreamConfig, call: ChatCall, model: str) -> dict[str
         return body
     body.update({k: v for k, v in call.sampling.items() if k in OPENAI_SAMPLING})
     body["stream_options"] = {"include_usage": True}
+    if config.cache_salt and call.tenant:
+        body["cache_salt"] = cache_salt(call.tenant, key)
     if call.logprobs is not None:
         body["logprobs"] = True
         body["top_logprobs"] = call.logprobs
@@ -63,6 +68,13 @@ def request_body(config: UpstreamConfig, call: ChatCall, model: str) -> dict[str
         # vLLM and SGLang take the GLM templates' switch this way.
         body["chat_template_kwargs"] = {"enable_thinking": call.thinking}
     return body
+
+
+def cache_salt(tenant: str, key: str | None) -> str:
+    """A tenant's prefix-cache salt: 256 bits no client can choose or guess (keyed by the
+    upstream's key when there is one; glmaas sets it, so a tenant cannot send another's anyway)."""
+    digest = hmac.new((key or "glmaas-cache-salt").encode(), tenant.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def authorization(config: UpstreamConfig, key: str | None) -> dict[str, str]:
