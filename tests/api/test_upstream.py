@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import zhipuai
 
-from glmaas.benchmarks.servers import llama_cpp_server
+from glmaas.benchmarks.servers import free_port, llama_cpp_server, wait_ready
 from glmaas.engines.mock import DEFAULT_REPLY
 from glmaas.engines.registry import default_model_path
 from tests.api.billing_helpers import assert_books_balance, expected_cost, funded_key, price_all, query
@@ -43,7 +46,21 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
 
 
 @pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory, llama: str, upstream: tuple[Server, str]) -> Iterator[Server]:
+def scripted() -> Iterator[str]:
+    """tests/api/scripted_upstream.py: reasoning, a tool call, an unknown field; its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("scripted_upstream.py")), str(port)])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1", "", proc, timeout_s=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory, llama: str, upstream: tuple[Server, str],
+          scripted: str) -> Iterator[Server]:
     back, key = upstream
     gguf = default_model_path()
     up = f"key_env={UPSTREAM_KEY_ENV}"
@@ -54,8 +71,9 @@ def front(tmp_path_factory: pytest.TempPathFactory, llama: str, upstream: tuple[
         "--model", f"slow-up=openai+{back.openai_url},model=slow,{up}",
         "--model", f"small-up=openai+{back.openai_url},model=small,{up}",
         "--model", f"zhipu-up=zhipu+{back.zhipu_url},model=mock,{up},auth=jwt",
+        "--model", f"tools-up=openai+{scripted}/v1,model=scripted",
         env={UPSTREAM_KEY_ENV: key})
-    price_all(server, "smol", "mock-up", "slow-up", "zhipu-up")
+    price_all(server, "smol", "mock-up", "slow-up", "zhipu-up", "tools-up")
     yield server
     server.stop()
 
@@ -163,6 +181,84 @@ def test_the_upstreams_key_is_never_shown(front: Server, upstream: tuple[Server,
     models = httpx.get(f"{front.openai_url}/models", headers={"Authorization": f"Bearer {funded_key(front, 'k', '0')}"})
     assert models.status_code == 200 and upstream_key not in models.text
     assert upstream_key.split(".")[1] not in front.log.read_text()
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                          "parameters": {"type": "object",
+                                                         "properties": {"city": {"type": "string"}}}}}]
+
+
+def test_tool_calls_and_reasoning_pass_through_to_an_openai_client(front: Server, scripted: str) -> None:
+    key = funded_key(front, "tools-openai", "1")
+    client = openai.OpenAI(base_url=front.openai_url, api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="tools-up", messages=[{"role": "user", "content": "Weather in Beijing?"}], tools=WEATHER,
+        tool_choice="auto", temperature=0.3, presence_penalty=0.5, response_format={"type": "json_object"})
+    assert "secret_vendor_field" not in raw.text  # unknown upstream fields are dropped
+    body = raw.parse()
+    choice = body.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "call_w1", "get_weather", {"city": "Beijing"})
+    assert choice.message.model_extra["reasoning_content"] == "The user wants the weather."
+    assert (body.usage.prompt_tokens, body.usage.completion_tokens) == (31, 17)
+    asked = httpx.get(f"{scripted}/last").json()  # what the upstream was sent
+    assert asked["tools"] == WEATHER and asked["tool_choice"] == "auto"
+    assert (asked["temperature"], asked["presence_penalty"], asked["response_format"]) == (
+        0.3, 0.5, {"type": "json_object"})
+    assert asked["model"] == "scripted" and asked["stream"] is True
+
+
+def test_an_openai_upstream_answers_a_zhipu_client_in_zhipu_shape(front: Server, scripted: str) -> None:
+    key = funded_key(front, "tools-zhipu", "1")
+    client = zhipuai.ZhipuAI(api_key=key, base_url=front.zhipu_url, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="tools-up", messages=[{"role": "user", "content": "Weather in Beijing?"}], tools=WEATHER,
+        stream=True, do_sample=False))
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert reasoning == "The user wants the weather."
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in calls] == [("get_weather", {"city": "Beijing"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls" and chunks[-1].usage.completion_tokens == 17
+    asked = httpx.get(f"{scripted}/last").json()
+    # Zhipu's greedy switch became the OpenAI form; Zhipu-only fields did not travel.
+    assert asked["temperature"] == 0 and "do_sample" not in asked and "request_id" not in asked
+
+
+def test_logprobs_and_response_format_reach_llama_cpp(front: Server) -> None:
+    key = funded_key(front, "logprobs", "1")
+    client = openai.OpenAI(base_url=front.openai_url, api_key=key, max_retries=0)
+    body = client.chat.completions.create(model="smol", messages=HI, max_tokens=3, temperature=0,
+                                          logprobs=True, top_logprobs=2)
+    entries = body.choices[0].logprobs.content
+    assert len(entries) == 3 and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
+    assert "".join(e.token for e in entries) == body.choices[0].message.content
+    body = client.chat.completions.create(model="smol", max_tokens=4, temperature=0,
+                                          messages=[{"role": "user", "content": "A JSON object with a name."}],
+                                          response_format={"type": "json_object"})
+    assert body.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_a_disconnect_stops_llama_cpp_server(front: Server, llama: str) -> None:
+    """llama_cpp.server runs one request at a time: if it went on generating after the client
+    left, the next request would wait for the rest of a 300-token reply."""
+    key = funded_key(front, "llama-leaver", "1")
+    no_end = {str(t): -100 for t in range(3)}  # SmolLM2's end tokens banned: the reply runs to max_tokens
+    with httpx.stream("POST", f"{front.openai_url}/chat/completions", timeout=60,
+                      json={"model": "smol", "messages": HI, "stream": True, "max_tokens": 300, "temperature": 0,
+                            "logit_bias": no_end},
+                      headers={"Authorization": f"Bearer {key}"}) as r:
+        read = 0
+        for line in r.iter_lines():
+            read += line.startswith("data: {")
+            if read == 4:
+                break
+    start = time.monotonic()
+    after = httpx.post(f"{llama}/chat/completions", timeout=60,
+                       json={"model": "smollm2-135m-instruct", "messages": HI, "max_tokens": 1})
+    assert after.status_code == 200
+    assert time.monotonic() - start < 5.0
 
 
 # A pool: a glmaas upstream preferred (priority 0), llama_cpp.server as the fallback (priority 1).

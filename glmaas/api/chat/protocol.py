@@ -59,6 +59,10 @@ class StreamOptions(_Lenient):
     include_usage: bool | None = None
 
 
+class Thinking(_Lenient):
+    type: Literal["enabled", "disabled"]
+
+
 class ChatCompletionRequest(_Lenient):
     model: str = Field(min_length=1, max_length=128)
     messages: list[Message] = Field(min_length=1)
@@ -77,6 +81,22 @@ class ChatCompletionRequest(_Lenient):
     n: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    # Passed to upstream models as given (local engines do not take them yet).
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    thinking: Thinking | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit() or not -100.0 <= bias <= 100.0:
+                raise ValueError("logit_bias maps token ids (as strings) to biases between -100 and 100")
+        return value
 
     @field_validator("n")
     @classmethod
@@ -109,6 +129,13 @@ class ChatRequest:
     include_usage: bool  # the client asked for usage in the stream (a dialect may send it anyway)
     request_id: str | None
     user: str | None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    logprobs: int | None = None  # None: none; else how many alternatives beside each token
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    thinking: bool | None = None  # None: the model's default
 
 
 def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
@@ -139,6 +166,13 @@ def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
         include_usage=include_usage,
         request_id=body.request_id,
         user=body.user_id or body.user,
+        tool_choice=body.tool_choice,
+        response_format=body.response_format,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
+        logit_bias=body.logit_bias,
+        thinking=None if body.thinking is None else body.thinking.type == "enabled",
     )
 
 
@@ -163,15 +197,65 @@ class UsageInfo(BaseModel):
                    prompt_tokens_details=PromptTokensDetails(cached_tokens=run.cached_tokens))
 
 
+class FunctionCallOut(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ToolCallOut(BaseModel):
+    """A tool call in a message (whole), or in a chunk (with its `index`)."""
+
+    index: int | None = None
+    id: str | None = None
+    type: Literal["function"] | None = "function"
+    function: FunctionCallOut
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobInfo(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's `choices[].logprobs`: one entry per generated token."""
+
+    content: list[TokenLogprobInfo]
+
+
 class ChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # `content` stays, null beside tool calls, as both dialects send it.
+        return {k: v for k, v in handler(self).items() if v is not None or k == "content"}
 
 
 class Choice(BaseModel):
     index: int = 0
     finish_reason: str | None
     message: ChatMessage
+    logprobs: ChoiceLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _logprobs_when_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k != "logprobs"}
 
 
 class ChatCompletion(BaseModel):
@@ -189,6 +273,8 @@ class DeltaMessage(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
     @model_serializer(mode="wrap")
     def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -198,7 +284,12 @@ class DeltaMessage(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _logprobs_when_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None or k != "logprobs"}
 
 
 class ChatCompletionChunk(BaseModel):

@@ -13,8 +13,13 @@ from glmaas.api.chat.protocol import (
     ChatMessage,
     ChatRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
+    FunctionCallOut,
+    TokenLogprobInfo,
+    ToolCallOut,
+    TopLogprob,
     UsageInfo,
 )
 from glmaas.api.dialects import Dialect
@@ -30,8 +35,9 @@ from glmaas.engines.base import (
     PromptTooLong,
     RequestRejected,
     SamplingParams,
+    TokenLogprob,
 )
-from glmaas.engines.chat import ChatCall, ChatEngine
+from glmaas.engines.chat import ChatCall, ChatDelta, ChatEngine, WholeToolCall
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
 
@@ -96,13 +102,14 @@ def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> Generat
 
 
 def call_of(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> ChatCall:
-    sampling: dict = {"temperature": chat.temperature, "top_p": chat.top_p}
-    if chat.seed is not None:
-        sampling["seed"] = chat.seed
-    if chat.stop:
-        sampling["stop"] = list(chat.stop)
-    return ChatCall(request_id, chat.messages, prompt.max_tokens, sampling, tools=chat.tools, user=chat.user,
-                    tenant=tenant)
+    """The request as a chat engine takes it: only the fields the client set travel."""
+    sampling = {"temperature": chat.temperature, "top_p": chat.top_p, "seed": chat.seed,
+                "stop": list(chat.stop) or None, "frequency_penalty": chat.frequency_penalty,
+                "presence_penalty": chat.presence_penalty, "logit_bias": chat.logit_bias}
+    return ChatCall(request_id, chat.messages, prompt.max_tokens,
+                    {k: v for k, v in sampling.items() if v is not None}, tools=chat.tools,
+                    tool_choice=chat.tool_choice, response_format=chat.response_format, logprobs=chat.logprobs,
+                    thinking=chat.thinking, user=chat.user, tenant=tenant)
 
 
 async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
@@ -127,6 +134,20 @@ async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerat
     return chained()
 
 
+def _logprobs_out(entries: list[TokenLogprob] | tuple[TokenLogprob, ...],
+                  chat: ChatRequest) -> ChoiceLogprobs | None:
+    if chat.logprobs is None:
+        return None
+    return ChoiceLogprobs(content=[
+        TokenLogprobInfo(token=e.text, logprob=e.logprob, bytes=list(e.text.encode()),
+                         top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for _, t, lp in e.top])
+        for e in entries])
+
+
+def _call_out(call: WholeToolCall, index: int | None = None) -> ToolCallOut:
+    return ToolCallOut(index=index, id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
+
+
 def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
     return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}")
 
@@ -135,9 +156,16 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
                    dialect: Dialect) -> ChatCompletion:
     """The whole reply as one response body."""
     pieces: list[str] = []
+    reasoning: list[str] = []
+    calls: list[WholeToolCall] = []
+    logprobs: list[TokenLogprob] = []
     try:
         async for delta in deltas:
             pieces.append(delta.text)
+            logprobs.extend(delta.logprobs or ())
+            if isinstance(delta, ChatDelta):  # a chat engine's structure, passed through
+                reasoning.append(delta.reasoning)
+                calls.extend(delta.tool_calls)
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
     except RequestRejected as exc:
@@ -149,7 +177,10 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
         request_id=run.request_id,
         created=run.created,
         model=chat.model,
-        choices=[Choice(finish_reason=run.finish_reason, message=ChatMessage(content="".join(pieces)))],
+        choices=[Choice(finish_reason=run.finish_reason, logprobs=_logprobs_out(logprobs, chat),
+                        message=ChatMessage(content="".join(pieces) if pieces or not calls else None,
+                                            reasoning_content="".join(reasoning) or None,
+                                            tool_calls=[_call_out(c) for c in calls] or None))],
         usage=UsageInfo.of(run),
     )
 
@@ -169,11 +200,20 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
     def finish_chunk(reason: str) -> bytes:
         return chunk(DeltaMessage(), reason, UsageInfo.of(run))
 
+    calls = 0
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
+            if isinstance(delta, ChatDelta) and delta.reasoning:
+                yield chunk(DeltaMessage(reasoning_content=delta.reasoning))
             if delta.text:
-                yield chunk(DeltaMessage(content=delta.text))
+                yield sse_event(ChatCompletionChunk(
+                    id=chunk_id, request_id=run.request_id, created=run.created, model=chat.model,
+                    choices=[ChunkChoice(delta=DeltaMessage(content=delta.text),
+                                         logprobs=_logprobs_out(delta.logprobs or (), chat))]))
+            for call in delta.tool_calls if isinstance(delta, ChatDelta) else ():
+                yield chunk(DeltaMessage(tool_calls=[_call_out(call, calls)]))
+                calls += 1
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
         yield dialect.stream_fault(_engine_error(exc), finish_chunk)
