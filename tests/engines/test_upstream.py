@@ -180,3 +180,14 @@ def test_each_tenant_gets_its_own_unguessable_cache_salt() -> None:
              for t in ("acct_a", "acct_b")}
     assert len(salts) == 2 and all(len(s) == 43 for s in salts)
     assert "cache_salt" not in request_body(parse_upstream("openai", "http://h/v1"), CALL, "m")
+
+
+def test_a_cut_after_the_finish_reason_still_ends_the_reply() -> None:
+    def cut(request: httpx.Request) -> httpx.Response:
+        async def body():  # type: ignore[no-untyped-def]
+            yield b'data: {"choices": [{"delta": {"content": "Hi"}, "finish_reason": "stop"}]}\n\n'
+            raise httpx.ReadError("connection reset before the usage chunk")
+        return httpx.Response(200, content=body())
+
+    deltas = asyncio.run(_collect(_engine(cut)))
+    assert deltas[-1].finish_reason == "stop" and deltas[-1].usage.estimated

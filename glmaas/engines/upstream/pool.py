@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -87,7 +87,7 @@ class UpstreamEngine:
         finish: str | None = None
         produced = 0
         calls = ToolCallAssembler()
-        async for raw in chunks:
+        async for raw in self._until_cut(chunks, lambda: finish is not None):
             chunk = read_chunk(raw)
             usage = chunk.usage or usage
             finish = chunk.finish_reason or finish
@@ -107,6 +107,17 @@ class UpstreamEngine:
             usage = Usage(self.count_prompt(call.messages, call.tools), produced, estimated=True)
         yield ChatDelta(finish_reason=finish if finish in ("stop", "length", "tool_calls") else "stop",  # type: ignore[arg-type]
                         usage=usage)
+
+    @staticmethod
+    async def _until_cut(chunks: AsyncIterator[dict], finished: Callable[[], bool]) -> AsyncIterator[dict]:
+        """The chunks; a connection cut after the finish reason (before the usage chunk, say)
+        ends them quietly, since the reply itself was whole."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except (httpx.HTTPError, TimeoutError):
+            if not finished():
+                raise
 
     def _count(self, text: str) -> int:
         if not self._exact_pieces:
