@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from glmaas.benchmarks.harness import ServerFailed, ServerProcess, free_port, start_process
+from glmaas.benchmarks.harness import (
+    ServerFailed,
+    ServerProcess,
+    free_port,
+    start_process,
+)
 
 
 def _http_server(port: int) -> list[str]:
