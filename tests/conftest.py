@@ -52,6 +52,7 @@ class ServerUnderTest:
         raise NotImplementedError
 
     def alive(self) -> bool:
+        """Whether the server still serves."""
         raise NotImplementedError
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -82,14 +83,11 @@ class ServerUnderTest:
             time.sleep(0.05)
 
 
-class Server(ServerUnderTest, GlmaasProcess):
+class Server(GlmaasProcess, ServerUnderTest):
     """A running `glmaas serve` process."""
 
     def client(self, **options) -> httpx.Client:  # type: ignore[no-untyped-def]
         return httpx.Client(base_url=self.base_url, **options)
-
-    def alive(self) -> bool:
-        return GlmaasProcess.alive(self)
 
 
 def start_server(data_dir: Path, *args: str, env: dict[str, str] | None = None,

@@ -45,13 +45,15 @@ class ServerProcess:
     """
 
     def __init__(self, name: str, argv: Sequence[str], *, ready_url: str, log: Path | None = None,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
         self.name, self.argv, self.ready_url = name, list(argv), ready_url
         self.env = dict(env) if env is not None else None
-        self.cwd, self.headers = cwd, dict(headers or {})
-        self._scratch = None if log else Path(tempfile.mkdtemp(prefix=f"{name}-log-"))
-        self.log = log or self._scratch / f"{name}.log"  # type: ignore[operator]
+        self.cwd = cwd
+        self._scratch: Path | None = None
+        if log is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"{name}-log-"))
+            log = self._scratch / f"{name}.log"
+        self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,9 +74,8 @@ class ServerProcess:
 
     def answers(self) -> bool:
         """Whether `ready_url` answers 200 now."""
-        request = urllib.request.Request(self.ready_url, headers=self.headers)
         try:
-            with _DIRECT.open(request, timeout=2) as response:
+            with _DIRECT.open(self.ready_url, timeout=2) as response:
                 return response.status == 200
         except (OSError, http.client.HTTPException):
             return False
@@ -151,10 +152,9 @@ class GlmaasProcess(ServerProcess):
         return f"{self.base_url}/api/paas/v4"
 
 
-def glmaas_command(data_dir: Path, *args: str, host: str = LOCALHOST, port: int,
-                   python: str = sys.executable) -> list[str]:
+def glmaas_command(data_dir: Path, *args: str, host: str = LOCALHOST, port: int) -> list[str]:
     """The command line of `glmaas serve` on `data_dir`, `host:port`, with more `args`."""
-    return [python, "-m", "glmaas", "serve", "--host", host, "--port", str(port),
+    return [sys.executable, "-m", "glmaas", "serve", "--host", host, "--port", str(port),
             "--data-dir", str(data_dir), *args]
 
 
