@@ -27,7 +27,8 @@ def price_all(server: ServerUnderTest, *models: str) -> None:
             assert r.status_code == 200, r.text
 
 
-def funded_key(server: ServerUnderTest, account: str, amount: str, **key_options) -> str:  # type: ignore[no-untyped-def]
+def funded_key(server: ServerUnderTest, account: str, amount: str,
+               **key_options) -> str:  # type: ignore[no-untyped-def]
     with admin(server) as client:
         assert client.post("/admin/accounts", json={"name": account}).status_code == 201
         if amount != "0":

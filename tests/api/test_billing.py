@@ -43,7 +43,8 @@ def process(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
-def _chat(server: ServerUnderTest, key: str, dialect: str = "zhipu", **body) -> httpx.Response:  # type: ignore[no-untyped-def]
+def _chat(server: ServerUnderTest, key: str, dialect: str = "zhipu",
+          **body) -> httpx.Response:  # type: ignore[no-untyped-def]
     url = server.zhipu_url if dialect == "zhipu" else server.openai_url
     payload = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], **body}
     with server.client(timeout=15) as http:
