@@ -41,6 +41,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gateway as gw  # noqa: E402 - bench/gateway.py, beside this file
 
+from glmaas.benchmarks import harness  # noqa: E402
 from glmaas.benchmarks.servers import llama_cpp_server  # noqa: E402
 from glmaas.engines.registry import DEFAULT_MODEL_ID, default_model_path  # noqa: E402
 
@@ -57,12 +58,15 @@ def start_front(stack: ExitStack, work: Path, upstream_v1: str, model: str, upst
         "--output", str(gw.PRICE_OUT))
     key = cli("keys", "create", "--account", "bench", "--rpm", str(gw.RPM), "--tpm", str(gw.TPM),
               "--concurrency", str(gw.CONCURRENCY)).strip().splitlines()[-1]
-    port = gw.free_port()
-    argv = ["taskset", "-c", gw.SERVER_CORE, sys.executable, "-m", "glmaas", "serve", "--host", gw.HOST,
-            "--port", str(port), "--no-default-model",
-            "--model", f"{model}=openai+{upstream_v1},model={upstream_model}", *store]
-    proc = stack.enter_context(gw.serve(f"glmaas-{model}", argv, f"http://{gw.HOST}:{port}/healthz", work))
-    return gw.Target("glmaas", f"http://{gw.HOST}:{port}/v1/chat/completions", key, proc.pid, store=store)
+    try:
+        server = harness.start_glmaas(work / f"glmaas-{model}", "--no-default-model", "--model",
+                                      f"{model}=openai+{upstream_v1},model={upstream_model}", host=gw.HOST,
+                                      log=work / f"glmaas-{model}.log", cwd=work, timeout=180,
+                                      prefix=["taskset", "-c", gw.SERVER_CORE])
+    except harness.ServerFailed as exc:
+        sys.exit(str(exc))
+    stack.callback(server.stop)
+    return gw.Target("glmaas", f"{server.openai_url}/chat/completions", key, server.pid, store=store)
 
 
 def start_litellm_for(stack: ExitStack, work: Path, upstream_v1: str, model: str, upstream_model: str) -> gw.Target:
@@ -73,12 +77,12 @@ def start_litellm_for(stack: ExitStack, work: Path, upstream_v1: str, model: str
     config.write_text(json.dumps({"model_list": [{"model_name": model, "litellm_params": params}],
                                   "general_settings": {"master_key": gw.MASTER_KEY},
                                   "litellm_settings": {"telemetry": False}}))
-    port = gw.free_port()
+    port = harness.free_port(gw.HOST)
     argv = ["taskset", "-c", gw.SERVER_CORE, str(gw.litellm_bin()), "--config", str(config),
             "--host", gw.HOST, "--port", str(port), "--num_workers", "1"]
-    proc = stack.enter_context(gw.serve(f"litellm-{model}", argv, f"http://{gw.HOST}:{port}/health/liveliness",
-                                        work, env=gw.litellm_env()))
-    return gw.Target("litellm", f"http://{gw.HOST}:{port}/v1/chat/completions", gw.MASTER_KEY, proc.pid)
+    server = gw.serve(stack, f"litellm-{model}", argv, f"http://{gw.HOST}:{port}/health/liveliness", work,
+                      env=gw.litellm_env())
+    return gw.Target("litellm", f"http://{gw.HOST}:{port}/v1/chat/completions", gw.MASTER_KEY, server.pid)
 
 
 # --- stream: TTFT and decode tokens/s through each system ------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,8 @@ import openai
 import pytest
 import zhipuai
 
-from glmaas.benchmarks.servers import free_port, llama_cpp_server, wait_ready
+from glmaas.benchmarks.harness import free_port, start_process
+from glmaas.benchmarks.servers import llama_cpp_server
 from glmaas.engines.mock import DEFAULT_REPLY
 from glmaas.engines.registry import default_model_path
 from tests.api.billing_helpers import assert_books_balance, expected_cost, funded_key, price_all, query
@@ -49,13 +49,9 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
 def scripted() -> Iterator[str]:
     """tests/api/scripted_upstream.py: reasoning, a tool call, an unknown field; its base URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("scripted_upstream.py")), str(port)])
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/v1", "", proc, timeout_s=30)
+    with start_process("scripted-upstream", [sys.executable, str(Path(__file__).with_name("scripted_upstream.py")),
+                                             str(port)], ready_url=f"http://127.0.0.1:{port}/v1/models"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
