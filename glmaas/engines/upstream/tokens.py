@@ -55,4 +55,6 @@ def _load(path: Path) -> Callable[[str], int]:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()  # a file may pad or cut every text to a fixed length: count the text
+    tokenizer.no_truncation()
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
