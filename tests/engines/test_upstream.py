@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -204,3 +205,33 @@ def test_a_tokenizer_file_counts_the_text_itself() -> None:
     counter = TokenCounter(str(path))
     assert counter.text("hello world") == 2
     assert counter.messages([{"role": "user", "content": "hello world"}]) == 2 + PER_MESSAGE_OVERHEAD + 1
+
+
+def test_an_upstream_slower_than_its_first_token_timeout_is_passed_over() -> None:
+    async def silent(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return _ok(request)
+
+    engine = _engine(silent, _ok, first_token_timeout=0.2)
+    start = time.monotonic()
+    assert "".join(d.text for d in asyncio.run(_collect(engine))) == "Hello"
+    assert time.monotonic() - start < 2
+
+
+def test_a_stream_idle_past_its_timeout_ends_as_a_fault() -> None:
+    def stalls(request: httpx.Request) -> httpx.Response:
+        async def body():  # type: ignore[no-untyped-def]
+            yield b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n'
+            await asyncio.sleep(5)
+        return httpx.Response(200, content=body())
+
+    engine = _engine(stalls, idle_timeout=0.2)
+
+    async def run() -> list[str]:
+        got = []
+        with pytest.raises(EngineError, match="mid-stream"):
+            async for delta in engine.chat(CALL):
+                got.append(delta.text)
+        return got
+
+    assert asyncio.run(run()) == ["Hi"]
