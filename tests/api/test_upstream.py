@@ -230,6 +230,10 @@ def test_logprobs_and_response_format_reach_llama_cpp(front: Server) -> None:
     entries = body.choices[0].logprobs.content
     assert len(entries) == 3 and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
     assert "".join(e.token for e in entries) == body.choices[0].message.content
+    chunks = [c for c in client.chat.completions.create(model="smol", messages=HI, max_tokens=3, temperature=0,
+                                                        logprobs=True, top_logprobs=2, stream=True)
+              if c.choices and c.choices[0].delta.content]
+    assert [e.token for c in chunks for e in c.choices[0].logprobs.content] == [e.token for e in entries]
     body = client.chat.completions.create(model="smol", max_tokens=4, temperature=0,
                                           messages=[{"role": "user", "content": "A JSON object with a name."}],
                                           response_format={"type": "json_object"})

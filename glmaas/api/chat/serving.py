@@ -192,10 +192,11 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
     chunk_id = dialect.completion_id(run.request_id)
     include_usage = dialect.always_usage or chat.include_usage
 
-    def chunk(delta: DeltaMessage, finish: str | None = None, usage: UsageInfo | None = None) -> bytes:
+    def chunk(delta: DeltaMessage, finish: str | None = None, usage: UsageInfo | None = None,
+              logprobs: ChoiceLogprobs | None = None) -> bytes:
         return sse_event(ChatCompletionChunk(
             id=chunk_id, request_id=run.request_id, created=run.created, model=chat.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)], usage=usage))
+            choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)], usage=usage))
 
     def finish_chunk(reason: str) -> bytes:
         return chunk(DeltaMessage(), reason, UsageInfo.of(run))
@@ -207,10 +208,7 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
             if isinstance(delta, ChatDelta) and delta.reasoning:
                 yield chunk(DeltaMessage(reasoning_content=delta.reasoning))
             if delta.text:
-                yield sse_event(ChatCompletionChunk(
-                    id=chunk_id, request_id=run.request_id, created=run.created, model=chat.model,
-                    choices=[ChunkChoice(delta=DeltaMessage(content=delta.text),
-                                         logprobs=_logprobs_out(delta.logprobs or (), chat))]))
+                yield chunk(DeltaMessage(content=delta.text), logprobs=_logprobs_out(delta.logprobs or (), chat))
             for call in delta.tool_calls if isinstance(delta, ChatDelta) else ():
                 yield chunk(DeltaMessage(tool_calls=[_call_out(call, calls)]))
                 calls += 1
