@@ -14,6 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from glmaas.engines.registry import default_model_path
 from tests.conftest import Server, start_server
 
 MODEL = "smollm2-135m-instruct"
@@ -35,7 +36,9 @@ class City(BaseModel):
 
 @pytest.fixture(scope="module")
 def real_server(tmp_path_factory: pytest.TempPathFactory):
-    server = start_server(tmp_path_factory.mktemp("structured"), timeout=120)
+    # One llama.cpp thread: on two shared cores its spinning barrier makes two threads far slower.
+    spec = f"{MODEL}=llamacpp:{default_model_path()},threads=1,slots=8,ctx=512"
+    server = start_server(tmp_path_factory.mktemp("structured"), "--model", spec, timeout=120)
     yield server
     server.stop()
 
