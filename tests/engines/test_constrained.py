@@ -10,8 +10,19 @@ import json
 import jsonschema
 import pytest
 
-from glmaas.engines.base import Delta, GenerationRequest, InvalidRequest, OutputConstraint, SamplingParams
-from glmaas.engines.constrained import ConstraintError, check, framed_json_constraint, json_schema_constraint
+from glmaas.engines.base import (
+    Delta,
+    GenerationRequest,
+    InvalidRequest,
+    OutputConstraint,
+    SamplingParams,
+)
+from glmaas.engines.constrained import (
+    ConstraintError,
+    check,
+    framed_json_constraint,
+    json_schema_constraint,
+)
 from glmaas.engines.registry import default_model_path
 
 llamacpp = pytest.importorskip("glmaas.engines.llamacpp")

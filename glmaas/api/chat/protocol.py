@@ -15,8 +15,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
-    field_validator,
     ValidationInfo,
+    field_validator,
     model_serializer,
 )
 
