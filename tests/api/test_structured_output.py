@@ -12,6 +12,7 @@ import instructor
 import jsonschema
 import openai
 import pytest
+import zhipuai
 from pydantic import BaseModel, Field
 
 from glmaas.engines.registry import default_model_path
@@ -89,6 +90,17 @@ def test_json_object_mode_returns_an_object(client: openai.OpenAI) -> None:
         assert isinstance(json.loads(resp.choices[0].message.content), dict)
     else:
         assert resp.choices[0].message.content.startswith("{")
+
+
+def test_zhipu_dialect_json_mode_streamed(real_server: Server) -> None:
+    client = zhipuai.ZhipuAI(api_key=real_server.create_key(), base_url=real_server.zhipu_url, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Invent a person. Reply in JSON."}],
+        max_tokens=30, temperature=0.9, seed=5, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+    ))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads("".join(c.choices[0].delta.content or "" for c in chunks)), PERSON)
 
 
 @pytest.mark.parametrize("mode", [instructor.Mode.JSON, instructor.Mode.JSON_SCHEMA])
