@@ -132,6 +132,24 @@ def test_seed_repeats_end_to_end_beside_other_traffic(client: openai.OpenAI) -> 
         [f.result() for f in busy]
 
 
+def reply(client: openai.OpenAI, **fields: object) -> str:
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Write the word cat five times."}], max_tokens=10,
+        **fields).choices[0].message.content
+
+
+@pytest.mark.parametrize("fields", [{"top_k": 1}, {"min_p": 1.0}])
+def test_top_k_and_min_p_keep_only_the_best_token(client: openai.OpenAI, fields: dict) -> None:
+    greedy = reply(client, temperature=0)
+    assert {reply(client, temperature=1.5, seed=s, extra_body=fields) for s in range(3)} == {greedy}
+
+
+@pytest.mark.parametrize("fields", [{"frequency_penalty": 2.0}, {"presence_penalty": 2.0},
+                                    {"extra_body": {"repetition_penalty": 2.0}}])
+def test_penalties_change_a_repetitive_reply(client: openai.OpenAI, fields: dict) -> None:
+    assert reply(client, temperature=0, **fields) != reply(client, temperature=0)
+
+
 def test_logprobs_in_the_openai_shape(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=6, temperature=0,
