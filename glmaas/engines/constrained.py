@@ -101,6 +101,11 @@ def _plain(message: str) -> str:
     return message.strip()
 
 
+def _first_line(error: str) -> str:
+    # A matcher's error goes on with its parser state and the whole grammar: not for a client.
+    return error.strip().split("\n", 1)[0]
+
+
 class GrammarMatcher:
     """One sequence's position in its grammar: which tokens may come next, and the tokens taken."""
 
@@ -117,7 +122,7 @@ class GrammarMatcher:
     def accept(self, token: int) -> None:
         """Advance past `token` (one the mask allowed)."""
         if not self._matcher.consume_token(token):
-            raise ConstraintError(f"the grammar rejected token {token}: {self._matcher.get_error()}")
+            raise ConstraintError(f"the grammar rejected token {token}: {_first_line(self._matcher.get_error())}")
 
     @property
     def complete(self) -> bool:
@@ -159,5 +164,5 @@ class Grammars:
         first call builds the tokenizer): call it off the event loop."""
         matcher = llguidance.LLMatcher(self.tokenizer(), grammar_of(constraint), log_level=0)
         if matcher.is_error():
-            raise ConstraintError(_plain(matcher.get_error()))
+            raise ConstraintError(_plain(_first_line(matcher.get_error())))
         return GrammarMatcher(matcher, self.n_vocab)
