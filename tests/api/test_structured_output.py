@@ -150,6 +150,19 @@ def test_penalties_change_a_repetitive_reply(client: openai.OpenAI, fields: dict
     assert reply(client, temperature=0, **fields) != reply(client, temperature=0)
 
 
+def test_logit_bias_on_the_end_token_ends_the_reply_at_once(client: openai.OpenAI) -> None:
+    end = "2"  # <|im_end|> in SmolLM2's vocabulary
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=10, logit_bias={end: 100})
+    assert (resp.choices[0].message.content, resp.usage.completion_tokens) == ("", 1)
+
+
+def test_logit_bias_outside_the_vocabulary_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="vocabulary"):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, logit_bias={"99999999": 1})
+
+
 def test_logprobs_in_the_openai_shape(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=6, temperature=0,
