@@ -107,7 +107,7 @@ def test_zhipu_dialect_json_mode_streamed(real_server: Server) -> None:
 def test_instructor_extracts_a_model(client: openai.OpenAI, mode: instructor.Mode) -> None:
     patched = instructor.from_openai(client, mode=mode)
     city = patched.chat.completions.create(
-        model=MODEL, response_model=City, max_retries=0, max_tokens=40, temperature=0,
+        model=MODEL, response_model=City, max_retries=0, max_tokens=100, temperature=0,
         messages=[{"role": "user", "content": "Oslo is a city. Extract it."}],
     )
     assert isinstance(city, City)
