@@ -6,7 +6,8 @@ Each step builds one `llama_batch`: first the last sampled token of every genera
 `llama_decode` computes it all; then each sequence samples from its own logits row with its own
 sampler, and its deltas go to its event loop in one `call_soon_threadsafe` per loop and step.
 A constrained sequence's sampler holds its own grammar matcher, which masks only that sequence's
-logits row; a sequence whose sampling fails (its grammar rejects a token) fails alone.
+logits row; the step's masks are computed on a helper thread while `llama_decode` runs. A
+sequence whose sampling fails (its grammar rejects a token) fails alone.
 
 Every slot is a llama.cpp sequence id with its own region of the KV cache (`kv_unified=false`, so
 a sequence attends only to its own cells) and remembers the tokens whose keys and values it holds.
@@ -25,12 +26,14 @@ import ctypes
 import logging
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import llama_cpp
 import numpy as np
 
 from glmaas.engines.base import Delta, EngineError, FinishReason, TokenLogprob, Usage
+from glmaas.engines.constrained import GrammarMatcher
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
 
@@ -134,6 +137,11 @@ class _Batch:
         llama_cpp.llama_batch_free(self.raw)
 
 
+def _prepare_all(grammars: list[GrammarMatcher]) -> None:
+    for grammar in grammars:
+        grammar.prepare()
+
+
 def _deliver(items: list[tuple[asyncio.Queue, Delta | BaseException]]) -> None:
     for queue, item in items:
         queue.put_nowait(item)
@@ -171,6 +179,7 @@ class DecodeLoop:
         self._running: list[Sequence] = []
         self._closing = False
         self._steps = 0
+        self._masks = ThreadPoolExecutor(1, thread_name_prefix="llamacpp-grammar")
         self._thread = threading.Thread(target=self._run, name="llamacpp-decode", daemon=True)
         self._thread.start()
 
@@ -211,6 +220,7 @@ class DecodeLoop:
             self._closing = True
             self._cv.notify()
         self._thread.join()
+        self._masks.shutdown()
         self._batch.free()
         llama_cpp.llama_free(self._ctx)
 
@@ -265,7 +275,11 @@ class DecodeLoop:
                     outputs.append(seq)
         if batch.n == 0:
             return
+        grammars = [s.sampler.grammar for s in outputs if s.sampler.grammar is not None]
+        masks = self._masks.submit(_prepare_all, grammars) if grammars else None
         rc = llama_cpp.llama_decode(self._ctx, batch.raw)
+        if masks is not None:
+            masks.result()  # before any sampler reads a mask (or a failed decode frees them)
         if rc != 0:
             raise EngineError(f"llama_decode returned {rc}")
         # Output rows follow batch order; `outputs` was filled in that same order.
