@@ -75,15 +75,16 @@ class DynamicBatcher:
     passes among them. `forward` takes int64 arrays (B, T) and returns float32 (B, dimensions).
 
     `window_s`: how long the worker waits after a first arrival for company. `max_batch_tokens`:
-    the most padded tokens (rows × bucket length) one pass takes. `forward_passes` counts the
-    passes run, so tests and metrics can see batching happen."""
+    the most padded tokens (rows × bucket length) one pass takes; `max_rows`, the most inputs.
+    `forward_passes` counts the passes run, so tests and metrics can see batching happen."""
 
     def __init__(self, forward: Callable[[np.ndarray, np.ndarray], np.ndarray], *, pad_id: int = 0,
-                 window_s: float = 0.004, max_batch_tokens: int = 8192) -> None:
+                 window_s: float = 0.004, max_batch_tokens: int = 8192, max_rows: int = 256) -> None:
         self.forward = forward
         self.pad_id = pad_id
         self.window_s = window_s
         self.max_batch_tokens = max_batch_tokens
+        self.max_rows = max_rows
         self.forward_passes = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -150,7 +151,8 @@ class DynamicBatcher:
         bucket = 0
         for p, i in items:
             b = length_bucket(len(p.inputs[i]))
-            if current and (b != bucket or (len(current) + 1) * b > self.max_batch_tokens):
+            full = len(current) >= self.max_rows or (len(current) + 1) * b > self.max_batch_tokens
+            if current and (b != bucket or full):
                 batches.append(current)
                 current = []
             current.append((p, i))
