@@ -63,6 +63,14 @@ def _stop(proc: subprocess.Popen) -> None:
 def glmaas_server(model_path: Path, engine_options: str = "", log_path: str | None = None) -> Iterator[Server]:
     """`glmaas serve` on a fresh data dir, the default model id served from `model_path` with
     llamacpp `engine_options` (e.g. "threads=2,slots=16"), and a new key for it."""
+    spec = f"llamacpp:{model_path}" + (f",{engine_options}" if engine_options else "")
+    with glmaas_serving(DEFAULT_MODEL_ID, spec, log_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def glmaas_serving(model_id: str, spec: str, log_path: str | None = None) -> Iterator[Server]:
+    """`glmaas serve` on a fresh data dir serving only `--model model_id=spec`, and a new key."""
     with tempfile.TemporaryDirectory(prefix="glmaas-bench-") as data_dir:
         env = {**os.environ, "GLMAAS_DATA_DIR": data_dir}
         created = subprocess.run(
@@ -71,17 +79,16 @@ def glmaas_server(model_path: Path, engine_options: str = "", log_path: str | No
         )
         key = created.stdout.strip().splitlines()[-1]
         port = free_port()
-        spec = f"llamacpp:{model_path}" + (f",{engine_options}" if engine_options else "")
         log = open(log_path or os.devnull, "w")  # noqa: SIM115 - closed when the server stops
         proc = subprocess.Popen(
             [sys.executable, "-m", "glmaas", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--data-dir", data_dir, "--model", f"{DEFAULT_MODEL_ID}={spec}"],
+             "--data-dir", data_dir, "--no-default-model", "--model", f"{model_id}={spec}"],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         try:
             base_url = f"http://127.0.0.1:{port}/v1"
             wait_ready(base_url, key, proc)
-            yield Server("glmaas", base_url, key, DEFAULT_MODEL_ID, proc.pid)
+            yield Server("glmaas", base_url, key, model_id, proc.pid)
         finally:
             _stop(proc)
             log.close()
@@ -108,3 +115,25 @@ def llama_cpp_server(model_path: Path, threads: int, n_ctx: int = 2048, log_path
     finally:
         _stop(proc)
         log.close()
+
+
+@contextlib.contextmanager
+def infinity_server(install_path: str, model_folder: str, model_id: str) -> Iterator[Server]:
+    """infinity-emb's embedding server (torch engine, CPU) on a local model folder, run from the
+    folder `install_path` where it was installed apart (`pip install --target`): its pins differ
+    from glmaas's, so that folder goes first on its `PYTHONPATH`."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([install_path, *sys.path]), "HF_HUB_OFFLINE": "1",
+           "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infinity_emb.cli", "v2", "--model-id", model_folder, "--served-model-name",
+         model_id, "--engine", "torch", "--device", "cpu", "--port", str(port), "--host", "127.0.0.1",
+         "--no-bettertransformer"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url, "", proc, timeout_s=300)
+        yield Server("infinity", base_url, "", model_id, proc.pid)
+    finally:
+        _stop(proc)

@@ -34,6 +34,7 @@ import numpy as np
 from glmaas.engines.base import EngineError, ModelInfo
 from glmaas.engines.embedding import DynamicBatcher, Vectors
 
+
 class SentenceEncoder:
     """An `EmbeddingModel`: a BERT sentence encoder read from a sentence-transformers folder."""
 

@@ -12,7 +12,13 @@ import zhipuai
 from tokenizers import Tokenizer
 
 from glmaas.engines.registry import default_embedding_folder, default_model_path
-from tests.api.billing_helpers import INPUT, assert_books_balance, balance_micro, funded_key, price_all
+from tests.api.billing_helpers import (
+    INPUT,
+    assert_books_balance,
+    balance_micro,
+    funded_key,
+    price_all,
+)
 from tests.conftest import Server, start_server
 
 MODEL = "all-minilm-l6-v2"

@@ -12,7 +12,13 @@ from glmaas.api.dialects import DIALECTS
 from glmaas.api.embeddings.protocol import EmbeddingRequest
 from glmaas.api.embeddings.serving import embed, prepare, respond
 from glmaas.api.metered import admit
-from glmaas.api.requests import JSONModelResponse, app_state, authenticate, parse_body, take_request_id
+from glmaas.api.requests import (
+    JSONModelResponse,
+    app_state,
+    authenticate,
+    parse_body,
+    take_request_id,
+)
 
 
 async def embeddings(request: Request) -> Response:

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glmaas.api.embeddings.protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from glmaas.api.embeddings.protocol import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.metered import MeteredRun
 from glmaas.api.state import AppState
