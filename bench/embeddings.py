@@ -19,6 +19,7 @@ The contenders take turns, `--rounds` times, so that a change in the machine's l
 medians over rounds are printed with the ratios glmaas / in-process and glmaas / infinity.
 
     python bench/embeddings.py [--texts 512] [--concurrency 1,32] [--rounds 3] [--infinity-path DIR]
+                               [--threads N]
 """
 
 from __future__ import annotations
@@ -105,12 +106,17 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--infinity-path", help="a folder holding an infinity-emb install (pip --target)")
+    parser.add_argument("--threads", type=int, help="torch threads of the in-process contender (default: torch's)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     texts = make_texts(args.texts)
     folder = str(default_embedding_folder())
 
+    import torch
     from sentence_transformers import SentenceTransformer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     st_model = SentenceTransformer(folder, device="cpu")
     results: dict[tuple[str, int], list[tuple[float, float]]] = {}
@@ -143,7 +149,7 @@ def main() -> int:
         return statistics.median(x[0] for x in runs), statistics.median(x[1] for x in runs)
 
     print(f"\n{args.texts} texts (4-60 words), all-MiniLM-L6-v2, CPU, {args.rounds} rounds, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} cores, in-process torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     print(f"{'contender':<12} {'conc':>5} {'texts/s':>9} {'p50 ms':>8}")
     names = ["glmaas", "in-process"] + (["infinity"] if args.infinity_path else [])
     for c in levels:

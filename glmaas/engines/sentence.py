@@ -16,7 +16,10 @@ Runtime 1.32 on a `torch.onnx.export` of this same module, which agreed to 2e-7)
        2  32×128    4506 / 3795 ms    4647 / 4208 ms
 
 At the batch sizes dynamic batching builds under load the two are even with one thread, and even
-on long inputs; ONNX Runtime wins at batch 1 (2-4×) and when two threads fight other work.
+on long inputs; ONNX Runtime wins at batch 1 (2-4×). The two-thread PyTorch rows ran on the
+main thread, where two OpenMP threads fighting other work were later seen to cost several times
+their one-thread time (see docs/performance.md); the serving path calls the model from a worker
+thread, where that slowdown was much smaller, so those rows overstate ONNX Runtime's lead.
 PyTorch is kept because it needs no export step and no second runtime (onnxruntime, onnx and
 protobuf at install time), and loaded servers run batches, not single inputs. A lone request on
 an idle server is where ONNX Runtime would pay; measure again on a quiet machine before
