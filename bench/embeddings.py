@@ -149,7 +149,8 @@ def main() -> int:
         return statistics.median(x[0] for x in runs), statistics.median(x[1] for x in runs)
 
     print(f"\n{args.texts} texts (4-60 words), all-MiniLM-L6-v2, CPU, {args.rounds} rounds, "
-          f"{os.cpu_count()} cores, in-process torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} cores, in-process torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'contender':<12} {'conc':>5} {'texts/s':>9} {'p50 ms':>8}")
     names = ["glmaas", "in-process"] + (["infinity"] if args.infinity_path else [])
     for c in levels:
