@@ -15,13 +15,16 @@ the batches grow by themselves and an idle server answers a lone request after o
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from glmaas.engines.base import ModelInfo
+from glmaas.engines.base import EngineError, ModelInfo
+
+log = logging.getLogger(__name__)
 
 Vectors = np.ndarray  # (n, dimensions) float32, one row per input
 
@@ -129,10 +132,12 @@ class DynamicBatcher:
             ids, mask = self._pad([p.inputs[i] for p, i in live])
             try:
                 vectors = await asyncio.to_thread(self.forward, ids, mask)
-            except Exception as exc:  # the model failed: every caller in this pass hears it
+            except Exception:
+                # The model failed: every caller in this pass hears it, the details go to the log.
+                log.exception("an embedding forward pass of %d inputs failed", len(live))
                 for p, _ in live:
                     if not p.done.done():
-                        p.done.set_exception(exc)
+                        p.done.set_exception(EngineError("the model failed to embed the inputs"))
                 continue
             finally:
                 self.forward_passes += 1

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from glmaas.engines.base import EngineError
 from glmaas.engines.embedding import DynamicBatcher, length_bucket
 from glmaas.engines.registry import ModelRegistry, build_engine, default_model_path
 
@@ -85,7 +86,7 @@ def test_a_failed_pass_fails_its_callers_only() -> None:
     batcher = DynamicBatcher(forward, window_s=0.001)
 
     async def main() -> np.ndarray:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(EngineError):
             await batcher.embed([(1,)])
         return await batcher.embed([(1,)])
 
