@@ -72,10 +72,21 @@ class SentenceEncoder:
 
     @classmethod
     def from_spec(cls, model_id: str, folder: Path, options: dict[str, str]) -> SentenceEncoder:
-        unknown = set(options) - {"window_ms"}
+        """Build from `--model ID=sentence:DIR,window_ms=4,threads=N`: `window_ms` is how long the
+        batcher waits for company; `threads` sets PyTorch's CPU threads (for the whole process)."""
+        unknown = set(options) - {"window_ms", "threads"}
         if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for a sentence encoder")
-        return cls(model_id, folder, window_s=float(options.get("window_ms", 4)) / 1000)
+            raise EngineError(f"model {model_id!r}: unknown sentence options {sorted(unknown)}")
+        try:
+            window_s = float(options.get("window_ms", 4)) / 1000
+            threads = int(options["threads"]) if "threads" in options else None
+        except ValueError as e:
+            raise EngineError(f"model {model_id!r}: window_ms and threads are numbers ({e})") from None
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return cls(model_id, folder, window_s=window_s)
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids

@@ -11,7 +11,13 @@ import pytest
 
 from glmaas.engines.base import EngineError
 from glmaas.engines.embedding import DynamicBatcher, length_bucket
-from glmaas.engines.registry import ModelRegistry, build_engine, default_model_path
+from glmaas.engines.registry import (
+    ModelRegistry,
+    SpecError,
+    build_engine,
+    default_embedding_folder,
+    default_model_path,
+)
 
 
 class RecordingForward:
@@ -91,6 +97,17 @@ def test_a_failed_pass_fails_its_callers_only() -> None:
         return await batcher.embed([(1,)])
 
     assert asyncio.run(main()).shape == (1, 2)
+
+
+def test_embedding_specs_are_checked_before_loading() -> None:
+    with pytest.raises(SpecError, match="no sentence-transformers folder"):
+        build_engine("e", "sentence:/no/such/folder")
+    with pytest.raises(EngineError, match="unknown sentence options"):
+        build_engine("e", f"sentence:{default_embedding_folder()},pooling=cls")
+    with pytest.raises(SpecError, match="embedding is true or false"):
+        build_engine("e", f"llamacpp:{default_model_path()},embedding=maybe")
+    with pytest.raises(EngineError, match="pooling is one of"):
+        build_engine("e", f"llamacpp:{default_model_path()},embedding=true,pooling=max")
 
 
 @pytest.fixture(scope="module")
