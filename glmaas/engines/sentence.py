@@ -4,26 +4,24 @@ The default embedding model, all-MiniLM-L6-v2, is such a folder inside the `gt-a
 package. The forward pass is `glmaas/model/bert.py` in PyTorch; tokens come from the folder's
 `tokenizer.json` through `tokenizers`. Concurrent requests share passes (`DynamicBatcher`).
 
-Why PyTorch and not ONNX Runtime (measured 2026-12-01 on this 2-core CPU while other work ran:
-load average 7, so the figures are rough; median of 15 forward passes, ~24-token inputs, ONNX
-Runtime 1.32 on a `torch.onnx.export` of this same module, which agreed to 2e-7):
+Why PyTorch and not ONNX Runtime. Measured 2026-12-01 on this 2-core CPU while other work ran
+(load average 4-5, so the figures are rough): ONNX Runtime 1.32 on a `torch.onnx.export` of this
+same module (it agreed to 2e-7), the forward pass called from a worker thread as the server calls
+it, ~24-token inputs, median of 10 passes, two rounds each:
 
-    threads  batch   PyTorch 2.13      ONNX Runtime
-       1      32     435 / 683 ms      451 / 967 ms     (two rounds)
-       1       1     179 / 181 ms       81 /  62 ms
-       2      32    2174 / 2050 ms     912 / 481 ms
-       2       1      98 / 181 ms       24 /  21 ms
-       2  32×128    4506 / 3795 ms    4647 / 4208 ms
+    threads  batch   PyTorch 2.13     ONNX Runtime
+       1      32     234 / 208 ms     235 / 202 ms
+       2      32     143 / 139 ms     155 / 122 ms
+       1       1      12 /  12 ms      11 /   8 ms
+       2       1      27 /  22 ms       6 /   6 ms
 
-At the batch sizes dynamic batching builds under load the two are even with one thread, and even
-on long inputs; ONNX Runtime wins at batch 1 (2-4×). The two-thread PyTorch rows ran on the
-main thread, where two OpenMP threads fighting other work were later seen to cost several times
-their one-thread time (see docs/performance.md); the serving path calls the model from a worker
-thread, where that slowdown was much smaller, so those rows overstate ONNX Runtime's lead.
-PyTorch is kept because it needs no export step and no second runtime (onnxruntime, onnx and
-protobuf at install time), and loaded servers run batches, not single inputs. A lone request on
-an idle server is where ONNX Runtime would pay; measure again on a quiet machine before
-changing (the benchmark is `bench/embeddings.py`).
+At the batch sizes dynamic batching builds under load the two are even (an earlier run with 128-
+token inputs was even too); ONNX Runtime wins for a lone short input, by a few milliseconds. That
+does not pay for an export step and a second runtime (onnxruntime, onnx and protobuf at install
+time), so the forward pass is PyTorch. (A first run on the process's main thread, at load
+average 7, had PyTorch with two threads 2-4× slower than ONNX Runtime: OpenMP threads fighting
+other work there; see docs/performance.md.) Measure again on a quiet machine before changing;
+the benchmark is `bench/embeddings.py`.
 """
 
 from __future__ import annotations
