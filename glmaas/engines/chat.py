@@ -89,7 +89,7 @@ class ChatEngine(Protocol):
 
     def chat(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
         """Stream the reply; the last delta has `finish_reason` and `usage` set. Raises
-        `RequestRejected` when the request is refused as invalid, `EngineError` on a fault."""
+        `InvalidRequest` when the request is refused as invalid, `EngineError` on a fault."""
         ...
 
     async def start(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from glmaas.engines.base import EngineError, RequestRejected
+from glmaas.engines.base import EngineError, InvalidRequest
 from glmaas.engines.chat import ChatCall, ChatDelta
 from glmaas.engines.registry import ModelRegistry, SpecError
 from glmaas.engines.upstream import UpstreamEngine, parse_upstream
@@ -121,7 +121,7 @@ def test_a_4xx_is_the_requests_fault_and_is_not_retried() -> None:
         return _ok(request)
 
     engine = _engine(lambda r: httpx.Response(400, json={"error": {"message": "bad tools"}}), second)
-    with pytest.raises(RequestRejected, match="bad tools"):
+    with pytest.raises(InvalidRequest, match="bad tools"):
         asyncio.run(_collect(engine))
     assert not seen
 

@@ -17,9 +17,7 @@ from glmaas.api.chat.protocol import (
     ChunkChoice,
     DeltaMessage,
     FunctionCallOut,
-    TokenLogprobInfo,
     ToolCallOut,
-    TopLogprob,
     UsageInfo,
 )
 from glmaas.api.dialects import Dialect
@@ -32,12 +30,13 @@ from glmaas.engines.base import (
     Engine,
     EngineError,
     GenerationRequest,
+    InvalidRequest,
     PromptTooLong,
-    RequestRejected,
     SamplingParams,
     TokenLogprob,
 )
 from glmaas.engines.chat import ChatCall, ChatDelta, ChatEngine, WholeToolCall
+from glmaas.engines.constrained import ConstraintError, check
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
 
@@ -76,6 +75,12 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
                            eos_token=info.eos_token, tools=chat.tools)
     except ChatTemplateError as exc:
         raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid messages: {exc}", param="messages") from None
+    if chat.constraint is not None:
+        try:  # refused before admission: nothing is held or billed for a schema we cannot enforce
+            check(chat.constraint)
+        except ConstraintError as exc:
+            raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid response_format: {exc}.",
+                           param="response_format") from None
     token_ids = tuple(engine.tokenize(text))
     room = info.context_length - len(token_ids)
     if room < 1:
@@ -96,18 +101,24 @@ def generate(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) ->
 
 
 def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> GenerationRequest:
-    sampling = SamplingParams(max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
-                              seed=chat.seed, stop=chat.stop)
+    sampling = SamplingParams(
+        max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed,
+        stop=chat.stop, top_k=chat.top_k, min_p=chat.min_p, frequency_penalty=chat.frequency_penalty,
+        presence_penalty=chat.presence_penalty, repetition_penalty=chat.repetition_penalty,
+        logit_bias=chat.logit_bias, logprobs=chat.logprobs, constraint=chat.constraint)
     return GenerationRequest(request_id, prompt.token_ids, sampling)
 
 
 def call_of(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> ChatCall:
-    """The request as a chat engine takes it: only the fields the client set travel."""
-    sampling = {"temperature": chat.temperature, "top_p": chat.top_p, "seed": chat.seed,
-                "stop": list(chat.stop) or None, "frequency_penalty": chat.frequency_penalty,
-                "presence_penalty": chat.presence_penalty, "logit_bias": chat.logit_bias}
-    return ChatCall(request_id, chat.messages, prompt.max_tokens,
-                    {k: v for k, v in sampling.items() if v is not None}, tools=chat.tools,
+    """The request as a chat engine takes it: besides temperature and top_p, only the sampling
+    fields the client set (off by default) travel."""
+    optional = {"seed": chat.seed, "stop": list(chat.stop), "frequency_penalty": chat.frequency_penalty,
+                "presence_penalty": chat.presence_penalty, "top_k": chat.top_k, "min_p": chat.min_p,
+                "repetition_penalty": None if chat.repetition_penalty == 1.0 else chat.repetition_penalty,
+                "logit_bias": {str(token): bias for token, bias in chat.logit_bias.items()}}
+    sampling = {"temperature": chat.temperature, "top_p": chat.top_p,
+                **{k: v for k, v in optional.items() if v not in (None, 0, [], {})}}
+    return ChatCall(request_id, chat.messages, prompt.max_tokens, sampling, tools=chat.tools,
                     tool_choice=chat.tool_choice, response_format=chat.response_format, logprobs=chat.logprobs,
                     thinking=chat.thinking, user=chat.user, tenant=tenant)
 
@@ -118,8 +129,6 @@ async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerat
     HTTP error instead of a stream that fails at once."""
     try:
         first = await anext(deltas)
-    except RequestRejected as exc:
-        raise ApiError(ErrorKind.INVALID_REQUEST, str(exc)) from None
     except (EngineError, GenerationTimeout) as exc:
         raise _engine_error(exc) from None
 
@@ -134,21 +143,13 @@ async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerat
     return chained()
 
 
-def _logprobs_out(entries: list[TokenLogprob] | tuple[TokenLogprob, ...],
-                  chat: ChatRequest) -> ChoiceLogprobs | None:
-    if chat.logprobs is None:
-        return None
-    return ChoiceLogprobs(content=[
-        TokenLogprobInfo(token=e.text, logprob=e.logprob, bytes=list(e.text.encode()),
-                         top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for _, t, lp in e.top])
-        for e in entries])
-
-
 def _call_out(call: WholeToolCall, index: int | None = None) -> ToolCallOut:
     return ToolCallOut(index=index, id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
 
 
 def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
+    if isinstance(exc, InvalidRequest):
+        return ApiError(ErrorKind.INVALID_REQUEST, f"The request cannot be served as asked: {exc}.")
     return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}")
 
 
@@ -168,8 +169,6 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
                 calls.extend(delta.tool_calls)
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
-    except RequestRejected as exc:
-        raise ApiError(ErrorKind.INVALID_REQUEST, str(exc)) from None
     except (EngineError, GenerationTimeout) as exc:
         raise _engine_error(exc) from None
     return ChatCompletion(
@@ -177,7 +176,8 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
         request_id=run.request_id,
         created=run.created,
         model=chat.model,
-        choices=[Choice(finish_reason=run.finish_reason, logprobs=_logprobs_out(logprobs, chat),
+        choices=[Choice(finish_reason=run.finish_reason,
+                        logprobs=ChoiceLogprobs.of(logprobs) if chat.logprobs is not None else None,
                         message=ChatMessage(content="".join(pieces) if pieces or not calls else None,
                                             reasoning_content="".join(reasoning) or None,
                                             tool_calls=[_call_out(c) for c in calls] or None))],
@@ -196,7 +196,7 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
               logprobs: ChoiceLogprobs | None = None) -> bytes:
         return sse_event(ChatCompletionChunk(
             id=chunk_id, request_id=run.request_id, created=run.created, model=chat.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)], usage=usage))
+            choices=[ChunkChoice(delta=delta, logprobs=logprobs, finish_reason=finish)], usage=usage))
 
     def finish_chunk(reason: str) -> bytes:
         return chunk(DeltaMessage(), reason, UsageInfo.of(run))
@@ -207,8 +207,10 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
         async for delta in deltas:
             if isinstance(delta, ChatDelta) and delta.reasoning:
                 yield chunk(DeltaMessage(reasoning_content=delta.reasoning))
-            if delta.text:
-                yield chunk(DeltaMessage(content=delta.text), logprobs=_logprobs_out(delta.logprobs or (), chat))
+            # A token's logprobs go out with it even while a possible stop string holds its text.
+            if delta.text or delta.logprobs:
+                yield chunk(DeltaMessage(content=delta.text),
+                            logprobs=ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None)
             for call in delta.tool_calls if isinstance(delta, ChatDelta) else ():
                 yield chunk(DeltaMessage(tool_calls=[_call_out(call, calls)]))
                 calls += 1

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from glmaas.engines.base import EngineError, ModelInfo, RequestRejected, Usage
+from glmaas.engines.base import EngineError, InvalidRequest, ModelInfo, Usage
 from glmaas.engines.chat import ChatCall, ChatDelta
 from glmaas.engines.upstream.config import UpstreamConfig
 from glmaas.engines.upstream.member import Member, Refused, Unavailable
@@ -68,7 +68,7 @@ class UpstreamEngine:
                 log.warning("upstream unavailable for %s, trying another: %s", self.info.model_id, exc)
             except Refused as exc:
                 member.succeeded()  # it answered: the request was at fault, not the server
-                raise RequestRejected(f"The upstream refused the request: {exc}") from None
+                raise InvalidRequest(f"The upstream refused the request: {exc}") from None
             except (httpx.HTTPError, TimeoutError, UpstreamFault) as exc:
                 member.failed(eject=isinstance(exc, httpx.TransportError))
                 log.warning("upstream %s failed (%s)", member.config.describe(), type(exc).__name__)
