@@ -24,7 +24,8 @@ SCRIPT = [
      "secret_vendor_field": "must not reach clients"},
     {"delta": {}, "finish_reason": "tool_calls"},
 ]
-USAGE = {"prompt_tokens": 31, "completion_tokens": 17, "total_tokens": 48}
+USAGE = {"prompt_tokens": 31, "completion_tokens": 17, "total_tokens": 48,
+         "prompt_tokens_details": {"cached_tokens": 11}}
 last: dict = {}
 
 

@@ -20,7 +20,16 @@ from glmaas.benchmarks.harness import free_port, start_process
 from glmaas.benchmarks.servers import llama_cpp_server
 from glmaas.engines.mock import DEFAULT_REPLY
 from glmaas.engines.registry import default_model_path
-from tests.api.billing_helpers import assert_books_balance, expected_cost, funded_key, price_all, query
+from tests.api.billing_helpers import (
+    CACHED,
+    INPUT,
+    OUTPUT,
+    assert_books_balance,
+    expected_cost,
+    funded_key,
+    price_all,
+    query,
+)
 from tests.conftest import Server, start_server
 
 UPSTREAM_KEY_ENV = "GLMAAS_TEST_UPSTREAM_KEY"
@@ -199,6 +208,11 @@ def test_tool_calls_and_reasoning_pass_through_to_an_openai_client(front: Server
         "call_w1", "get_weather", {"city": "Beijing"})
     assert choice.message.model_extra["reasoning_content"] == "The user wants the weather."
     assert (body.usage.prompt_tokens, body.usage.completion_tokens) == (31, 17)
+    # The upstream's cached prompt tokens are passed through, and billed at the cached price.
+    assert body.usage.prompt_tokens_details.cached_tokens == 11
+    record = _record(front, raw.headers["x-request-id"])
+    assert record["cached_tokens"] == 11
+    assert record["cost"] == (31 - 11) * INPUT + 11 * CACHED + 17 * OUTPUT
     asked = httpx.get(f"{scripted}/last").json()  # what the upstream was sent
     assert asked["tools"] == WEATHER and asked["tool_choice"] == "auto"
     assert (asked["temperature"], asked["presence_penalty"], asked["response_format"]) == (
