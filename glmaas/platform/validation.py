@@ -8,20 +8,28 @@ and raises `InvalidField`, a `ValueError` naming the offending field, when it is
   driver will take, so such a string is refused before it travels further.
 - `check_request_id`: an id the client chose is copied into the `x-request-id` header and the logs,
   so it is restricted to a charset safe in both (`[A-Za-z0-9._:-]`) and to 1..128 characters.
+- `check_end_user_id`: an end user's id (`user_id`, `user`) may reach a log line too: printable
+  ASCII with no spaces (`[!-~]`, room for e-mail addresses and base64 hashes), 1..256 characters.
 - `check_json_shape`: a body's nesting depth and the length of its numbers are bounded before
   `json.loads` runs; see its docstring for why a pre-scan.
+- `load_json`: the whole edge for a JSON body: the shape scan, then `json.loads` with `NaN`,
+  `Infinity` and floats that overflow to infinity refused, then `check_strings` over every key and
+  string in it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 
 MAX_REQUEST_ID_CHARS = 128
+MAX_END_USER_ID_CHARS = 256
 MAX_JSON_DEPTH = 64
 MAX_NUMBER_DIGITS = 100
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
+_END_USER_ID = re.compile(r"[!-~]+")
 # Outside strings, the bytes that matter: a quote opens a string, brackets nest, and a run of
 # number characters is one number (the letters of true/false/null only ever make short runs).
 _TOKEN = re.compile(rb'["\[\]{}]|[-+0-9.eE]+')
@@ -60,6 +68,65 @@ def check_request_id(value: object, field: str = "request_id") -> str:
         raise InvalidField(field, f"{field} may hold only the letters A-Z and a-z, digits and "
                                   f"the characters . _ : -")
     return value
+
+
+def check_end_user_id(value: object, field: str = "user_id") -> str:
+    """`value` when it is an end user's id safe in a log line, else `InvalidField`."""
+    if not isinstance(value, str):
+        raise InvalidField(field, f"{field} must be a string.")
+    if not 1 <= len(value) <= MAX_END_USER_ID_CHARS:
+        raise InvalidField(field, f"{field} must be 1 to {MAX_END_USER_ID_CHARS} characters long; "
+                                  f"it has {len(value)}.")
+    if not _END_USER_ID.fullmatch(value):
+        raise InvalidField(field, f"{field} may hold only printable ASCII characters, without spaces.")
+    return value
+
+
+def check_strings(value: object, field: str = "") -> object:
+    """`value` (parsed JSON) when every string in it, keys included, is valid Unicode, else
+    `InvalidField` naming the first bad one by its path (`messages.0.content`; `body` for a bad
+    top-level string)."""
+    if isinstance(value, str):
+        check_text(value, field or "body")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_strings(item, _join(field, str(i)))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            # A key goes into the path only when it is fit to be read back in a message.
+            path = _join(field, key if _is_name(key) else "<key>")
+            check_text(key, path)
+            check_strings(item, path)
+    return value
+
+
+def load_json(raw: bytes, field: str = "body") -> object:
+    """The JSON value of `raw`, checked at the edge: `check_json_shape` first, so the parser never
+    goes deep; no `NaN`/`Infinity` (JSON has none, Python's `json` accepts them) and no float
+    that overflows to infinity (`1e400`); every string valid Unicode (`check_strings`). Raises
+    `InvalidField`, or `ValueError` (`json.JSONDecodeError`, `UnicodeDecodeError`) for a body
+    that is not JSON at all."""
+    check_json_shape(raw, field=field)
+    return check_strings(json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float))
+
+
+def _join(path: str, part: str) -> str:
+    return f"{path}.{part}" if path else part
+
+
+def _is_name(key: str) -> bool:
+    return len(key) <= 64 and key.isprintable() and key.isascii()
+
+
+def _no_constant(name: str) -> float:
+    raise InvalidField("body", f"The body holds {name}, which is not a JSON number.")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise InvalidField("body", f"The body holds the number {text[:20]}, too large for a double.")
+    return number
 
 
 def check_json_shape(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH,

@@ -4,7 +4,9 @@ run's (`api/metered.py`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from glmaas.api.chat.protocol import (
@@ -32,6 +34,9 @@ from glmaas.engines.base import (
 )
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
+from glmaas.platform.metering import RequestStatus
+
+log = logging.getLogger("glmaas.api")
 
 # When the client sets no limit, a reply may run to the end of the context, capped here.
 DEFAULT_MAX_TOKENS = 1024
@@ -118,12 +123,24 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
 
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
-        async for delta in deltas:
-            if delta.text:
-                yield chunk(DeltaMessage(content=delta.text))
+        # Closed on every exit, so that the engine stops within a step whatever failed.
+        async with aclosing(deltas):
+            async for delta in deltas:
+                if delta.text:
+                    yield chunk(DeltaMessage(content=delta.text))
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
         yield dialect.stream_fault(_engine_error(exc), finish_chunk)
+        yield SSE_DONE
+        return
+    except Exception:
+        # The server itself failed mid-stream (a bug, the database): logged once here, with its
+        # traceback, and told in-band like an engine fault; billed as produced, status `error`.
+        log.exception("request %s: the stream failed", run.request_id)
+        run.settle_if_open(RequestStatus.ERROR)
+        fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
+                                             f"{run.request_id}); the error has been logged.")
+        yield dialect.stream_fault(fault, finish_chunk)
         yield SSE_DONE
         return
     yield chunk(DeltaMessage(), run.finish_reason, UsageInfo.of(run) if include_usage else None)
