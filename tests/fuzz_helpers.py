@@ -2,8 +2,9 @@
 a priced mock model, Hypothesis strategies of hostile JSON bodies and headers, and the property
 every answer must hold.
 
-A route joins the fuzzing by a `Target` (its path, dialect and one valid body): the strategies
-mutate that body, and `assert_answered` checks the answer. The property: no 5xx; an error is a
+A route joins the fuzzing by a `Target` (its path, dialect and one valid body) in `TARGETS`: the
+strategies mutate that body, and `assert_answered` checks the answer. Routes described in
+`/openapi.json` are also fuzzed from their schema (`tests/api/test_openapi_fuzz.py`). The property: no 5xx; an error is a
 JSON body in the route's dialect; a refused request changes nothing in the books (no hold, no
 ledger entry, no usage record); an admitted one leaves no hold open. The server still answering
 afterwards is each test's last step (`InProcessApi.assert_still_answers`).
@@ -126,9 +127,9 @@ def assert_answered(api: InProcessApi, target: Target, response: httpx.Response,
         assert_error_shape(response, target.dialect)
         assert after == before, f"a refused request ({response.status_code}) changed the books"
     else:
-        assert response.status_code == 200
-        assert after.usage_records == before.usage_records + 1
-        assert after.balance < before.balance
+        # Admitted (or nothing to meter): at most one settlement, and never a credit.
+        assert after.usage_records - before.usage_records <= 1
+        assert after.balance <= before.balance
 
 
 # -- strategies ------------------------------------------------------------------------------------
