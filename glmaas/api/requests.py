@@ -20,7 +20,12 @@ from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.state import AppState
 from glmaas.platform.auth import Principal
 from glmaas.platform.errors import AuthError
-from glmaas.platform.validation import InvalidField, check_end_user_id, check_request_id, load_json
+from glmaas.platform.validation import (
+    InvalidField,
+    check_end_user_id,
+    check_request_id,
+    load_json,
+)
 
 M = TypeVar("M", bound=BaseModel)
 

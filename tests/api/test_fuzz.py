@@ -9,7 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_helpers import TARGETS, InProcessApi, Target, assert_answered, hostile_bodies, hostile_headers
+from tests.fuzz_helpers import (
+    TARGETS,
+    InProcessApi,
+    Target,
+    assert_answered,
+    hostile_bodies,
+    hostile_headers,
+)
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 database=None)

@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from tests.fuzz_helpers import CHAT_BODY, TARGETS, InProcessApi, Target, assert_error_shape
+from tests.fuzz_helpers import (
+    CHAT_BODY,
+    TARGETS,
+    InProcessApi,
+    Target,
+    assert_error_shape,
+)
 
 GOOD = json.dumps(CHAT_BODY).encode()
 

@@ -8,11 +8,11 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from glmaas.api.dialects import dialect_of
 from tests.fuzz_helpers import InProcessApi, Target, assert_answered
+
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory):

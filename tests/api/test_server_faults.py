@@ -10,7 +10,14 @@ import pytest
 
 from glmaas.api.chat.protocol import ChatCompletion
 from glmaas.engines.base import Delta
-from tests.fuzz_helpers import CHAT_BODY, MODEL, TARGETS, InProcessApi, Target, assert_error_shape
+from tests.fuzz_helpers import (
+    CHAT_BODY,
+    MODEL,
+    TARGETS,
+    InProcessApi,
+    Target,
+    assert_error_shape,
+)
 
 TARGET_IDS = [t.id for t in TARGETS]
 
@@ -126,3 +133,29 @@ def test_a_server_fault_mid_stream_is_told_in_band_and_billed_as_produced(
     assert usage["cost"] > 0
     assert api.books().open_holds == 0
     assert len(_unhandled(caplog)) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_reply_whose_status_line_cannot_be_sent_is_free(api: InProcessApi, stream: bool) -> None:
+    # As a server reports a socket that is gone: sending the status line raises.
+    import anyio
+
+    request_id = f"no-status-line-{stream}"
+    body = json.dumps({**CHAT_BODY, "stream": stream, "request_id": request_id}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": TARGETS[1].path, "raw_path": TARGETS[1].path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+             "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"content-type", b"application/json")]}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("connection reset by peer")
+
+    before = api.books()
+    anyio.run(api.app, scope, receive, send)
+    usage = _usage(api, request_id)
+    assert usage["cost"] == 0 and usage["status"] in ("error", "aborted")
+    assert api.books().balance == before.balance and api.books().open_holds == 0
