@@ -50,7 +50,8 @@ class ServerFaults:
             request = Request(scope)
             # The client's own id when it passed the edge checks (it is set only then), else ours.
             request_id = getattr(request.state, "request_id", None) or new_request_id()
-            log.exception("request %s: unhandled error on %s %s", request_id, request.method, request.url.path)
+            # The path is the client's: repr keeps its control characters out of the log line.
+            log.exception("request %s: unhandled error on %s %r", request_id, request.method, request.url.path)
             if started:
                 return
             error = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id {request_id}); "

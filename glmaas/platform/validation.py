@@ -19,9 +19,11 @@ and raises `InvalidField`, a `ValueError` naming the offending field, when it is
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+from itertools import accumulate
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_END_USER_ID_CHARS = 256
@@ -30,10 +32,11 @@ MAX_NUMBER_DIGITS = 100
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
 _END_USER_ID = re.compile(r"[!-~]+")
-# Outside strings, the bytes that matter: a quote opens a string, brackets nest, and a run of
-# number characters is one number (the letters of true/false/null only ever make short runs).
-_TOKEN = re.compile(rb'["\[\]{}]|[-+0-9.eE]+')
 _DIGITS = b"0123456789"
+_NUMBER_MASK = bytes(ord("1") if b in b"-+0123456789.eE" else ord(" ") for b in range(256))
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
+_BRACKET_STEP = {ord("["): 1, ord("]"): -1}
 
 
 class InvalidField(ValueError):
@@ -140,8 +143,10 @@ def check_json_shape(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH,
     `RecursionError` (not a `JSONDecodeError`), and only after the whole recursion; an integer of
     more than 4300 digits raises a bare `ValueError`; a long float parses silently to `inf` or
     rounds. Catching those afterwards would mean catching exceptions that bugs raise too. The
-    scan is linear: it visits only quotes, brackets and number runs (strings are skipped with
-    `bytes.find`), so it costs little next to parsing.
+    scan is linear and runs in C (`bytes.replace`, `split`, `translate` and a substring search;
+    only a body with more than `max_depth` openings has its nesting summed, by
+    `itertools.accumulate`), so it costs about what parsing costs: tens to a few hundred
+    milliseconds for a hostile 4 MB body, never seconds.
 
     The scan reads UTF-8 (RFC 8259 §8.1), in which the bytes of `"`, `\\`, brackets and digits
     never occur inside another character; a body `json.loads` would decode as UTF-16 or UTF-32
@@ -149,36 +154,36 @@ def check_json_shape(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH,
     """
     if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):
         raise InvalidField(field, f"The {field} must be JSON encoded as UTF-8.")
-    depth = 0
-    pos = 0
-    while (match := _TOKEN.search(raw, pos)) is not None:
-        token = match.group()
-        pos = match.end()
-        if token == b'"':
-            pos = _string_end(raw, pos)
-            if pos < 0:
-                break  # an unterminated string: nothing after it is structure, json.loads refuses it
-        elif token in (b"[", b"{"):
-            depth += 1
-            if depth > max_depth:
-                raise InvalidField(field, f"The {field} nests JSON arrays and objects more than "
-                                          f"{max_depth} levels deep.")
-        elif token in (b"]", b"}"):
-            depth -= 1
-        else:
-            digits = len(token) - len(token.translate(None, _DIGITS))
+    # Strings hold no structure: drop them. Without its escaped backslashes and quotes (removed
+    # in pairs from the left, as a JSON reader pairs them) every quote left opens or closes a
+    # string, so the text outside strings is every other piece between quotes. An unterminated
+    # string runs to the end, where json.loads refuses it before anything after it matters.
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = b"".join(unescaped.split(b'"')[::2])
+    # A number of more digits than allowed is a run of number characters longer than that; most
+    # bodies have none, which one substring search over a mask of the body tells.
+    if b"1" * (max_number_digits + 1) in structure.translate(_NUMBER_MASK):
+        for run in _number_runs(max_number_digits).finditer(structure):
+            digits = len(run.group()) - len(run.group().translate(None, _DIGITS))
             if digits > max_number_digits:
                 raise InvalidField(field, f"The {field} holds a number of {digits} digits; at most "
                                           f"{max_number_digits} are allowed.")
+    # Only the brackets, with objects' braces written as arrays' brackets.
+    brackets = structure.translate(_AS_ARRAYS, _NOT_BRACKETS)
+    # Fewer openings than the limit cannot nest past it: the common case ends here.
+    if len(brackets) - brackets.count(b"]") > max_depth:
+        # The deepest point is the largest running sum of +1 per opening and -1 per closing (a
+        # long run of openings shows it at once). Past the first return to 0 the top-level value
+        # is complete and json.loads stops, so the sum can only overstate how deep it would go.
+        if b"[" * (max_depth + 1) in brackets or max(accumulate(
+                map(_BRACKET_STEP.__getitem__, brackets))) > max_depth:
+            raise InvalidField(field, f"The {field} nests JSON arrays and objects more than "
+                                      f"{max_depth} levels deep.")
     return raw
 
 
-def _string_end(raw: bytes, start: int) -> int:
-    """The index just past the quote closing the string whose body begins at `start`, or -1."""
-    pos = start
-    while (quote := raw.find(b'"', pos)) >= 0:
-        backslashes = quote - len(raw[pos:quote].rstrip(b"\\")) - pos
-        if backslashes % 2 == 0:  # not escaped
-            return quote + 1
-        pos = quote + 1
-    return -1
+@functools.cache
+def _number_runs(max_digits: int) -> re.Pattern[bytes]:
+    """Runs of number characters long enough to hold more than `max_digits` digits, matched only
+    from the start of a run (the lookbehind), so that the search stays linear."""
+    return re.compile(rb"(?<![-+0-9.eE])[-+0-9.eE]{%d,}" % (max_digits + 1))
