@@ -9,9 +9,9 @@ run's `generate` yields.
 The money rule of the HTTP side: a request is never billed beyond what was delivered. `admit`
 registers each run with the request being served; `MeteredRequests` tells the runs when a 2xx
 response starts (`MeteredRun.deliver`: a whole reply settles then, a stream's tokens become
-billable), and when the request's ASGI call ends, however it ends, settles every run still open
-as undelivered. So a fault between generation and the status line costs the client nothing, and
-no admitted request can leave without its settlement.
+billable), and when the request's ASGI call ends, however it ends, settles every run whose
+response never started and that is still open, unbilled. So a fault between generation and the
+status line costs the client nothing, and no admitted request leaves without its settlement.
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ def admit(state: AppState, principal: Principal, model: str, request_id: str, *,
           max_tokens: int, arrived: float, stream: bool) -> MeteredRun:
     """Take the request into the books and start its run, or raise the refusal as an `ApiError`.
     The run is billed only once its response starts (`MeteredRequests`)."""
+    runs = _request_runs.get()
     try:
+        # Outside a request served through `MeteredRequests` nothing would deliver the run, so
+        # it is billed as background work is.
         run = start_run(state.meter, principal, model, request_id, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, arrived=arrived, durable=stream,
-                        timeout_s=state.request_timeout, bills_on_delivery=True)
+                        timeout_s=state.request_timeout, bills_on_delivery=runs is not None)
     except PlatformError as exc:
         raise from_platform(exc) from None
-    runs = _request_runs.get()
     if runs is not None:
         runs.append(run)
     return run
@@ -55,7 +57,8 @@ def admit(state: AppState, principal: Principal, model: str, request_id: str, *,
 
 class MeteredRequests:
     """Delivery and the last settlement of the runs a request admitted: each is told when a 2xx
-    response starts, and any still open when the request ends is settled as undelivered."""
+    response starts, and one whose response never started is settled, unbilled, when the request
+    ends if it is still open."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -80,8 +83,12 @@ class MeteredRequests:
             await self.app(scope, receive, delivering)
         finally:
             _request_runs.reset(token)
+            # A run whose response never started is settled here, unbilled, if nothing settled it
+            # (a fault between admission and the status line). A delivered one settles by its own
+            # lifecycle, which may outlast the request (work handed to a background task).
             for run in runs:
-                run.settle_if_open(RequestStatus.ERROR)
+                if not run.delivered:
+                    run.settle_if_open(RequestStatus.ERROR)
 
 
 class MeteredStream(StreamingResponse):
