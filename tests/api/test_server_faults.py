@@ -159,3 +159,28 @@ def test_a_reply_whose_status_line_cannot_be_sent_is_free(api: InProcessApi, str
     usage = _usage(api, request_id)
     assert usage["cost"] == 0 and usage["status"] in ("error", "aborted")
     assert api.books().balance == before.balance and api.books().open_holds == 0
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+def test_a_fault_in_serialising_a_chunk_is_an_error_billed_as_produced(
+        api: InProcessApi, target: Target, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from glmaas.api.chat import serving
+
+    real = serving.DeltaMessage
+    made = 0
+
+    def fails_on_the_fourth(**fields):  # type: ignore[no-untyped-def]
+        nonlocal made
+        made += 1
+        if made == 4 and fields.get("content"):
+            raise RuntimeError("a serialisation bug")
+        return real(**fields)
+
+    monkeypatch.setattr(serving, "DeltaMessage", fails_on_the_fourth)
+    request_id = f"broken-chunk-{target.dialect}"
+    events = _stream(api, target, request_id)
+    assert events[-1] == "[DONE]"
+    usage = _usage(api, request_id)
+    assert usage["status"] == "error" and usage["cost"] > 0
+    assert api.books().open_holds == 0
+    assert len(_unhandled(caplog)) == 1

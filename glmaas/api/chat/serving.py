@@ -5,8 +5,7 @@ run's (`api/metered.py`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from glmaas.api.chat.protocol import (
@@ -106,7 +105,7 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
     )
 
 
-async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequest,
+async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: ChatRequest,
                  dialect: Dialect) -> AsyncIterator[bytes]:
     """The reply as SSE events, ending with the finish chunk (with usage when the dialect or the
     client wants it) and [DONE]."""
@@ -123,11 +122,9 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
 
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
-        # Closed on every exit, so that the engine stops within a step whatever failed.
-        async with aclosing(deltas):
-            async for delta in deltas:
-                if delta.text:
-                    yield chunk(DeltaMessage(content=delta.text))
+        async for delta in deltas:
+            if delta.text:
+                yield chunk(DeltaMessage(content=delta.text))
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
         yield dialect.stream_fault(_engine_error(exc), finish_chunk)
@@ -135,7 +132,8 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
         return
     except Exception:
         # The server itself failed mid-stream (a bug, the database): logged once here, with its
-        # traceback, and told in-band like an engine fault; billed as produced, status `error`.
+        # traceback, and told in-band like an engine fault; billed as produced, status `error`
+        # (settled before the deltas are closed below, which would record it as aborted).
         log.exception("request %s: the stream failed", run.request_id)
         run.settle_if_open(RequestStatus.ERROR)
         fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
@@ -143,5 +141,8 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
         yield dialect.stream_fault(fault, finish_chunk)
         yield SSE_DONE
         return
+    finally:
+        # However this generator ends, the engine stops within a step.
+        await deltas.aclose()
     yield chunk(DeltaMessage(), run.finish_reason, UsageInfo.of(run) if include_usage else None)
     yield SSE_DONE
