@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def assert_answered(api: InProcessApi, target: Target, response: httpx.Response,
 
 # -- strategies ------------------------------------------------------------------------------------
 
+# Fixed once: a strategy must draw the same way each time Hypothesis replays it.
+NOW_MS = int(time.time() * 1000)
 SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 # Text as an attacker writes it: every code point, lone surrogates and controls included.
 HOSTILE_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.builds(
@@ -216,7 +219,9 @@ def _signed(key: str, claims: dict[str, Any]) -> str:
 def hostile_headers(draw: st.DrawFn, key: str) -> dict[str, Any]:
     """Headers of a request with `key`: a credential that may be mangled, a signed JWT whose
     claims may be absurd, and any content type or extra header, as raw bytes."""
-    claim = st.one_of(HOSTILE_NUMBERS, HOSTILE_TEXT, st.none(), st.lists(st.integers(), max_size=2))
+    # Absurd values, and times near now in milliseconds or seconds (valid, expired, far ahead).
+    claim = st.one_of(HOSTILE_NUMBERS, HOSTILE_TEXT, st.none(), st.lists(st.integers(), max_size=2),
+                      st.integers(NOW_MS - 10**9, NOW_MS + 10**9), st.integers(NOW_MS // 1000 - 10**6, NOW_MS))
     credential = draw(st.one_of(
         st.just(f"Bearer {key}"),
         st.just(key),
