@@ -4,10 +4,12 @@ every answer must hold.
 
 A route joins the fuzzing by a `Target` (its path, dialect and one valid body) in `TARGETS`: the
 strategies mutate that body, and `assert_answered` checks the answer. Routes described in
-`/openapi.json` are also fuzzed from their schema (`tests/api/test_openapi_fuzz.py`). The property: no 5xx; an error is a
-JSON body in the route's dialect; a refused request changes nothing in the books (no hold, no
-ledger entry, no usage record); an admitted one leaves no hold open. The server still answering
-afterwards is each test's last step (`InProcessApi.assert_still_answers`).
+`/openapi.json` are also fuzzed from their schema (`tests/api/test_openapi_fuzz.py`).
+
+The property: no 5xx; an error is a JSON body in the route's dialect; a refused request changes
+nothing in the books (no hold, no ledger entry, no usage record); an admitted one leaves no hold
+open. The server still answering afterwards is each test's last step
+(`InProcessApi.assert_still_answers`).
 """
 
 from __future__ import annotations
