@@ -25,11 +25,8 @@ import httpx
 import jwt
 from hypothesis import strategies as st
 from sqlalchemy import text
-from starlette.testclient import TestClient
 
-from glmaas.api.app import create_app
-from glmaas.config import Settings
-from glmaas.server import build_state
+from tests.inprocess import AppServer
 
 # The mock engine under a price, so that any charge shows in the books.
 PRICES = {"input": "2", "cached_input": "1", "output": "10"}
@@ -67,15 +64,14 @@ class Books:
 
 
 class InProcessApi:
-    """The app in this process (Starlette's test client, no server), on a SQLite file in
-    `data_dir`, with the mock engine priced and one funded key."""
+    """The app in this process (`tests.inprocess.AppServer`, no server process) on a fresh SQLite
+    file in `data_dir`, with the mock engine priced and one funded key."""
 
-    def __init__(self, data_dir: Path, *models: str) -> None:
-        settings = Settings(data_dir=data_dir, models=[f"{MODEL}=mock", *models], default_model=False)
-        self.state = build_state(settings)
-        self.app = create_app(self.state)
-        # An exception that reaches the client is one that escaped every handler: let it fail the test.
-        self.client = TestClient(self.app, raise_server_exceptions=True)
+    def __init__(self, data_dir: Path) -> None:
+        self.server = AppServer(data_dir, "--no-default-model", "--model", f"{MODEL}=mock")
+        self.app = self.server.app
+        self.state = self.app.state.glmaas
+        self.client = self.server.client(timeout=30)
         admin = {"Authorization": f"Bearer {self.state.admin_token}"}
         assert self.client.put(f"/admin/prices/{MODEL}", json=PRICES, headers=admin).status_code == 200
         assert self.client.post("/admin/accounts", json={"name": "fuzz"}, headers=admin).status_code == 201
@@ -104,7 +100,7 @@ class InProcessApi:
 
     def close(self) -> None:
         self.client.close()
-        self.state.db.dispose()
+        self.server.stop()
 
 
 def assert_error_shape(response: httpx.Response, dialect: str) -> dict:
