@@ -20,6 +20,8 @@ from glmaas.api.admin.router import router as admin_router
 from glmaas.api.chat.router import body_routes as chat_body_routes
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
+from glmaas.api.embeddings.router import body_routes as embedding_body_routes
+from glmaas.api.embeddings.router import routes as embedding_routes
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.faults import ServerFaults
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
@@ -75,6 +77,7 @@ def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
     app.router.routes.extend(chat_routes)
+    app.router.routes.extend(embedding_routes)
     app.include_router(models_router)
     app.include_router(admin_router)
     # Each add goes outside the ones before it.
@@ -106,7 +109,7 @@ def create_app(state: AppState) -> FastAPI:
     async def openapi(request: Request) -> JSONResponse:
         admin = caller_is_admin(request)
         if admin not in schemas:
-            schemas[admin] = openapi_schema(app, chat_body_routes, admin=admin)
+            schemas[admin] = openapi_schema(app, chat_body_routes + embedding_body_routes, admin=admin)
         return JSONResponse(schemas[admin])
 
     return app

@@ -8,18 +8,20 @@ background work (batch lines, async tasks) alike.
 progress durable before its tokens are delivered, and settling exactly once however iteration
 ends: finished, failed, timed out, or cancelled because the client went away. A caller builds its
 prompt, calls `start_run`, and serialises what `generate` yields; it never settles by hand.
+A request that sells only its input (an embedding) runs its work through `MeteredRun.compute`
+instead: the same deadline and the same one settlement, with no tokens produced.
 
 A run that answers a client (`bills_on_delivery`) is billed only for what reached the client:
 nothing unless the response carrying it started (`deliver`). A whole reply (not streamed) is
 therefore settled when its response starts, not when generation ends, and a reply whose
 response could not be started (a fault between generation and the status line) is settled
-unbilled. Background work stores its result instead, and is billed when generation ends.
+unbilled. Background work stores its result instead, and is billed when it ends.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -52,6 +54,7 @@ class DeltaShape(Protocol):
 
 
 D = TypeVar("D", bound=DeltaShape)
+T = TypeVar("T")
 
 
 @dataclass
@@ -115,10 +118,14 @@ class MeteredRun:
             # Shielded: on a client disconnect this runs inside a cancelled scope.
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-            self.ended = status
-            # A finished reply that still has to reach its client settles when it does.
-            if not (status is RequestStatus.OK and self.bills_on_delivery and not self.delivered):
-                self.settle(status)
+            self._end(status)
+
+    def _end(self, status: RequestStatus) -> None:
+        """The work is over: settle, unless it is a finished reply that still has to reach its
+        client (it settles when it does, `deliver`)."""
+        self.ended = status
+        if not (status is RequestStatus.OK and self.bills_on_delivery and not self.delivered):
+            self.settle(status)
 
     def deliver(self) -> None:
         """The response that carries this run's output has started (a 2xx status line went out):
@@ -126,6 +133,28 @@ class MeteredRun:
         self.delivered = True
         if self.ended is RequestStatus.OK:
             self.settle_if_open(RequestStatus.OK)
+
+    async def compute(self, work: Awaitable[T]) -> T:
+        """The result of `work`, a request that produces no tokens (its cost is its prompt);
+        settles exactly once however it ends: done, failed, past the deadline, or cancelled."""
+        status = RequestStatus.ABORTED
+        try:
+            with anyio.fail_after(max(0.0, self.deadline - time.monotonic())):
+                result = await work
+        except TimeoutError:
+            status = RequestStatus.TIMEOUT
+            self.finish_reason = "timeout"
+            raise GenerationTimeout(f"the request passed the server's limit of {self.timeout_s:g} s") from None
+        except Exception:
+            status = RequestStatus.ERROR
+            self.finish_reason = "error"
+            raise
+        else:
+            status = RequestStatus.OK
+            self.finish_reason = "stop"
+            return result
+        finally:
+            self._end(status)
 
     def settle_if_open(self, status: RequestStatus) -> None:
         """Settle now unless `generate` already did (it settles on every path it runs)."""
