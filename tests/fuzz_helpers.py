@@ -26,6 +26,7 @@ import jwt
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from glmaas.engines.registry import default_embedding_folder
 from tests.inprocess import AppServer
 
 # The mock engine under a price, so that any charge shows in the books.
@@ -51,6 +52,13 @@ TARGETS = [
     Target("/v1/chat/completions", "openai", CHAT_BODY),
     Target("/api/paas/v4/chat/completions", "zhipu", CHAT_BODY),
 ]
+# The default embedding model, served by `InProcessApi(..., embeddings=True)` only (it loads a model).
+EMBEDDING_MODEL = "minilm"
+EMBEDDING_BODY = {"model": EMBEDDING_MODEL, "input": "hi"}
+EMBEDDING_TARGETS = [
+    Target("/v1/embeddings", "openai", EMBEDDING_BODY),
+    Target("/api/paas/v4/embeddings", "zhipu", EMBEDDING_BODY),
+]
 
 
 @dataclass(frozen=True)
@@ -65,15 +73,21 @@ class Books:
 
 class InProcessApi:
     """The app in this process (`tests.inprocess.AppServer`, no server process) on a fresh SQLite
-    file in `data_dir`, with the mock engine priced and one funded key."""
+    file in `data_dir`, with the mock engine (and with `embeddings` the default embedding model)
+    priced and one funded key."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.server = AppServer(data_dir, "--no-default-model", "--model", f"{MODEL}=mock")
+    def __init__(self, data_dir: Path, *, embeddings: bool = False) -> None:
+        models = ["--model", f"{MODEL}=mock"]
+        if embeddings:
+            models += ["--model", f"{EMBEDDING_MODEL}=sentence:{default_embedding_folder()}"]
+        self.server = AppServer(data_dir, "--no-default-model", *models)
+        self.targets = TARGETS + (EMBEDDING_TARGETS if embeddings else [])
         self.app = self.server.app
         self.state = self.app.state.glmaas
         self.client = self.server.client(timeout=30)
         admin = {"Authorization": f"Bearer {self.state.admin_token}"}
-        assert self.client.put(f"/admin/prices/{MODEL}", json=PRICES, headers=admin).status_code == 200
+        for model in {target.valid_body["model"] for target in self.targets}:
+            assert self.client.put(f"/admin/prices/{model}", json=PRICES, headers=admin).status_code == 200
         assert self.client.post("/admin/accounts", json={"name": "fuzz"}, headers=admin).status_code == 201
         assert self.client.post("/admin/accounts/fuzz/topup", json={"amount": "1000"},
                                 headers=admin).status_code == 200
@@ -91,7 +105,7 @@ class InProcessApi:
         return self.client.post(target.path, content=content, headers=headers)
 
     def assert_still_answers(self) -> None:
-        for target in TARGETS:
+        for target in self.targets:
             r = self.post(target, json.dumps(target.valid_body).encode(), self.auth())
             assert r.status_code == 200, r.text
 

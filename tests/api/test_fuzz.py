@@ -1,5 +1,6 @@
-"""Hostile bodies and headers, generated, against both chat routes in process: never a 5xx,
-errors in the route's dialect, no charge for a refused request, and the server still answers."""
+"""Hostile bodies and headers, generated, against the chat and embeddings routes of both dialects
+in process: never a 5xx, errors in the route's dialect, no charge for a refused request, and the
+server still answers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz_helpers import (
+    EMBEDDING_TARGETS,
     TARGETS,
     InProcessApi,
     Target,
@@ -24,13 +26,13 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory):
-    api = InProcessApi(tmp_path_factory.mktemp("fuzz"))
+    api = InProcessApi(tmp_path_factory.mktemp("fuzz"), embeddings=True)
     yield api
     api.assert_still_answers()
     api.close()
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.id)
+@pytest.mark.parametrize("target", TARGETS + EMBEDDING_TARGETS, ids=lambda t: t.id)
 def test_hostile_bodies(api: InProcessApi, target: Target) -> None:
     @FUZZ
     @given(body=hostile_bodies(target.valid_body))
@@ -42,7 +44,7 @@ def test_hostile_bodies(api: InProcessApi, target: Target) -> None:
     api.assert_still_answers()
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.id)
+@pytest.mark.parametrize("target", TARGETS + EMBEDDING_TARGETS, ids=lambda t: t.id)
 def test_hostile_headers(api: InProcessApi, target: Target) -> None:
     @FUZZ
     @given(headers=hostile_headers(api.key), body=st.just(target.valid_body) | hostile_bodies(target.valid_body))
