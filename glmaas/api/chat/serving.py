@@ -4,6 +4,7 @@ run's (`api/metered.py`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ from glmaas.engines.chat import ChatCall, ChatDelta, ChatEngine, WholeToolCall
 from glmaas.engines.constrained import ConstraintError, check
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
+from glmaas.platform.metering import RequestStatus
+
+log = logging.getLogger("glmaas.api")
 
 # When the client sets no limit, a reply may run to the end of the context, capped here.
 DEFAULT_MAX_TOKENS = 1024
@@ -185,7 +189,7 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
     )
 
 
-async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequest,
+async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: ChatRequest,
                  dialect: Dialect) -> AsyncIterator[bytes]:
     """The reply as SSE events, ending with the finish chunk (with usage when the dialect or the
     client wants it) and [DONE]."""
@@ -219,5 +223,19 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
         yield dialect.stream_fault(_engine_error(exc), finish_chunk)
         yield SSE_DONE
         return
+    except Exception:
+        # The server itself failed mid-stream (a bug, the database): logged once here, with its
+        # traceback, and told in-band like an engine fault; billed as produced, status `error`
+        # (settled before the deltas are closed below, which would record it as aborted).
+        log.exception("request %s: the stream failed", run.request_id)
+        run.settle_if_open(RequestStatus.ERROR)
+        fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
+                                             f"{run.request_id}); the error has been logged.")
+        yield dialect.stream_fault(fault, finish_chunk)
+        yield SSE_DONE
+        return
+    finally:
+        # However this generator ends, the engine stops within a step.
+        await deltas.aclose()
     yield chunk(DeltaMessage(), run.finish_reason, UsageInfo.of(run) if include_usage else None)
     yield SSE_DONE
