@@ -220,6 +220,19 @@ def test_tool_calls_and_reasoning_pass_through_to_an_openai_client(front: Server
     assert asked["model"] == "scripted" and asked["stream"] is True
 
 
+def test_a_tool_result_turn_reaches_the_upstream_in_wire_form(front: Server, scripted: str) -> None:
+    key = funded_key(front, "tools-turn", "1")
+    client = openai.OpenAI(base_url=front.openai_url, api_key=key, max_retries=0)
+    call = {"id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Beijing"}'}}
+    client.chat.completions.create(model="tools-up", tools=WEATHER, messages=[
+        {"role": "user", "content": "Weather in Beijing?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_w1", "content": "Sunny, 25 C"}])
+    asked = httpx.get(f"{scripted}/last").json()["messages"]
+    assert asked[1]["tool_calls"][0]["function"] == call["function"]  # arguments as JSON text
+    assert (asked[2]["role"], asked[2]["tool_call_id"], asked[2]["content"]) == ("tool", "call_w1", "Sunny, 25 C")
+
+
 def test_an_openai_upstream_answers_a_zhipu_client_in_zhipu_shape(front: Server, scripted: str) -> None:
     key = funded_key(front, "tools-zhipu", "1")
     client = zhipuai.ZhipuAI(api_key=key, base_url=front.zhipu_url, max_retries=0)

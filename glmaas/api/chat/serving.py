@@ -4,9 +4,11 @@ run's (`api/metered.py`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from glmaas.api.chat.protocol import (
     ChatCompletion,
@@ -122,9 +124,23 @@ def call_of(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> 
                 "logit_bias": {str(token): bias for token, bias in chat.logit_bias.items()}}
     sampling = {"temperature": chat.temperature, "top_p": chat.top_p,
                 **{k: v for k, v in optional.items() if v not in (None, 0, [], {})}}
-    return ChatCall(request_id, chat.messages, prompt.max_tokens, sampling, tools=chat.tools,
+    return ChatCall(request_id, _wire_messages(chat.messages), prompt.max_tokens, sampling, tools=chat.tools,
                     tool_choice=chat.tool_choice, response_format=chat.response_format, logprobs=chat.logprobs,
                     thinking=chat.thinking, user=chat.user, tenant=tenant)
+
+
+def _wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as the OpenAI wire carries them: a tool call's arguments as JSON text (chat
+    templates take them as objects)."""
+    def call(c: dict[str, Any]) -> dict[str, Any]:
+        function = c.get("function") or {}
+        arguments = function.get("arguments", "{}")
+        if isinstance(arguments, str):
+            return c
+        return {**c, "function": {**function, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+    return [{**m, "tool_calls": [call(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m
+            for m in messages]
 
 
 async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
