@@ -17,32 +17,44 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glmaas.api.admin.router import ADMIN_PREFIX, caller_is_admin
 from glmaas.api.admin.router import router as admin_router
+from glmaas.api.async_chat.router import routes as async_chat_routes
+from glmaas.api.batches.router import routes as batch_routes
+from glmaas.api.chat.background import run_item
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
 from glmaas.api.errors import ApiError, ErrorKind
+from glmaas.api.files.router import routes as file_routes
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.models.router import router as models_router
 from glmaas.api.state import AppState
+from glmaas.jobs.worker import Workers
 
 log = logging.getLogger("glmaas.api")
 
 
-class BodySizeLimit:
-    """Refuses a body over `limit` bytes: at once when Content-Length says so, otherwise as soon as
-    the bytes read pass it. The rest is never read."""
+# Room for the multipart framing around an uploaded file of the largest size allowed.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodySizeLimit:
+    """Refuses a body over `limit` bytes (`upload_limit` for a file upload): at once when
+    Content-Length says so, otherwise as soon as the bytes read pass it. The rest is never read."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.body_limit = limit
+        self.upload_limit = upload_limit or limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = ApiError(ErrorKind.BODY_TOO_LARGE, f"The request body exceeds {self.limit} bytes.")
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files")
+        limit = self.upload_limit if upload else self.body_limit
+        too_large = ApiError(ErrorKind.BODY_TOO_LARGE, f"The request body exceeds {limit} bytes.")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.limit:
+                if not value.isdigit() or int(value) > limit:
                     await response_for(Request(scope), too_large)(scope, receive, send)
                     return
         seen = 0
@@ -52,7 +64,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise too_large
             return message
 
@@ -63,8 +75,16 @@ def create_app(state: AppState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         housekeeping = asyncio.create_task(run_housekeeping(state))
+        background = None
+        if state.batch_workers > 0:
+            workers = Workers(state.db, state.blobs, state.meter.owner, lambda item: run_item(state, item),
+                              count=state.batch_workers, lease_s=state.batch_lease_s)
+            background = asyncio.create_task(workers.run())
         yield
         housekeeping.cancel()
+        if background is not None:
+            background.cancel()
+            await asyncio.gather(background, return_exceptions=True)
         await state.registry.close()
         retire_replica(state)
         state.db.dispose()
@@ -72,10 +92,11 @@ def create_app(state: AppState) -> FastAPI:
     # /openapi.json is served below: the admin routes are listed to the admin only.
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
-    app.router.routes.extend(chat_routes)
+    app.router.routes.extend([*chat_routes, *file_routes, *batch_routes, *async_chat_routes])
     app.include_router(models_router)
     app.include_router(admin_router)
-    app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)
+    app.add_middleware(BodySizeLimit, limit=state.max_body_bytes,
+                       upload_limit=max(state.max_body_bytes, state.max_file_bytes + MULTIPART_OVERHEAD_BYTES))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):  # type: ignore[no-untyped-def]

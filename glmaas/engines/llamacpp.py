@@ -107,6 +107,7 @@ class LlamaCppEngine:
             threads=threads or os.cpu_count() or 1,
         )
         self._loop = DecodeLoop(model, self._vocab, config)
+        self.slots = config.slots  # sequences decoded together (background work takes a share)
         self.info = ModelInfo(
             model_id=model_id,
             context_length=self._loop.slot_context,

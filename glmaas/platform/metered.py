@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import anyio
 
 from glmaas.platform.auth import Principal
-from glmaas.platform.metering import Admission, Meter, Outcome, RequestStatus
+from glmaas.platform.metering import Admission, Finish, Meter, Outcome, RequestStatus
 
 
 class GenerationTimeout(Exception):
@@ -65,6 +65,8 @@ class MeteredRun:
     completion_tokens: int = 0
     cached_tokens: int = 0
     finish_reason: str | None = None
+    # Written with the settlement, in its transaction: what background work makes of the result.
+    finish: Finish | None = None
 
     @property
     def deadline(self) -> float:
@@ -126,6 +128,7 @@ class MeteredRun:
                 # A stream delivered what it produced; a failed plain request delivered nothing.
                 billable=self.durable or status in (RequestStatus.OK, RequestStatus.ABORTED),
             ),
+            self.finish,
         )
 
     def rate_limit_headers(self) -> dict[str, str]:
@@ -142,9 +145,13 @@ class MeteredRun:
 
 
 def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
-              max_tokens: int, arrived: float, durable: bool, timeout_s: float) -> MeteredRun:
+              max_tokens: int, arrived: float, durable: bool, timeout_s: float, price_percent: int = 100,
+              finish: Finish | None = None) -> MeteredRun:
     """Admit the request (limits, a hold of its worst-case cost) and start its run, or raise the
     platform's refusal (`PlatformError`). `durable`: progress is saved before tokens are
-    delivered (streams), so that a crash bills what was delivered."""
-    admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens)
-    return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s)
+    delivered (streams), so that a crash bills what was delivered. `price_percent`: sold at that
+    share of the model's prices (batch lines). `finish`: a write that commits with the
+    settlement (see `Finish`), so a result and its bill exist together or not at all."""
+    admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens, price_percent=price_percent)
+    return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s,
+                      finish=finish)

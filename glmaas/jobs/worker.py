@@ -1,0 +1,72 @@
+"""The background workers of one `glmaas serve` replica: each takes an item's lease, hands the
+item to the API's handler (which runs it as a metered request), and, when it was a batch line,
+finalizes the batch if it was the last. A renewer keeps this replica's leases alive; a replica
+that dies stops renewing, and its items are taken over when their leases expire."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from glmaas.jobs import batches, leases
+from glmaas.jobs.leases import LeasedItem
+from glmaas.store.blobs import BlobStore
+from glmaas.store.db import Database
+
+log = logging.getLogger("glmaas.jobs")
+
+Handler = Callable[[LeasedItem], Awaitable[None]]
+IDLE_S = 0.2
+SWEEP_EVERY_S = 5.0
+
+
+class Workers:
+    def __init__(self, db: Database, blobs: BlobStore, owner: str, handler: Handler, *, count: int,
+                 lease_s: float) -> None:
+        self.db, self.blobs, self.owner, self.handler = db, blobs, owner, handler
+        self.count, self.lease_s = count, lease_s
+
+    async def run(self) -> None:
+        """Runs until cancelled."""
+        await asyncio.gather(self._renew(), self._sweep(), *(self._work() for _ in range(self.count)))
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                item = leases.take(self.db.engine, self.owner, self.lease_s)
+                if item is None:
+                    await asyncio.sleep(IDLE_S)
+                    continue
+                await self.handler(item)
+                if item.batch_id is not None:
+                    self.finalize(item.batch_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup must not end the worker; the lease expires
+                log.exception("background work failed")
+                await asyncio.sleep(IDLE_S)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                leases.renew(self.db.engine, self.owner, self.lease_s)
+            except Exception:
+                log.exception("renewing leases failed")
+
+    async def _sweep(self) -> None:
+        """Finalize batches whose last line ended elsewhere or before a crash."""
+        while True:
+            try:
+                with self.db.session() as session:
+                    open_ids = batches.open_batches(session)
+                for batch_id in open_ids:
+                    self.finalize(batch_id)
+            except Exception:
+                log.exception("finalizing batches failed")
+            await asyncio.sleep(SWEEP_EVERY_S)
+
+    def finalize(self, batch_id: str) -> None:
+        with self.db.session() as session, session.begin():
+            batches.finalize(session, self.blobs, batch_id)
