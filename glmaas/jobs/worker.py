@@ -17,7 +17,9 @@ from glmaas.store.db import Database
 log = logging.getLogger("glmaas.jobs")
 
 Handler = Callable[[LeasedItem], Awaitable[None]]
+# An idle worker polls after IDLE_S, backing off to MAX_IDLE_S while there is no work.
 IDLE_S = 0.2
+MAX_IDLE_S = 1.0
 SWEEP_EVERY_S = 5.0
 
 
@@ -32,12 +34,15 @@ class Workers:
         await asyncio.gather(self._renew(), self._sweep(), *(self._work() for _ in range(self.count)))
 
     async def _work(self) -> None:
+        idle = IDLE_S
         while True:
             try:
                 item = leases.take(self.db.engine, self.owner, self.lease_s)
                 if item is None:
-                    await asyncio.sleep(IDLE_S)
+                    await asyncio.sleep(idle)
+                    idle = min(MAX_IDLE_S, idle * 2)
                     continue
+                idle = IDLE_S
                 await self.handler(item)
                 if item.batch_id is not None:
                     self.finalize(item.batch_id)
