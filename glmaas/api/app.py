@@ -19,7 +19,7 @@ from glmaas.api.admin.router import ADMIN_PREFIX, caller_is_admin
 from glmaas.api.admin.router import router as admin_router
 from glmaas.api.async_chat.router import routes as async_chat_routes
 from glmaas.api.batches.router import routes as batch_routes
-from glmaas.api.chat.background import run_item
+from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
 from glmaas.api.errors import ApiError, ErrorKind
@@ -27,9 +27,13 @@ from glmaas.api.files.router import routes as file_routes
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.models.router import router as models_router
 from glmaas.api.state import AppState
+from glmaas.api.work import Runner, runner_for
 from glmaas.jobs.worker import Workers
 
 log = logging.getLogger("glmaas.api")
+
+# The resources that run in the background (batch lines, async tasks), by the endpoint they call.
+BACKGROUND_RUNNERS: dict[str, Runner] = {"/v1/chat/completions": run_chat_item}
 
 
 # Room for the multipart framing around an uploaded file of the largest size allowed.
@@ -77,6 +81,7 @@ def create_app(state: AppState) -> FastAPI:
         housekeeping = asyncio.create_task(run_housekeeping(state))
         background = None
         if state.batch_workers > 0:
+            run_item = runner_for(BACKGROUND_RUNNERS)
             workers = Workers(state.db, state.blobs, state.meter.owner, lambda item: run_item(state, item),
                               count=state.batch_workers, lease_s=state.batch_lease_s)
             background = asyncio.create_task(workers.run())

@@ -27,11 +27,12 @@ from glmaas.store.blobs import BlobStore
 from glmaas.store.tables import Batch, WorkItem
 
 COMPLETION_WINDOWS = {"24h": 24 * 3600.0}
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
 # The endpoints a batch line may call, by what clients write in `endpoint` and `url`.
 ENDPOINTS = {
-    "/v1/chat/completions": "/v1/chat/completions",
-    "/v4/chat/completions": "/v1/chat/completions",
-    "/api/paas/v4/chat/completions": "/v1/chat/completions",
+    CHAT: CHAT, "/v4/chat/completions": CHAT, "/api/paas/v4/chat/completions": CHAT,
+    EMBEDDINGS: EMBEDDINGS, "/v4/embeddings": EMBEDDINGS, "/api/paas/v4/embeddings": EMBEDDINGS,
 }
 MAX_LINES = 50_000
 
@@ -85,7 +86,7 @@ def create_batch(session: Session, blobs: BlobStore, *, account_id: str, key_id:
     do not fit the endpoint makes a `failed` batch that names them, as OpenAI does."""
     canonical = ENDPOINTS.get(endpoint)
     if canonical is None:
-        raise InvalidBatch(f"Unsupported endpoint {endpoint!r}; batches support /v1/chat/completions.")
+        raise InvalidBatch(f"Unsupported endpoint {endpoint!r}; batches support {CHAT} and {EMBEDDINGS}.")
     if completion_window not in COMPLETION_WINDOWS:
         raise InvalidBatch(f"Unsupported completion_window {completion_window!r}; use 24h.")
     data = file_content(session, blobs, account_id, input_file_id)
@@ -108,7 +109,7 @@ def create_batch(session: Session, blobs: BlobStore, *, account_id: str, key_id:
     session.flush()
     session.add_all(
         WorkItem(id=f"{batch.id}:{number}", kind=ItemKind.BATCH_LINE, batch_id=batch.id, line_no=number,
-                 account_id=account_id, key_id=key_id, dialect=dialect, model=record["body"]["model"][:128],
+                 account_id=account_id, key_id=key_id, dialect=dialect, endpoint=canonical, model=record["body"]["model"][:128],
                  custom_id=record["custom_id"], body=json.dumps(record["body"]), state=ItemState.PENDING,
                  created_at=now)
         for number, record in enumerate(records, start=1))

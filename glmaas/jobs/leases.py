@@ -41,6 +41,7 @@ class LeasedItem:
     account_id: str
     key_id: str
     dialect: str
+    endpoint: str
     custom_id: str | None
     body: str
     attempt: int
@@ -62,7 +63,7 @@ WHERE id = (
   ORDER BY CASE kind WHEN 'async_chat' THEN 0 ELSE 1 END, created_at, line_no
   LIMIT 1 {lock}
 )
-RETURNING id, kind, batch_id, account_id, key_id, dialect, custom_id, body, attempts
+RETURNING id, kind, batch_id, account_id, key_id, dialect, endpoint, custom_id, body, attempts
 """
 
 
@@ -75,7 +76,7 @@ def take(engine: Engine, owner: str, lease_s: float) -> LeasedItem | None:
                            {"owner": owner, "until": now + lease_s, "now": now}).first()
     if row is None:
         return None
-    return LeasedItem(row.id, ItemKind(row.kind), row.batch_id, row.account_id, row.key_id, row.dialect, row.custom_id,
+    return LeasedItem(row.id, ItemKind(row.kind), row.batch_id, row.account_id, row.key_id, row.dialect, row.endpoint, row.custom_id,
                       row.body, row.attempts, owner)
 
 

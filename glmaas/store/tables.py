@@ -242,6 +242,7 @@ class WorkItem(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     key_id: Mapped[str] = mapped_column(String(32))
     dialect: Mapped[str] = mapped_column(String(8))  # the wire dialect its errors are written in
+    endpoint: Mapped[str] = mapped_column(String(64))  # what it calls: /v1/chat/completions, ...
     model: Mapped[str] = mapped_column(String(128), default="")
     custom_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
     body: Mapped[str] = mapped_column(Text)  # the request body, JSON

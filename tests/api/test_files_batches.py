@@ -157,3 +157,16 @@ def test_cancel_stops_lines_not_started(server: Server) -> None:
         assert len(jsonl(client.files.content(batch.output_file_id).read())) == batch.request_counts.completed
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)
+
+
+def test_embedding_lines_fail_cleanly_into_the_error_file(server: Server) -> None:
+    # Embeddings are not run in the background by this deployment: each line fails on its own.
+    client = client_of(server, funded_key(server, "batch-embed", "1"))
+    data = batch_file([{"custom_id": "e1", "body": {"model": "mock", "input": "hello"}}], url="/v1/embeddings")
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    batch = wait_until(lambda: client.batches.retrieve(batch.id), finished)
+    assert (batch.status, batch.request_counts.failed, batch.output_file_id) == ("completed", 1, None)
+    (err,) = jsonl(client.files.content(batch.error_file_id).read())
+    assert err["custom_id"] == "e1" and err["response"]["status_code"] == 400
+    assert "/v1/embeddings" in err["error"]["message"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from dataclasses import replace
 
@@ -28,9 +27,9 @@ from glmaas.api.chat.protocol import (
     to_canonical,
 )
 from glmaas.api.chat.serving import build_prompt, generation_of
-from glmaas.api.dialects import OPENAI, ZHIPU, Dialect
 from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.state import AppState
+from glmaas.api.work import dialect_of_item, fail_item, result_line
 from glmaas.engines.base import EngineError
 from glmaas.jobs import leases
 from glmaas.jobs.leases import ItemKind, ItemState, LeasedItem
@@ -38,51 +37,28 @@ from glmaas.platform.errors import PlatformError, RateLimited
 from glmaas.platform.metered import GenerationTimeout, MeteredRun, start_run
 from glmaas.platform.metering import Outcome, RequestStatus
 
-DIALECT_BY_NAME: dict[str, Dialect] = {OPENAI.name: OPENAI, ZHIPU.name: ZHIPU}
 # A rate-limited line waits at least this long before it is offered again.
 MIN_RETRY_S = 1.0
 
 
-def _result_line(item: LeasedItem, dialect: Dialect, *, completion: ChatCompletion | None = None,
-                 error: ApiError | None = None) -> str:
-    """The item's result as stored: a batch line as OpenAI's output/error file line, an async
-    task as its completion or its error body."""
-    if item.kind is ItemKind.ASYNC_CHAT:
-        return completion.model_dump_json() if completion else json.dumps(dialect.error_body(error))
-    if completion is not None:
-        response = {"status_code": 200, "request_id": item.request_id, "body": completion.model_dump()}
-        failure = None
-    else:
-        body = dialect.error_body(error)
-        response = {"status_code": dialect.status(error), "request_id": item.request_id, "body": body}
-        failure = {"code": body["error"]["code"], "message": error.message}
-    return json.dumps({"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id,
-                       "response": response, "error": failure}, ensure_ascii=False)
-
-
-def _fail(state: AppState, item: LeasedItem, dialect: Dialect, error: ApiError) -> None:
-    with state.db.engine.begin() as conn:
-        leases.finish(conn, item, ItemState.FAILED, _result_line(item, dialect, error=error))
-
-
-async def run_item(state: AppState, item: LeasedItem) -> None:
-    """Run one leased item to its end (or back to the queue)."""
+async def run_chat_item(state: AppState, item: LeasedItem) -> None:
+    """Run one leased chat item to its end (or back to the queue)."""
     arrived = time.monotonic()
-    dialect = DIALECT_BY_NAME.get(item.dialect, OPENAI)
+    dialect = dialect_of_item(item)
     try:
         principal = state.authenticator.principal_of(item.key_id)
         body = ChatCompletionRequest.model_validate(json.loads(item.body))
         chat = replace(to_canonical(body), stream=False)
         prompt = build_prompt(state, chat)
     except PlatformError as exc:
-        return _fail(state, item, dialect, from_platform(exc))
+        return fail_item(state, item, from_platform(exc))
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        return _fail(state, item, dialect, ApiError(ErrorKind.INVALID_REQUEST, f"Invalid parameter {param}: "
+        return fail_item(state, item, ApiError(ErrorKind.INVALID_REQUEST, f"Invalid parameter {param}: "
                                                     f"{first['msg']}.", param=param))
     except ApiError as exc:
-        return _fail(state, item, dialect, exc)
+        return fail_item(state, item, exc)
 
     pieces: list[str] = []
     retry_after: float | None = None
@@ -95,9 +71,9 @@ async def run_item(state: AppState, item: LeasedItem) -> None:
                 id=dialect.completion_id(run.request_id), request_id=run.request_id, created=run.created,
                 model=chat.model, usage=UsageInfo.of(run),
                 choices=[Choice(finish_reason=run.finish_reason, message=ChatMessage(content="".join(pieces)))])
-            return leases.finish(conn, item, ItemState.DONE, _result_line(item, dialect, completion=completion))
+            return leases.finish(conn, item, ItemState.DONE, result_line(item, response=completion))
         error = ApiError(ErrorKind.ENGINE_ERROR, "The model failed on this request.")
-        return leases.finish(conn, item, ItemState.FAILED, _result_line(item, dialect, error=error))
+        return leases.finish(conn, item, ItemState.FAILED, result_line(item, error=error))
 
     async with state.gate.slot(chat.model):
         price_percent = state.batch_price_percent if item.kind is ItemKind.BATCH_LINE else 100
@@ -110,7 +86,7 @@ async def run_item(state: AppState, item: LeasedItem) -> None:
             leases.give_back(state.db.engine, item)
             retry_after = max(MIN_RETRY_S, exc.retry_after)
         except PlatformError as exc:
-            return _fail(state, item, dialect, from_platform(exc))
+            return fail_item(state, item, from_platform(exc))
         else:
             try:
                 async for delta in run.generate(prompt.engine.generate(generation_of(chat, prompt, item.request_id))):

@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
         sa.Column("key_id", sa.String(32), nullable=False),
         sa.Column("dialect", sa.String(8), nullable=False),
+        sa.Column("endpoint", sa.String(64), nullable=False),
         sa.Column("model", sa.String(128), nullable=False, server_default=""),
         sa.Column("custom_id", sa.String(512), nullable=True),
         sa.Column("body", sa.Text, nullable=False),
