@@ -6,7 +6,8 @@
 
 Statuses are OpenAI's: `failed` when the input file does not hold valid requests for the
 endpoint, `cancelling` → `cancelled` when cancelled (lines already running finish and are kept),
-`completed` otherwise. Request counts are read from the lines, so they are never out of step.
+`expired` when the completion window ends first (lines not started go to the error file with
+`batch_expired`), `completed` otherwise. Request counts are read from the lines, so they are never out of step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from glmaas.jobs.leases import ItemKind, ItemState
@@ -48,7 +49,8 @@ class BatchStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-OPEN = (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)
+# Batches whose files are not written yet (an expired one waits for its running lines).
+OPEN = (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING, BatchStatus.EXPIRED)
 
 
 class InvalidBatch(PlatformError):
@@ -154,6 +156,25 @@ def cancel_batch(session: Session, account_id: str, batch_id: str) -> Batch:
     return batch
 
 
+def expire_overdue(session: Session, now: float | None = None) -> list[str]:
+    """Batches past their completion window: their lines not started fail with `batch_expired`
+    (running ones finish); returns the ids, to finalize."""
+    now = now or time.time()
+    overdue = list(session.scalars(select(Batch).where(Batch.status == BatchStatus.IN_PROGRESS,
+                                                        Batch.expires_at < now)))
+    for batch in overdue:
+        batch.status, batch.expired_at = BatchStatus.EXPIRED, now
+        pending = session.execute(select(WorkItem.id, WorkItem.custom_id).where(
+            WorkItem.batch_id == batch.id, WorkItem.state == ItemState.PENDING)).all()
+        for item_id, custom_id in pending:
+            line = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id, "response": None,
+                    "error": {"code": "batch_expired", "message": "This request could not be executed "
+                              "before the completion window expired."}}
+            session.execute(update(WorkItem).where(WorkItem.id == item_id, WorkItem.state == ItemState.PENDING)
+                            .values(state=ItemState.FAILED, result=json.dumps(line), finished_at=now))
+    return [b.id for b in overdue]
+
+
 def _jsonl(results: list[str]) -> bytes:
     return "".join(line + "\n" for line in results).encode()
 
@@ -168,11 +189,18 @@ def finalize(session: Session, blobs: BlobStore, batch_id: str) -> bool:
     batch = session.get(Batch, batch_id)
     if batch is None or batch.status not in OPEN:
         return False
+    if batch.output_file_id or batch.error_file_id:
+        return False  # already written (an expired batch keeps its status)
     now = time.time()
-    ending = BatchStatus.CANCELLED if batch.status == BatchStatus.CANCELLING else BatchStatus.COMPLETED
-    ended_at = "completed_at" if ending is BatchStatus.COMPLETED else "cancelled_at"
-    claimed = session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == batch.status)
-                              .values(status=ending, **{ended_at: now})).rowcount
+    endings = {BatchStatus.IN_PROGRESS: (BatchStatus.COMPLETED, {"completed_at": now}),
+               BatchStatus.CANCELLING: (BatchStatus.CANCELLED, {"cancelled_at": now}),
+               BatchStatus.EXPIRED: (BatchStatus.EXPIRED, {})}
+    ending, stamps = endings[BatchStatus(batch.status)]
+    # Conditional on the status (and, for an expired batch, on its files not being written yet):
+    # of two replicas finalizing, one writes.
+    claimed = session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == batch.status,
+                                                  Batch.output_file_id.is_(None), Batch.error_file_id.is_(None))
+                              .values(status=ending, **stamps)).rowcount
     if not claimed:
         return False
     lines = session.execute(select(WorkItem.state, WorkItem.result).where(
@@ -195,4 +223,5 @@ def finalize(session: Session, blobs: BlobStore, batch_id: str) -> bool:
 
 def open_batches(session: Session) -> list[str]:
     """Batches that may be ready to finalize."""
-    return list(session.scalars(select(Batch.id).where(Batch.status.in_(OPEN))))
+    unwritten = and_(Batch.output_file_id.is_(None), Batch.error_file_id.is_(None))
+    return list(session.scalars(select(Batch.id).where(Batch.status.in_(OPEN), unwritten)))

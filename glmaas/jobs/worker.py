@@ -61,9 +61,12 @@ class Workers:
                 log.exception("renewing leases failed")
 
     async def _sweep(self) -> None:
-        """Finalize batches whose last line ended elsewhere or before a crash."""
+        """Expire batches past their window; finalize batches whose last line ended elsewhere or
+        before a crash."""
         while True:
             try:
+                with self.db.session() as session, session.begin():
+                    batches.expire_overdue(session)
                 with self.db.session() as session:
                     open_ids = batches.open_batches(session)
                 for batch_id in open_ids:

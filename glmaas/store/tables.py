@@ -224,6 +224,7 @@ class Batch(Base):
     failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancelling_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancelled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class WorkItem(Base):

@@ -9,7 +9,6 @@ import io
 
 import openai
 import psycopg
-import pytest
 
 from tests.api.batch_helpers import batch_file, chat_line, jsonl, wait_until
 from tests.api.billing_helpers import funded_key, price_all

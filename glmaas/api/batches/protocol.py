@@ -58,7 +58,7 @@ class BatchObject(BaseModel):
     finalizing_at: int | None = None
     completed_at: int | None
     failed_at: int | None
-    expired_at: int | None = None
+    expired_at: int | None
     cancelling_at: int | None
     cancelled_at: int | None
     request_counts: BatchRequestCounts
@@ -74,7 +74,7 @@ class BatchObject(BaseModel):
             created_at=int(batch.created_at), in_progress_at=_when(batch.in_progress_at),
             expires_at=_when(batch.expires_at), completed_at=_when(batch.completed_at),
             failed_at=_when(batch.failed_at), cancelling_at=_when(batch.cancelling_at),
-            cancelled_at=_when(batch.cancelled_at),
+            cancelled_at=_when(batch.cancelled_at), expired_at=_when(batch.expired_at),
             request_counts=BatchRequestCounts(total=counts.total, completed=counts.completed, failed=counts.failed),
             metadata=json.loads(batch.metadata_json) if batch.metadata_json else None)
 

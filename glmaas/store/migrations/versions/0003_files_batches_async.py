@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("failed_at", sa.Float, nullable=True),
         sa.Column("cancelling_at", sa.Float, nullable=True),
         sa.Column("cancelled_at", sa.Float, nullable=True),
+        sa.Column("expired_at", sa.Float, nullable=True),
     )
     op.create_index("ix_batches_account_id", "batches", ["account_id"])
     op.create_table(
