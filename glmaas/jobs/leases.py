@@ -15,7 +15,11 @@ import enum
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.orm import Session
+
+from glmaas.platform.recovery import stopped
+from glmaas.store.tables import WorkItem
 
 
 class ItemKind(enum.StrEnum):
@@ -95,6 +99,18 @@ def finish(conn: Connection, item: LeasedItem, state: ItemState, result: str) ->
         "WHERE id = :id AND owner = :owner AND attempts = :attempt AND state = 'running'"),
         {"state": state, "result": result, "now": time.time(), "id": item.id, "owner": item.owner,
          "attempt": item.attempt}).rowcount == 1
+
+
+def release_stopped(session: Session, me: str) -> int:
+    """Put back in the queue the items of replicas that are not running any more, without waiting
+    for their leases to lapse (a replica restarted on the same host is seen dead at once).
+    Returns how many."""
+    owners = set(session.scalars(select(WorkItem.owner).where(WorkItem.state == ItemState.RUNNING).distinct()))
+    dead = stopped(session, {o for o in owners if o}, me)
+    if not dead:
+        return 0
+    return session.execute(update(WorkItem).where(WorkItem.state == ItemState.RUNNING, WorkItem.owner.in_(dead))
+                           .values(state=ItemState.PENDING, owner=None, lease_until=0.0)).rowcount
 
 
 def give_back(engine: Engine, item: LeasedItem) -> None:

@@ -1,7 +1,8 @@
 """The background workers of one `glmaas serve` replica: each takes an item's lease, hands the
 item to the API's handler (which runs it as a metered request), and, when it was a batch line,
 finalizes the batch if it was the last. A renewer keeps this replica's leases alive; a replica
-that dies stops renewing, and its items are taken over when their leases expire."""
+that dies stops renewing, and its items are taken over when their leases lapse, or sooner when
+the sweep sees the replica stopped (its heartbeat stale, or its process gone from this host)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ class Workers:
         while True:
             try:
                 with self.db.session() as session, session.begin():
+                    if leases.release_stopped(session, self.owner):
+                        log.warning("took over background work left running by a replica that stopped")
                     batches.expire_overdue(session)
                 with self.db.session() as session:
                     open_ids = batches.open_batches(session)

@@ -86,3 +86,14 @@ def test_a_batch_past_its_window_expires(store) -> None:  # type: ignore[no-unty
         errors = [json.loads(e) for e in file_content(session, blobs, account_id, batch.error_file_id).splitlines()]
         assert {e["error"]["code"] for e in errors} == {"batch_expired"} and len(errors) == 2
         assert session.query(WorkItem).filter_by(batch_id=batch_id, state=ItemState.PENDING).count() == 0
+
+
+def test_lines_of_a_stopped_replica_are_taken_back_without_waiting_for_the_lease(store) -> None:  # type: ignore[no-untyped-def]
+    db, _, _, _ = store
+    item = leases.take(db.engine, "elsewhere:4242:1", 3600)  # a replica with no heartbeat: stopped
+    with db.session() as session, session.begin():
+        assert leases.release_stopped(session, "me") == 1
+    again = leases.take(db.engine, "me", 60)
+    assert (again.id, again.attempt) == (item.id, 2)
+    with db.session() as session, session.begin():
+        assert leases.release_stopped(session, "me") == 0  # its own lines are never taken back
