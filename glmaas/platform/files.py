@@ -104,9 +104,9 @@ def parse_jsonl(data: bytes, purpose: str) -> list[dict]:
 
 
 def store_file(session: Session, blobs: BlobStore, *, account_id: str, purpose: str, filename: str,
-               data: bytes, file_id: str | None = None) -> FileInfo:
+               data: bytes) -> FileInfo:
     """Keep `data` as a file of the account (in the session's transaction); unchecked."""
-    row = StoredFile(id=file_id or new_file_id(), account_id=account_id, purpose=purpose,
+    row = StoredFile(id=new_file_id(), account_id=account_id, purpose=purpose,
                      filename=filename[:255], bytes=len(data), created_at=time.time())
     session.add(row)
     session.flush()

@@ -76,6 +76,10 @@ class Admission:
             self.durable_tokens == 0 or completion_tokens >= self.durable_tokens + DURABILITY_STEP)
 
 
+class _SettledElsewhere(Exception):
+    """Rolls back a settlement's transaction whose hold another replica settled first."""
+
+
 class _TtlCache:
     def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
         self._ttl, self._clock, self._data = ttl, clock, {}
@@ -151,7 +155,12 @@ class Meter:
             with self._step(single_statement=finish is None) as conn:
                 if finish is not None and not finish(conn, outcome):
                     outcome = replace(outcome, billable=False)
-                settle_hold(conn, admission.ticket, outcome)
+                if settle_hold(conn, admission.ticket, outcome) is None and finish is not None:
+                    # Recovery settled the hold already (this replica was taken for dead): the
+                    # result must not stand without its bill, so the work is left to run again.
+                    raise _SettledElsewhere
+        except _SettledElsewhere:
+            pass
         finally:
             self.open_by_model[model] -= 1
             if self.open_by_model[model] <= 0:
