@@ -103,7 +103,9 @@ def test_async_task_survives_a_restart(tmp_path) -> None:  # type: ignore[no-unt
         key = funded_key(first, "restart", "1")
         client = zhipuai.ZhipuAI(api_key=key, base_url=first.zhipu_url, max_retries=0)
         task = client.chat.asyncCompletions.create(model="mock", messages=MESSAGES)
-        assert client.chat.asyncCompletions.retrieve_completion_result(task.id).task_status == "PROCESSING"
+        pending = httpx.get(f"{first.zhipu_url}/async-result/{task.id}", headers={"Authorization": f"Bearer {key}"})
+        assert pending.json() == {"id": task.id, "request_id": task.request_id, "model": "mock",
+                                  "task_status": "PROCESSING"}
     finally:
         first.stop()
     second = start_server(tmp_path / "async-restart", *MOCK_MODELS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -40,6 +40,11 @@ class AsyncTask(BaseModel):
     choices: list[dict[str, Any]] | None = None
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A task still running has no choices, usage or error: left out, as the platform does.
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 async def submit(request: Request) -> Response:
