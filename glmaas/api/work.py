@@ -1,22 +1,34 @@
-"""Background work on the API's side: the form of an item's result (an OpenAI batch output or
-error line; an async task's completion or error), and which resource runs an item, by the
-endpoint it calls. Leasing and the workers themselves are `glmaas.jobs`."""
+"""Background work on the API's side: what every resource's runner shares (reading an item's
+request, running it in a background slot under a metered run whose settlement writes its result),
+the form of a result (an OpenAI batch output or error line; an async task's response or error),
+and which runner takes an item, by the endpoint it calls. Leasing and the workers themselves are
+`glmaas.jobs`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection
 
 from glmaas.api.dialects import OPENAI, ZHIPU, Dialect
-from glmaas.api.errors import ApiError, ErrorKind
+from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.state import AppState
+from glmaas.engines.base import EngineError
 from glmaas.jobs import leases
 from glmaas.jobs.leases import ItemKind, ItemState, LeasedItem
+from glmaas.platform.errors import PlatformError, RateLimited
+from glmaas.platform.metered import GenerationTimeout, MeteredRun
+from glmaas.platform.metering import Finish, Outcome, RequestStatus
 
+M = TypeVar("M", bound=BaseModel)
 Runner = Callable[[AppState, LeasedItem], Awaitable[None]]
+# A rate-limited item waits at least this long before it is offered again.
+MIN_RETRY_S = 1.0
 DIALECT_BY_NAME: dict[str, Dialect] = {OPENAI.name: OPENAI, ZHIPU.name: ZHIPU}
 
 
@@ -59,3 +71,54 @@ def runner_for(runners: dict[str, Runner]) -> Callable[[AppState, LeasedItem], A
         await runner(state, item)
 
     return run_item
+
+
+def request_of(item: LeasedItem, schema: type[M]) -> M:
+    """The item's request body as `schema`, or the `ApiError` a route would answer."""
+    try:
+        return schema.model_validate(json.loads(item.body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid parameter {param}: {first['msg']}.",
+                       param=param) from None
+
+
+def finish_with(item: LeasedItem, response: Callable[[], BaseModel]) -> Finish:
+    """The settlement's `finish` of an item: its response (built when the run ends well) or the
+    engine's failure, written with the bill. A run stopped by the server's shutdown writes
+    nothing: the item stays leased and runs again."""
+
+    def finish(conn: Connection, outcome: Outcome) -> bool:
+        if outcome.status is RequestStatus.ABORTED:
+            return False
+        if outcome.status is RequestStatus.OK:
+            return leases.finish(conn, item, ItemState.DONE, result_line(item, response=response()))
+        error = ApiError(ErrorKind.ENGINE_ERROR, "The model failed on this request.")
+        return leases.finish(conn, item, ItemState.FAILED, result_line(item, error=error))
+
+    return finish
+
+
+async def run_in_slot(state: AppState, item: LeasedItem, model: str, admit: Callable[[], MeteredRun],
+                      work: Callable[[MeteredRun], Awaitable[object]]) -> None:
+    """Within a background slot of `model` (`glmaas.jobs.gate`): admit the item's request, then do
+    its work under the run, which settles it (and writes its result) once. A rate limit puts the
+    item back in the queue; any other refusal fails it, unbilled."""
+    retry_after: float | None = None
+    async with state.gate.slot(model):
+        try:
+            run = admit()
+        except RateLimited as exc:
+            leases.give_back(state.db.engine, item)
+            retry_after = max(MIN_RETRY_S, exc.retry_after)
+        except PlatformError as exc:
+            return fail_item(state, item, from_platform(exc))
+        else:
+            try:
+                await work(run)
+            except (EngineError, GenerationTimeout):
+                pass  # the settlement wrote the item's error
+    if retry_after is not None:
+        await asyncio.sleep(retry_after)  # outside the slot: this worker holds nothing while it waits
+    return None
