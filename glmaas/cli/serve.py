@@ -51,10 +51,9 @@ def _percent(text: str) -> int:
     return value
 
 
-def serve(args: argparse.Namespace) -> int:
-    from glmaas.server import build_state, run
-
-    settings = config.Settings(
+def settings_from(args: argparse.Namespace) -> config.Settings:
+    """The deployment `serve`'s options describe."""
+    return config.Settings(
         data_dir=config.resolve_data_dir(args.data_dir),
         database_url=args.database_url,
         redis_url=args.redis_url,
@@ -69,5 +68,11 @@ def serve(args: argparse.Namespace) -> int:
         batch_price_percent=args.batch_price_percent,
         batch_lease_s=args.batch_lease_s,
     )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from glmaas.server import build_state, run
+
+    settings = settings_from(args)
     run(build_state(settings), settings, host=args.host, port=args.port)
     return 0
