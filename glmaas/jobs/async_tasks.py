@@ -15,7 +15,8 @@ from glmaas.store.tables import WorkItem
 def submit(session: Session, *, task_id: str, account_id: str, key_id: str, model: str, body: str) -> None:
     """Queue the task (in the session's transaction)."""
     session.add(WorkItem(id=task_id, kind=ItemKind.ASYNC_CHAT, account_id=account_id, key_id=key_id,
-                         dialect="zhipu", endpoint="/v1/chat/completions", model=model[:128], body=body, state=ItemState.PENDING,
+                         dialect="zhipu", endpoint="/v1/chat/completions", model=model[:128], body=body,
+                         state=ItemState.PENDING,
                          created_at=time.time()))
 
 

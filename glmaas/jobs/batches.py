@@ -111,7 +111,8 @@ def create_batch(session: Session, blobs: BlobStore, *, account_id: str, key_id:
     session.flush()
     session.add_all(
         WorkItem(id=f"{batch.id}:{number}", kind=ItemKind.BATCH_LINE, batch_id=batch.id, line_no=number,
-                 account_id=account_id, key_id=key_id, dialect=dialect, endpoint=canonical, model=record["body"]["model"][:128],
+                 account_id=account_id, key_id=key_id, dialect=dialect, endpoint=canonical,
+                 model=record["body"]["model"][:128],
                  custom_id=record["custom_id"], body=json.dumps(record["body"]), state=ItemState.PENDING,
                  created_at=now)
         for number, record in enumerate(records, start=1))

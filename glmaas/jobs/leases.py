@@ -80,8 +80,8 @@ def take(engine: Engine, owner: str, lease_s: float) -> LeasedItem | None:
                            {"owner": owner, "until": now + lease_s, "now": now}).first()
     if row is None:
         return None
-    return LeasedItem(row.id, ItemKind(row.kind), row.batch_id, row.account_id, row.key_id, row.dialect, row.endpoint, row.custom_id,
-                      row.body, row.attempts, owner)
+    return LeasedItem(row.id, ItemKind(row.kind), row.batch_id, row.account_id, row.key_id, row.dialect,
+                      row.endpoint, row.custom_id, row.body, row.attempts, owner)
 
 
 def renew(engine: Engine, owner: str, lease_s: float) -> None:

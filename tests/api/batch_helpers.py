@@ -16,7 +16,8 @@ def batch_file(lines: list[dict], url: str = "/v1/chat/completions") -> bytes:
                                "body": line["body"]}) + "\n" for line in lines).encode()
 
 
-def chat_line(custom_id: str, model: str = "mock", content: str = "hi", **extra) -> dict:  # type: ignore[no-untyped-def]
+def chat_line(custom_id: str, model: str = "mock", content: str = "hi",
+              **extra) -> dict:  # type: ignore[no-untyped-def]
     return {"custom_id": custom_id, "body": {"model": model, "messages": [{"role": "user", "content": content}],
                                              **extra}}
 

@@ -26,7 +26,8 @@ def open_holds(server) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return row["i"], row["b"]
 
 
-def test_batch_lines_wait_for_interactive_requests_and_keep_to_their_share(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_batch_lines_wait_for_interactive_requests_and_keep_to_their_share(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
     server = start_server(tmp_path / "priority", *MODELS, "--batch-workers", "6", "--batch-slot-share", "0.5")
     try:
         key = server.create_key("--name", "priority")

@@ -25,7 +25,8 @@ def _pg(url: str, sql: str, *args: object) -> list[tuple]:
         return con.execute(sql, args).fetchall()
 
 
-def test_two_replicas_share_a_batch_without_doing_a_line_twice(tmp_path, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_two_replicas_share_a_batch_without_doing_a_line_twice(
+        tmp_path, pg_url: str) -> None:  # type: ignore[no-untyped-def]
     options = (*MODELS, "--database-url", pg_url, "--batch-workers", "3", "--batch-slot-share", "1")
     a = start_server(tmp_path / "a", *options, env=ENV)
     b = start_server(tmp_path / "b", *options, env=ENV)

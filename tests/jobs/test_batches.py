@@ -88,7 +88,8 @@ def test_a_batch_past_its_window_expires(store) -> None:  # type: ignore[no-unty
         assert session.query(WorkItem).filter_by(batch_id=batch_id, state=ItemState.PENDING).count() == 0
 
 
-def test_lines_of_a_stopped_replica_are_taken_back_without_waiting_for_the_lease(store) -> None:  # type: ignore[no-untyped-def]
+def test_lines_of_a_stopped_replica_are_taken_back_without_waiting_for_the_lease(
+        store) -> None:  # type: ignore[no-untyped-def]
     db, _, _, _ = store
     item = leases.take(db.engine, "elsewhere:4242:1", 3600)  # a replica with no heartbeat: stopped
     with db.session() as session, session.begin():
