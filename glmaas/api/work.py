@@ -15,7 +15,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection
 
-from glmaas.api.dialects import OPENAI, ZHIPU, Dialect
+from glmaas.api.dialects import DIALECTS, OPENAI, Dialect
 from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.state import AppState
 from glmaas.engines.base import EngineError
@@ -29,7 +29,7 @@ M = TypeVar("M", bound=BaseModel)
 Runner = Callable[[AppState, LeasedItem], Awaitable[None]]
 # A rate-limited item waits at least this long before it is offered again.
 MIN_RETRY_S = 1.0
-DIALECT_BY_NAME: dict[str, Dialect] = {OPENAI.name: OPENAI, ZHIPU.name: ZHIPU}
+DIALECT_BY_NAME: dict[str, Dialect] = {d.name: d for d in DIALECTS}
 
 
 def dialect_of_item(item: LeasedItem) -> Dialect:
