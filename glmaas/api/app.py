@@ -22,6 +22,7 @@ from glmaas.api.batches.router import routes as batch_routes
 from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
+from glmaas.api.embeddings.router import routes as embedding_routes
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.files.router import routes as file_routes
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
@@ -97,7 +98,7 @@ def create_app(state: AppState) -> FastAPI:
     # /openapi.json is served below: the admin routes are listed to the admin only.
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
-    app.router.routes.extend([*chat_routes, *file_routes, *batch_routes, *async_chat_routes])
+    app.router.routes.extend([*chat_routes, *embedding_routes, *file_routes, *batch_routes, *async_chat_routes])
     app.include_router(models_router)
     app.include_router(admin_router)
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes,
