@@ -22,6 +22,7 @@ from glmaas.api.batches.router import routes as batch_routes
 from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
+from glmaas.api.embeddings.background import run_embedding_item
 from glmaas.api.embeddings.router import routes as embedding_routes
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.files.router import routes as file_routes
@@ -34,7 +35,8 @@ from glmaas.jobs.worker import Workers
 log = logging.getLogger("glmaas.api")
 
 # The resources that run in the background (batch lines, async tasks), by the endpoint they call.
-BACKGROUND_RUNNERS: dict[str, Runner] = {"/v1/chat/completions": run_chat_item}
+BACKGROUND_RUNNERS: dict[str, Runner] = {"/v1/chat/completions": run_chat_item,
+                                          "/v1/embeddings": run_embedding_item}
 
 
 # Room for the multipart framing around an uploaded file of the largest size allowed.

@@ -159,8 +159,7 @@ def test_cancel_stops_lines_not_started(server: Server) -> None:
         client.batches.cancel(batch.id)
 
 
-def test_embedding_lines_fail_cleanly_into_the_error_file(server: Server) -> None:
-    # Embeddings are not run in the background by this deployment: each line fails on its own.
+def test_an_embeddings_line_on_a_chat_model_fails_on_its_own(server: Server) -> None:
     client = client_of(server, funded_key(server, "batch-embed", "1"))
     data = batch_file([{"custom_id": "e1", "body": {"model": "mock", "input": "hello"}}], url="/v1/embeddings")
     uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
@@ -168,5 +167,5 @@ def test_embedding_lines_fail_cleanly_into_the_error_file(server: Server) -> Non
     batch = wait_until(lambda: client.batches.retrieve(batch.id), finished)
     assert (batch.status, batch.request_counts.failed, batch.output_file_id) == ("completed", 1, None)
     (err,) = jsonl(client.files.content(batch.error_file_id).read())
-    assert err["custom_id"] == "e1" and err["response"]["status_code"] == 400
-    assert "/v1/embeddings" in err["error"]["message"]
+    assert err["custom_id"] == "e1" and err["response"]["status_code"] == 404
+    assert "not an embedding model" in err["error"]["message"]
