@@ -114,7 +114,8 @@ def release_stopped(session: Session, me: str) -> int:
 
 
 def give_back(engine: Engine, item: LeasedItem) -> None:
-    """Return the item to the queue untouched (it could not start now: a rate limit)."""
+    """Return the item to the queue for a later attempt (it could not start now, or its attempt
+    failed before it could finish the item)."""
     with engine.begin() as conn:
         conn.execute(text("UPDATE work_items SET state = 'pending', owner = NULL, lease_until = 0 "
                           "WHERE id = :id AND owner = :owner AND attempts = :attempt AND state = 'running'"),

@@ -44,12 +44,19 @@ class Workers:
                     idle = min(MAX_IDLE_S, idle * 2)
                     continue
                 idle = IDLE_S
-                await self.handler(item)
+                try:
+                    await self.handler(item)
+                except Exception:
+                    # This replica would renew the lease forever: the item goes back to the queue
+                    # for another attempt (under a new request id) instead.
+                    log.exception("background work on %s failed; it will run again", item.id)
+                    leases.give_back(self.db.engine, item)
+                    await asyncio.sleep(IDLE_S)
                 if item.batch_id is not None:
                     self.finalize(item.batch_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a database hiccup must not end the worker; the lease expires
+            except Exception:  # a database hiccup must not end the worker
                 log.exception("background work failed")
                 await asyncio.sleep(IDLE_S)
 

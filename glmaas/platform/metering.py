@@ -40,7 +40,7 @@ from glmaas.platform.limits import (
 from glmaas.platform.pricing import PriceSheet, discounted, price_of
 from glmaas.store.tables import AccountModelLimit
 
-__all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus"]
+__all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus", "SettledElsewhere"]
 
 # A write that must commit together with a request's settlement, in its transaction (a batch
 # line's result). It returns False when the work is no longer the request's to finish (its
@@ -76,8 +76,9 @@ class Admission:
             self.durable_tokens == 0 or completion_tokens >= self.durable_tokens + DURABILITY_STEP)
 
 
-class _SettledElsewhere(Exception):
-    """Rolls back a settlement's transaction whose hold another replica settled first."""
+class SettledElsewhere(Exception):
+    """A settlement with a `finish` found its hold settled by recovery first: the transaction,
+    and `finish`'s write with it, was rolled back."""
 
 
 class _TtlCache:
@@ -157,10 +158,9 @@ class Meter:
                     outcome = replace(outcome, billable=False)
                 if settle_hold(conn, admission.ticket, outcome) is None and finish is not None:
                     # Recovery settled the hold already (this replica was taken for dead): the
-                    # result must not stand without its bill, so the work is left to run again.
-                    raise _SettledElsewhere
-        except _SettledElsewhere:
-            pass
+                    # result must not stand without its bill, so it is rolled back, and the
+                    # caller puts the work back to run again.
+                    raise SettledElsewhere(f"request {admission.ticket.request_id} was settled by recovery")
         finally:
             self.open_by_model[model] -= 1
             if self.open_by_model[model] <= 0:
