@@ -2,12 +2,13 @@
 response body and stream chunks.
 
 Fields are in the order of the public docs. Both dialects share one schema: `null` means absent,
-unknown fields are ignored, and what we cannot honour (n > 1, image parts) is a clear 400.
+unknown fields are ignored, and what we cannot honour (n > 1, image parts) is a clear 400. Every
+number is bounded and every id a client chooses restricted (`api/requests.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import (
@@ -15,13 +16,23 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
 )
 
+from glmaas.api.requests import EndUserId, RequestId
+from glmaas.engines.base import OutputConstraint, TokenLogprob
+from glmaas.engines.constrained import json_schema_constraint
 from glmaas.platform.metered import MeteredRun
 
 MAX_STOP_STRINGS = 4
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
+# Numbers are bounded where they enter: a token count fits the ledger's 32-bit columns, and a
+# seed the samplers' unsigned 64 bits (a negative or longer one is refused, not wrapped).
+MAX_TOKENS = 2**31 - 1
+MAX_SEED = 2**64 - 1
 
 
 class _Lenient(BaseModel):
@@ -59,24 +70,87 @@ class StreamOptions(_Lenient):
     include_usage: bool | None = None
 
 
+class JsonSchemaFormat(_Lenient):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    """`{type: text}`, `{type: json_object}` or `{type: json_schema, json_schema: {...}}`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constraint(self) -> OutputConstraint | None:
+        if self.type == "json_object":
+            return OutputConstraint("json_object")
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise ValueError("response_format of type json_schema needs json_schema")
+            return json_schema_constraint(self.json_schema.schema_)
+        return None
+
+
 class ChatCompletionRequest(_Lenient):
     model: str = Field(min_length=1, max_length=128)
     messages: list[Message] = Field(min_length=1)
-    request_id: str | None = Field(default=None, max_length=128)
-    user_id: str | None = Field(default=None, max_length=128)
-    user: str | None = Field(default=None, max_length=256)
+    request_id: RequestId | None = None
+    user_id: EndUserId | None = None
+    user: EndUserId | None = None
     do_sample: bool | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     n: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Sampling beyond OpenAI's own fields (vLLM's extensions): top_k, min_p, repetition_penalty.
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        for key, bias in value.items():
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids as strings; got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"biases are between -100 and 100; got {bias} for token {key}")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _format_complete(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        if value is not None:
+            value.constraint()  # a json_schema format without its json_schema is refused here
+        return value
 
     @field_validator("n")
     @classmethod
@@ -109,6 +183,14 @@ class ChatRequest:
     include_usage: bool  # the client asked for usage in the stream (a dialect may send it anyway)
     request_id: str | None
     user: str | None
+    constraint: OutputConstraint | None = None  # from response_format
+    logprobs: int | None = None  # None: no logprobs; else how many alternatives per token
+    top_k: int = 0
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
 
 def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
@@ -139,6 +221,14 @@ def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
         include_usage=include_usage,
         request_id=body.request_id,
         user=body.user_id or body.user,
+        constraint=body.response_format.constraint() if body.response_format else None,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
     )
 
 
@@ -168,10 +258,38 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobInfo(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+    @classmethod
+    def of(cls, entry: TokenLogprob) -> TokenLogprobInfo:
+        return cls(token=entry.text, logprob=entry.logprob, bytes=list(entry.text.encode()),
+                   top_logprobs=[TopLogprob(token=text, logprob=lp, bytes=list(text.encode()))
+                                 for _, text, lp in entry.top])
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's `choices[].logprobs`: one entry per generated token (the end token excepted)."""
+
+    content: list[TokenLogprobInfo]
+    refusal: list[TokenLogprobInfo] | None = None
+
+    @classmethod
+    def of(cls, entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> ChoiceLogprobs:
+        return cls(content=[TokenLogprobInfo.of(e) for e in entries])
+
+
 class Choice(BaseModel):
     index: int = 0
     finish_reason: str | None
     message: ChatMessage
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -198,6 +316,7 @@ class DeltaMessage(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -1,7 +1,9 @@
 """The Zhipu BigModel v4 dialect (`/api/paas/v4`, reference zhipu-api.md §3): errors as
 `{"error": {"code": "<digits>", "message"}}` with the platform's statuses, completion ids equal
-to the request id, usage always on a stream's last chunk, and an engine fault mid-stream told as
-`finish_reason: network_error`."""
+to the request id, usage always on a stream's last chunk, and a fault mid-stream (the engine's, a
+timeout, or the server's own) told as the platform tells an inference failure: a last chunk with
+`finish_reason: network_error` and the usage so far, then `[DONE]`; no error event, which the
+Zhipu SDKs would raise without the usage."""
 
 from __future__ import annotations
 
