@@ -59,9 +59,11 @@ async def submit(request: Request) -> Response:
     build_prompt(state, chat)  # refuse now what could never run: unknown model, prompt too long
     if not principal.may_use(chat.model):
         raise ApiError(ErrorKind.MODEL_NOT_ALLOWED, f"This API key may not use the model {chat.model!r}.")
+    # Kept as sent (it parsed, so it is UTF-8 JSON): the worker reads it as the route did.
+    raw = (await request.body()).decode()
     with state.db.session() as session, session.begin():
         async_tasks.submit(session, task_id=task_id, account_id=principal.account_id, key_id=principal.key_id,
-                           model=chat.model, body=json.dumps(body.model_dump(exclude_none=True)))
+                           model=chat.model, body=raw)
     return JSONModelResponse(AsyncTask(id=task_id, request_id=request_id, model=chat.model,
                                        task_status="PROCESSING"))
 
