@@ -17,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glmaas.api.admin.router import caller_is_admin
 from glmaas.api.admin.router import router as admin_router
+from glmaas.api.async_chat.router import body_routes as async_chat_body_routes
 from glmaas.api.async_chat.router import routes as async_chat_routes
+from glmaas.api.batches.router import body_routes as batch_body_routes
 from glmaas.api.batches.router import routes as batch_routes
 from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import body_routes as chat_body_routes
@@ -134,7 +136,8 @@ def create_app(state: AppState) -> FastAPI:
     async def openapi(request: Request) -> JSONResponse:
         admin = caller_is_admin(request)
         if admin not in schemas:
-            schemas[admin] = openapi_schema(app, chat_body_routes + embedding_body_routes, admin=admin)
+            body_routes = chat_body_routes + embedding_body_routes + batch_body_routes + async_chat_body_routes
+            schemas[admin] = openapi_schema(app, body_routes, admin=admin)
         return JSONResponse(schemas[admin])
 
     return app

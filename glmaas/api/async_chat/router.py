@@ -17,6 +17,7 @@ from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
 from glmaas.api.chat.serving import build_prompt
 from glmaas.api.dialects import ZHIPU
 from glmaas.api.errors import ApiError, ErrorKind
+from glmaas.api.openapi import BodyRoute
 from glmaas.api.requests import (
     JSONModelResponse,
     app_state,
@@ -85,6 +86,8 @@ async def result(request: Request) -> Response:
     return JSONModelResponse(answer)
 
 
+body_routes = [BodyRoute(ZHIPU.path("/async/chat/completions"), "Submit an async chat completion (zhipu dialect)",
+                         ChatCompletionRequest, AsyncTask)]
 routes = [
     Route(ZHIPU.path("/async/chat/completions"), submit, methods=["POST"]),
     Route(ZHIPU.path("/async-result/{task_id}"), result, methods=["GET"]),

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from glmaas.api.batches.protocol import BatchCreateRequest, BatchList, BatchObject
 from glmaas.api.dialects import DIALECTS, dialect_of
 from glmaas.api.errors import ApiError, ErrorKind
+from glmaas.api.openapi import BodyRoute
 from glmaas.api.requests import (
     JSONModelResponse,
     app_state,
@@ -75,6 +76,8 @@ async def cancel_batch(request: Request) -> Response:
     return JSONModelResponse(obj)
 
 
+body_routes = [BodyRoute(d.path("/batches"), f"Create a batch ({d.name} dialect)", BatchCreateRequest, BatchObject)
+               for d in DIALECTS]
 routes = [route for d in DIALECTS for route in (
     Route(d.path("/batches"), create_batch, methods=["POST"]),
     Route(d.path("/batches"), list_batches, methods=["GET"]),
