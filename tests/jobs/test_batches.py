@@ -3,6 +3,7 @@ completion window expired with its unstarted lines in the error file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from glmaas.jobs import batches, leases
 from glmaas.jobs.leases import ItemState
+from glmaas.jobs.worker import Workers
 from glmaas.platform.accounts import create_account
 from glmaas.platform.files import file_content, upload
 from glmaas.store.blobs import FolderBlobs
@@ -98,3 +100,30 @@ def test_lines_of_a_stopped_replica_are_taken_back_without_waiting_for_the_lease
     assert (again.id, again.attempt) == (item.id, 2)
     with db.session() as session, session.begin():
         assert leases.release_stopped(session, "me") == 0  # its own lines are never taken back
+
+
+def test_an_attempt_that_fails_goes_back_to_the_queue(store) -> None:  # type: ignore[no-untyped-def]
+    db, blobs, account_id, batch_id = store
+    attempts: list[tuple[str, int]] = []
+
+    async def handler(item: leases.LeasedItem) -> None:
+        attempts.append((item.custom_id, item.attempt))
+        if len(attempts) == 1:
+            raise RuntimeError("the database went away")
+        with db.engine.begin() as conn:
+            leases.finish(conn, item, ItemState.DONE, json.dumps({"custom_id": item.custom_id}))
+
+    async def run_until_done() -> None:
+        worker = asyncio.create_task(Workers(db, blobs, "me", handler, count=1, lease_s=60)._work())
+        try:
+            for _ in range(100):
+                with db.session() as session:
+                    if batches.get_batch(session, account_id, batch_id).status == "completed":
+                        return
+                await asyncio.sleep(0.05)
+        finally:
+            worker.cancel()
+
+    asyncio.run(run_until_done())
+    assert attempts[0] == ("c0", 1) and ("c0", 2) in attempts
+    assert sorted(custom_id for custom_id, _ in attempts) == ["c0", "c0", "c1", "c2"]
