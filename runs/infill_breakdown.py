@@ -21,7 +21,7 @@ from glmaas.training.probes import (
     glm_infill_sample,
     mlm_sample,
     place_spans,
-    sample_span_lengths,  # fmt: skip
+    sample_span_lengths,
     score,
     windows,
 )
