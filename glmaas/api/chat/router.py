@@ -9,7 +9,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
-from glmaas.api.chat.serving import build_prompt, complete, generation_of, stream
+from glmaas.api.chat.serving import (
+    build_prompt,
+    complete,
+    generation_of,
+    parser_of,
+    stream,
+)
 from glmaas.api.dialects import DIALECTS, dialect_of
 from glmaas.api.metered import MeteredStream, admit
 from glmaas.api.requests import (
@@ -34,10 +40,11 @@ async def chat_completions(request: Request) -> Response:
                 max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream)
     # The run settles when its deltas end, however they end.
     deltas = run.generate(prompt.engine.generate(generation_of(chat, prompt, request_id)))
+    parser = parser_of(chat, prompt)
     headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     if chat.stream:
-        return MeteredStream(run, stream(run, deltas, chat, dialect), headers)
-    return JSONModelResponse(await complete(run, deltas, chat, dialect), headers=headers)
+        return MeteredStream(run, stream(run, deltas, chat, parser, dialect), headers)
+    return JSONModelResponse(await complete(run, deltas, chat, parser, dialect), headers=headers)
 
 
 # Plain Starlette routes: the request path needs none of FastAPI's dependency machinery, and on the

@@ -4,7 +4,7 @@ run's (`api/metered.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from glmaas.api.chat.protocol import (
@@ -15,7 +15,15 @@ from glmaas.api.chat.protocol import (
     Choice,
     ChunkChoice,
     DeltaMessage,
+    FunctionCallOut,
+    ToolCallOut,
     UsageInfo,
+)
+from glmaas.api.chat.tools import (
+    output_parser,
+    prompt_tools,
+    thinking_switch,
+    tool_call_constraint,
 )
 from glmaas.api.dialects import Dialect
 from glmaas.api.errors import ApiError, ErrorKind
@@ -30,6 +38,8 @@ from glmaas.engines.base import (
     PromptTooLong,
     SamplingParams,
 )
+from glmaas.engines.chat_output import ChatOutputParser, ChatPiece
+from glmaas.engines.tool_calls import ToolCall
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
 
@@ -42,89 +52,160 @@ class Prompt:
     """A chat request made ready for its engine."""
 
     engine: Engine
+    text: str
     token_ids: tuple[int, ...]
     max_tokens: int
 
 
-def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
-    """Render the messages with the model's chat template and tokenize them; raises `ApiError`
-    when the model is unknown, the messages cannot be rendered or the prompt does not fit."""
+def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tuple[int, ...]]:
+    """The engine of the request's model, and the prompt's text and token ids; raises
+    `ApiError` when the model is unknown or the messages cannot be rendered."""
     engine = state.registry.get(chat.model)
     if engine is None:
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {chat.model!r} does not exist.", param="model")
     info = engine.info
     try:
         text = render_chat(info.chat_template or "", chat.messages, bos_token=info.bos_token,
-                           eos_token=info.eos_token, tools=chat.tools)
+                           eos_token=info.eos_token, tools=prompt_tools(chat),
+                           enable_thinking=thinking_switch(info, chat))
     except ChatTemplateError as exc:
         raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid messages: {exc}", param="messages") from None
-    token_ids = tuple(engine.tokenize(text))
-    room = info.context_length - len(token_ids)
+    return engine, text, tuple(engine.tokenize(text))
+
+
+def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
+    """The rendered, tokenized prompt; raises `ApiError` as `render_prompt` does, and when the
+    prompt does not fit."""
+    engine, text, token_ids = render_prompt(state, chat)
+    room = engine.info.context_length - len(token_ids)
     if room < 1:
         raise ApiError(
             ErrorKind.PROMPT_TOO_LONG,
             f"The prompt has {len(token_ids)} tokens; {chat.model} takes at most "
-            f"{info.context_length - 1} prompt tokens.",
+            f"{engine.info.context_length - 1} prompt tokens.",
             param="messages",
         )
-    return Prompt(engine, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room))
+    return Prompt(engine, text, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room))
 
 
 def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> GenerationRequest:
     sampling = SamplingParams(max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
-                              seed=chat.seed, stop=chat.stop)
+                              seed=chat.seed, stop=chat.stop, constraint=tool_call_constraint(chat))
     return GenerationRequest(request_id, prompt.token_ids, sampling)
 
 
+def parser_of(chat: ChatRequest, prompt: Prompt) -> ChatOutputParser:
+    """What reads the reply's reasoning and tool calls out of its text."""
+    return output_parser(prompt.engine.info, chat, prompt.text)
+
+
 def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
-    return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}")
+    # Tell clients whether sending it again can help, so that retrying wrappers do not multiply
+    # one deterministic failure (a timeout would time out again).
+    retry = isinstance(exc, EngineError) and exc.retryable
+    return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}",
+                    headers={"x-should-retry": "true" if retry else "false"})
+
+
+def _finish_reason(run: MeteredRun, calls: int) -> str | None:
+    return "tool_calls" if calls and run.finish_reason == "stop" else run.finish_reason
+
+
+def _tool_call_out(call: ToolCall, index: int | None = None) -> ToolCallOut:
+    return ToolCallOut(index=index, id=call.id, type="function",
+                       function=FunctionCallOut(name=call.name, arguments=call.arguments))
 
 
 async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequest,
-                   dialect: Dialect) -> ChatCompletion:
+                   parser: ChatOutputParser, dialect: Dialect) -> ChatCompletion:
     """The whole reply as one response body."""
-    pieces: list[str] = []
+    reply = ChatPiece()
     try:
         async for delta in deltas:
-            pieces.append(delta.text)
+            _add(reply, parser.push(delta.text, len(delta.token_ids)))
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
     except (EngineError, GenerationTimeout) as exc:
         raise _engine_error(exc) from None
+    _add(reply, parser.finish())
+    message = ChatMessage(
+        content=reply.content if reply.content or not reply.tool_calls else None,
+        reasoning_content=reply.reasoning or None,
+        tool_calls=[_tool_call_out(c) for c in reply.tool_calls] or None,
+    )
     return ChatCompletion(
         id=dialect.completion_id(run.request_id),
         request_id=run.request_id,
         created=run.created,
         model=chat.model,
-        choices=[Choice(finish_reason=run.finish_reason, message=ChatMessage(content="".join(pieces)))],
-        usage=UsageInfo.of(run),
+        choices=[Choice(finish_reason=_finish_reason(run, len(reply.tool_calls)), message=message)],
+        usage=UsageInfo.of(run, parser.reasoning_tokens),
     )
 
 
+def _add(reply: ChatPiece, piece: ChatPiece) -> None:
+    reply.reasoning += piece.reasoning
+    reply.content += piece.content
+    reply.tool_calls.extend(piece.tool_calls)
+
+
 async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequest,
-                 dialect: Dialect) -> AsyncIterator[bytes]:
-    """The reply as SSE events, ending with the finish chunk (with usage when the dialect or the
-    client wants it) and [DONE]."""
+                 parser: ChatOutputParser, dialect: Dialect) -> AsyncIterator[bytes]:
+    """The reply as SSE events: reasoning, content and tool-call deltas as the parser makes
+    them certain, the finish chunk, usage (when the dialect or the client wants it) where the
+    dialect puts it, and [DONE]."""
     chunk_id = dialect.completion_id(run.request_id)
     include_usage = dialect.always_usage or chat.include_usage
+    role = "assistant" if dialect.role_on_every_delta else None
+    whole_calls = dialect.tool_call_whole and not chat.tool_stream
+    calls = 0
 
-    def chunk(delta: DeltaMessage, finish: str | None = None, usage: UsageInfo | None = None) -> bytes:
+    def chunk(delta: DeltaMessage, finish: str | None = None, usage: UsageInfo | None = None,
+              choices: bool = True) -> bytes:
         return sse_event(ChatCompletionChunk(
             id=chunk_id, request_id=run.request_id, created=run.created, model=chat.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)], usage=usage))
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [], usage=usage))
 
-    def finish_chunk(reason: str) -> bytes:
-        return chunk(DeltaMessage(), reason, UsageInfo.of(run))
+    def finish_chunk(reason: str, usage: UsageInfo | None = None) -> bytes:
+        # OpenAI's finish delta is empty; Zhipu's names the role with empty content.
+        return chunk(DeltaMessage(role=role, content="" if role else None), reason, usage)
+
+    def pieces(piece: ChatPiece) -> Iterator[bytes]:
+        nonlocal calls
+        if piece.reasoning:
+            yield chunk(DeltaMessage(role=role, reasoning_content=piece.reasoning))
+        if piece.content:
+            yield chunk(DeltaMessage(role=role, content=piece.content))
+        for call in piece.tool_calls:
+            if whole_calls:
+                yield chunk(DeltaMessage(role=role, tool_calls=[_tool_call_out(call, calls)]))
+            else:
+                head = ToolCallOut(index=calls, id=call.id, type="function",
+                                   function=FunctionCallOut(name=call.name, arguments=""))
+                yield chunk(DeltaMessage(role=role, tool_calls=[head]))
+                yield chunk(DeltaMessage(role=role, tool_calls=[
+                    ToolCallOut(index=calls, function=FunctionCallOut(arguments=call.arguments))]))
+            calls += 1
 
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
-            if delta.text:
-                yield chunk(DeltaMessage(content=delta.text))
+            for event in pieces(parser.push(delta.text, len(delta.token_ids))):
+                yield event
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
-        yield dialect.stream_fault(_engine_error(exc), finish_chunk)
+        yield dialect.stream_fault(
+            _engine_error(exc), lambda reason: finish_chunk(reason, UsageInfo.of(run, parser.reasoning_tokens)))
         yield SSE_DONE
         return
-    yield chunk(DeltaMessage(), run.finish_reason, UsageInfo.of(run) if include_usage else None)
+    for event in pieces(parser.finish()):
+        yield event
+    usage = UsageInfo.of(run, parser.reasoning_tokens) if include_usage else None
+    reason = _finish_reason(run, calls)
+    if dialect.usage_in_own_chunk:
+        yield finish_chunk(reason)
+        if usage is not None:
+            yield chunk(DeltaMessage(), usage=usage, choices=False)
+    else:
+        yield finish_chunk(reason, usage)
     yield SSE_DONE

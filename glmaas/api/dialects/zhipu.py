@@ -1,7 +1,8 @@
 """The Zhipu BigModel v4 dialect (`/api/paas/v4`, reference zhipu-api.md §3): errors as
 `{"error": {"code": "<digits>", "message"}}` with the platform's statuses, completion ids equal
-to the request id, usage always on a stream's last chunk, and an engine fault mid-stream told as
-`finish_reason: network_error`."""
+to the request id, usage always on a stream's last chunk, `"role": "assistant"` on every delta, a
+streamed tool call whole in one delta (unless `tool_stream`), and an engine fault mid-stream told
+as `finish_reason: network_error`."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class ZhipuDialect(Dialect):
     name = "zhipu"
     prefix = "/api/paas/v4"
     always_usage = True
+    usage_in_own_chunk = False
+    role_on_every_delta = True
+    tool_call_whole = True
 
     def status(self, error: ApiError) -> int:
         return STATUSES.get(error.kind, error.wire.status)
