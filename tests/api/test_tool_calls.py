@@ -1,0 +1,271 @@
+"""Tool calls and reasoning through both dialects, with the official SDKs and LangChain, against
+the app in process. Mock engines write replies in the GLM-4.5 and Hermes formats."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+import zai
+import zhipuai
+
+from glmaas.engines.base import OutputConstraint
+from glmaas.engines.mock import MockEngine
+from tests.api.inprocess import FIXTURES, InProcess
+
+GLM45_TEMPLATE = (FIXTURES / "glm45.jinja").read_text()
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                   "required": ["city"]}}}
+SEARCH_TOOL = {"type": "function", "function": {
+    "name": "web_search", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}
+ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
+
+GLM_THINK = "<think>The user wants the weather.</think>"
+GLM_CALL = ("\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+            "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>")
+HERMES_REPLY = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+CONSTRAINED_REPLY = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory):
+    engines = (
+        MockEngine("glm", chat_template=GLM45_TEMPLATE, reply=GLM_THINK + GLM_CALL),
+        MockEngine("glm-chat", chat_template=GLM45_TEMPLATE, reply="<think>A greeting.</think>\nHello! 你好！"),
+        MockEngine("hermes", reply=HERMES_REPLY),  # ChatML template without tools: the Hermes fallback
+        MockEngine("constrained", reply=CONSTRAINED_REPLY),
+        MockEngine("plain"),
+    )
+    inproc = InProcess(tmp_path_factory.mktemp("tools"), *engines)
+    yield inproc
+    inproc.close()
+
+
+@pytest.fixture()
+def oai(app: InProcess) -> openai.OpenAI:
+    return openai.OpenAI(api_key=app.key, base_url=app.openai_url, http_client=app.http, max_retries=0)
+
+
+def _engine(app: InProcess, model: str) -> MockEngine:
+    engine = app.state.registry.get(model)
+    assert isinstance(engine, MockEngine)
+    return engine
+
+
+# -- OpenAI SDK ---------------------------------------------------------------------------------
+
+
+def test_openai_tool_call_parsed_from_glm45_output(oai: openai.OpenAI) -> None:
+    resp = oai.chat.completions.create(model="glm", messages=ASK, tools=[WEATHER_TOOL, SEARCH_TOOL])
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris", "days": 2}
+    assert choice.message.reasoning_content == "The user wants the weather."
+    assert resp.usage.completion_tokens_details.reasoning_tokens == len(GLM_THINK.encode())
+
+
+def test_openai_streamed_tool_call_accumulates(oai: openai.OpenAI) -> None:
+    chunks = list(oai.chat.completions.create(model="hermes", messages=ASK, tools=[WEATHER_TOOL], stream=True,
+                                              stream_options={"include_usage": True}))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "Let me check."
+    # Accumulate as the SDK's users do: by index, name once, arguments concatenated.
+    calls: dict[int, dict] = {}
+    for c in chunks:
+        for part in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+            slot = calls.setdefault(part.index, {"id": None, "name": "", "arguments": ""})
+            slot["id"] = slot["id"] or part.id
+            slot["name"] += part.function.name or ""
+            slot["arguments"] += part.function.arguments or ""
+    assert list(calls) == [0]
+    assert calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
+    assert json.loads(calls[0]["arguments"]) == {"city": "Paris"}
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finish] == ["tool_calls"]
+    # Usage in a chunk of its own, with no choices, after the finish chunk.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert finish[0].usage is None
+
+
+def test_openai_stream_helper_builds_the_call(oai: openai.OpenAI) -> None:
+    with oai.chat.completions.stream(model="glm", messages=ASK, tools=[WEATHER_TOOL]) as stream:
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris", "days": 2})
+
+
+def test_tool_history_round_trips_through_the_template(oai: openai.OpenAI, app: InProcess) -> None:
+    """An assistant turn with tool_calls and the tool's result reach the prompt in GLM's form."""
+    messages = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                             "arguments": '{"city": "Paris", "days": 2}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 18}'},
+    ]
+    oai.chat.completions.create(model="glm-chat", messages=messages, tools=[WEATHER_TOOL])
+    engine = _engine(app, "glm-chat")
+    prompt = engine.detokenize(list(engine.last_request.prompt_token_ids))
+    assert ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+            "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>") in prompt
+    assert '<|observation|>\n<tool_response>\n{"temp_c": 18}\n</tool_response><|assistant|>' in prompt
+    assert '"name": "get_weather"' in prompt  # the tools block
+
+
+def test_template_without_tools_gets_them_in_hermes_form(oai: openai.OpenAI, app: InProcess) -> None:
+    messages = [*ASK, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"}]
+    oai.chat.completions.create(model="plain", messages=messages, tools=[WEATHER_TOOL])
+    engine = _engine(app, "plain")
+    prompt = engine.detokenize(list(engine.last_request.prompt_token_ids))
+    assert "<tools>" in prompt and '"get_weather"' in prompt
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert "<tool_response>\n18C\n</tool_response>" in prompt
+
+
+def test_tool_choice_none_leaves_the_reply_as_text(oai: openai.OpenAI, app: InProcess) -> None:
+    resp = oai.chat.completions.create(model="hermes", messages=ASK, tools=[WEATHER_TOOL], tool_choice="none")
+    assert resp.choices[0].message.tool_calls is None
+    assert resp.choices[0].message.content == HERMES_REPLY
+    assert resp.choices[0].finish_reason == "stop"
+    engine = _engine(app, "hermes")
+    assert "<tools>" not in engine.detokenize(list(engine.last_request.prompt_token_ids))
+
+
+def test_named_tool_choice_is_constrained_to_a_call_of_that_function(oai: openai.OpenAI, app: InProcess) -> None:
+    resp = oai.chat.completions.create(model="constrained", messages=ASK, tools=[WEATHER_TOOL, SEARCH_TOOL],
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    [call] = resp.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert resp.choices[0].finish_reason == "tool_calls"
+    constraint = _engine(app, "constrained").last_request.sampling.constraint
+    assert isinstance(constraint, OutputConstraint) and constraint.kind == "json_schema"
+    schema = json.loads(constraint.source)
+    assert schema["properties"]["name"] == {"const": "get_weather"}
+    assert schema["properties"]["arguments"] == WEATHER_TOOL["function"]["parameters"]
+    assert schema["required"] == ["name", "arguments"]
+
+
+def test_required_tool_choice_allows_any_declared_function(oai: openai.OpenAI, app: InProcess) -> None:
+    resp = oai.chat.completions.create(model="constrained", messages=ASK, tools=[WEATHER_TOOL, SEARCH_TOOL],
+                                       tool_choice="required")
+    assert resp.choices[0].message.tool_calls[0].function.name == "get_weather"
+    schema = json.loads(_engine(app, "constrained").last_request.sampling.constraint.source)
+    assert [s["properties"]["name"]["const"] for s in schema["anyOf"]] == ["get_weather", "web_search"]
+
+
+def test_auto_sends_no_constraint(oai: openai.OpenAI, app: InProcess) -> None:
+    oai.chat.completions.create(model="hermes", messages=ASK, tools=[WEATHER_TOOL])
+    assert _engine(app, "hermes").last_request.sampling.constraint is None
+
+
+def test_parallel_tool_calls_false_keeps_one_call(app: InProcess) -> None:
+    engine = MockEngine("two-calls", reply=HERMES_REPLY + "\n" + HERMES_REPLY.split("\n", 1)[1])
+    app.state.registry._engines["two-calls"] = engine
+    body = {"model": "two-calls", "messages": ASK, "tools": [WEATHER_TOOL]}
+    both = app.client.post("/v1/chat/completions", json=body).json()
+    one = app.client.post("/v1/chat/completions", json={**body, "parallel_tool_calls": False}).json()
+    assert len(both["choices"][0]["message"]["tool_calls"]) == 2
+    assert len(one["choices"][0]["message"]["tool_calls"]) == 1
+
+
+def test_unparseable_call_stays_content(oai: openai.OpenAI, app: InProcess) -> None:
+    bad = "<tool_call>\n{not json}\n</tool_call>"
+    app.state.registry._engines["bad"] = MockEngine("bad", reply=bad)
+    resp = oai.chat.completions.create(model="bad", messages=ASK, tools=[WEATHER_TOOL])
+    assert resp.choices[0].message.content == bad
+    assert resp.choices[0].message.tool_calls is None
+    assert resp.choices[0].finish_reason == "stop"
+    streamed = list(oai.chat.completions.create(model="bad", messages=ASK, tools=[WEATHER_TOOL], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == bad
+
+
+# -- Zhipu SDKs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sdk", [zhipuai.ZhipuAI, zai.ZhipuAiClient])
+def test_zhipu_sdks_tool_call_and_thinking(app: InProcess, sdk: type) -> None:
+    client = sdk(api_key=app.key, base_url=app.zhipu_url, http_client=app.http, max_retries=0)
+    resp = client.chat.completions.create(model="glm", messages=ASK, tools=[WEATHER_TOOL],
+                                          thinking={"type": "enabled"})
+    message = resp.choices[0].message
+    assert resp.choices[0].finish_reason == "tool_calls"
+    assert message.reasoning_content == "The user wants the weather."
+    assert message.tool_calls[0].function.name == "get_weather"
+    assert json.loads(message.tool_calls[0].function.arguments) == {"city": "Paris", "days": 2}
+
+
+@pytest.mark.parametrize("sdk", [zhipuai.ZhipuAI, zai.ZhipuAiClient])
+def test_zhipu_sdks_stream_reasoning_then_a_whole_call(app: InProcess, sdk: type) -> None:
+    client = sdk(api_key=app.key, base_url=app.zhipu_url, http_client=app.http, max_retries=0)
+    chunks = list(client.chat.completions.create(model="glm", messages=ASK, tools=[WEATHER_TOOL], stream=True))
+    assert all(c.choices[0].delta.role == "assistant" for c in chunks)
+    reasoning = "".join(c.choices[0].delta.reasoning_content or "" for c in chunks)
+    assert reasoning == "The user wants the weather."
+    [call_chunk] = [c for c in chunks if c.choices[0].delta.tool_calls]
+    [call] = call_chunk.choices[0].delta.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "Paris"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == len(GLM_THINK.encode())
+
+
+def test_thinking_switch_reaches_the_template(app: InProcess) -> None:
+    engine = _engine(app, "glm-chat")
+    for thinking, ending in (("disabled", "<|assistant|>\n<think></think>"), ("enabled", "<|assistant|>")):
+        r = app.client.post("/api/paas/v4/chat/completions",
+                            json={"model": "glm-chat", "messages": ASK, "thinking": {"type": thinking}})
+        assert r.status_code == 200, r.text
+        assert engine.detokenize(list(engine.last_request.prompt_token_ids)).endswith(ending)
+    r = app.client.post("/v1/chat/completions",
+                        json={"model": "glm-chat", "messages": ASK, "reasoning_effort": "none"})
+    assert engine.detokenize(list(engine.last_request.prompt_token_ids)).endswith("<think></think>")
+    assert r.json()["choices"][0]["message"]["content"] == "Hello! 你好！"
+
+
+@pytest.mark.parametrize("path, field", [("/api/paas/v4/chat/completions", {"thinking": {"type": "enabled"}}),
+                                         ("/v1/chat/completions", {"reasoning_effort": "high"})])
+def test_thinking_on_a_model_that_cannot_think_is_refused(app: InProcess, path: str, field: dict) -> None:
+    r = app.client.post(path, json={"model": "plain", "messages": ASK, **field})
+    assert r.status_code == 400
+    assert next(iter(field)) in r.json()["error"]["message"]
+
+
+# -- LangChain ------------------------------------------------------------------------------------
+
+
+def test_langchain_bind_tools(app: InProcess) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="hermes", api_key=app.key, base_url=app.openai_url, http_client=app.http,
+                     max_retries=0)
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    reply = llm.bind_tools([get_weather]).invoke("What's the weather in Paris?")
+    assert reply.tool_calls and reply.tool_calls[0]["name"] == "get_weather"
+    assert reply.tool_calls[0]["args"] == {"city": "Paris"}
+    streamed = None
+    for part in llm.bind_tools([get_weather]).stream("What's the weather in Paris?"):
+        streamed = part if streamed is None else streamed + part
+    assert streamed.tool_calls[0]["args"] == {"city": "Paris"}
+
+
+def test_plain_http_tool_call_shape_zhipu(app: InProcess) -> None:
+    r = app.client.post("/api/paas/v4/chat/completions", json={"model": "hermes", "messages": ASK,
+                                                                 "tools": [WEATHER_TOOL]})
+    body = r.json()
+    message = body["choices"][0]["message"]
+    assert message["tool_calls"][0]["type"] == "function"
+    assert isinstance(message["tool_calls"][0]["function"]["arguments"], str)
+    assert message["content"] == "Let me check."
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
