@@ -23,6 +23,7 @@ from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.models.router import router as models_router
 from glmaas.api.state import AppState
+from glmaas.api.tokenizer.router import routes as tokenizer_routes
 
 log = logging.getLogger("glmaas.api")
 
@@ -73,6 +74,7 @@ def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
     app.router.routes.extend(chat_routes)
+    app.router.routes.extend(tokenizer_routes)
     app.include_router(models_router)
     app.include_router(admin_router)
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)

@@ -1,13 +1,20 @@
-"""Routes: `GET /v1/models` and `GET /api/paas/v4/models` (OpenAI list shape in both)."""
+"""Routes: `GET /v1/models`, `GET /api/paas/v4/models` (OpenAI list shape in both), and one
+model by id under each prefix. A model the caller's key may not use does not exist for it."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
 from glmaas.api.dialects import OPENAI, ZHIPU
+from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.requests import app_state, authenticate
+from glmaas.engines.base import ModelInfo
 
 router = APIRouter()
+
+
+def _model(info: ModelInfo, created: int) -> dict:
+    return {"id": info.model_id, "object": "model", "created": created, "owned_by": info.owned_by}
 
 
 @router.get(OPENAI.path("/models"))
@@ -16,9 +23,16 @@ async def list_models(request: Request) -> dict:
     principal = authenticate(request)
     state = app_state(request)
     started = int(state.started_at)
-    data = [
-        {"id": info.model_id, "object": "model", "created": started, "owned_by": info.owned_by}
-        for info in state.registry.models()
-        if principal.may_use(info.model_id)
-    ]
+    data = [_model(info, started) for info in state.registry.models() if principal.may_use(info.model_id)]
     return {"object": "list", "data": data}
+
+
+@router.get(OPENAI.path("/models/{model_id:path}"))
+@router.get(ZHIPU.path("/models/{model_id:path}"))
+async def retrieve_model(request: Request, model_id: str) -> dict:
+    principal = authenticate(request)
+    state = app_state(request)
+    engine = state.registry.get(model_id)
+    if engine is None or not principal.may_use(model_id):
+        raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {model_id!r} does not exist.", param="model")
+    return _model(engine.info, int(state.started_at))
