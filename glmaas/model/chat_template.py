@@ -11,6 +11,7 @@ results written in that format, so every model can be offered tools.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -89,14 +90,11 @@ def render_chat(
     eos_token: str = "",
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = True,
-    enable_thinking: bool | None = None,
+    switches: Mapping[str, Any] | None = None,
 ) -> str:
-    """The prompt text for `messages`, ending with the assistant's turn header.
-    `enable_thinking` (None: the template's default) is the thinking switch of templates that
-    have one (GLM-4.5+, Qwen 3)."""
-    switches: dict[str, Any] = {}
-    if enable_thinking is not None:
-        switches["enable_thinking"] = enable_thinking
+    """The prompt text for `messages`, ending with the assistant's turn header. `switches` are
+    the template's own variables (`enable_thinking` of GLM-4.5+ and Qwen 3, `clear_thinking` of
+    GLM-4.7)."""
     if not takes_tools(template):
         messages, tools = tools_as_messages(messages, tools), None
     try:
@@ -106,7 +104,7 @@ def render_chat(
             bos_token=bos_token,
             eos_token=eos_token,
             add_generation_prompt=add_generation_prompt,
-            **switches,
+            **(switches or {}),
         )
     except ChatTemplateError:
         raise

@@ -269,3 +269,28 @@ def test_plain_http_tool_call_shape_zhipu(app: InProcess) -> None:
     assert isinstance(message["tool_calls"][0]["function"]["arguments"], str)
     assert message["content"] == "Let me check."
     assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def _chunks(text: str) -> list[dict]:
+    return [json.loads(line[6:]) for line in text.splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_zhipu_tool_stream_sends_the_arguments_apart(app: InProcess) -> None:
+    body = {"model": "hermes", "messages": ASK, "tools": [WEATHER_TOOL], "stream": True}
+    whole = _chunks(app.client.post("/api/paas/v4/chat/completions", json=body).text)
+    apart = _chunks(app.client.post("/api/paas/v4/chat/completions", json={**body, "tool_stream": True}).text)
+    whole_parts = [p for c in whole for p in c["choices"][0]["delta"].get("tool_calls", [])]
+    apart_parts = [p for c in apart for p in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert len(whole_parts) == 1 and json.loads(whole_parts[0]["function"]["arguments"]) == {"city": "Paris"}
+    assert [p["index"] for p in apart_parts] == [0, 0]
+    assert apart_parts[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert set(apart_parts[1]) == {"index", "function"}
+    assert json.loads(apart_parts[1]["function"]["arguments"]) == {"city": "Paris"}
+
+
+def test_clear_thinking_needs_a_template_with_that_switch(app: InProcess) -> None:
+    r = app.client.post("/api/paas/v4/chat/completions", json={
+        "model": "glm-chat", "messages": ASK, "thinking": {"type": "enabled", "clear_thinking": False}})
+    assert r.status_code == 400
+    assert "clear_thinking" in r.json()["error"]["message"]

@@ -121,6 +121,7 @@ class NamedToolChoice(_Lenient):
 
 class Thinking(_Lenient):
     type: Literal["enabled", "disabled"]
+    clear_thinking: bool | None = None  # GLM-4.7: false keeps past turns' reasoning in the prompt
 
 
 # Documented request fields glmaas cannot honour, with the values that ask for nothing (None:
@@ -232,6 +233,7 @@ class ChatRequest:
     tool_stream: bool = False  # the client wants a call's arguments in their own delta
     thinking: bool | None = None  # None: the model's default
     thinking_param: str = "thinking"  # the field that set it, to name in a refusal
+    clear_thinking: bool | None = None
 
 
 def _message(m: Message) -> dict[str, Any]:
@@ -289,6 +291,7 @@ def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
         tool_stream=bool(body.tool_stream),
         thinking=_thinking(body),
         thinking_param="reasoning_effort" if body.thinking is None else "thinking",
+        clear_thinking=body.thinking.clear_thinking if body.thinking else None,
     )
 
 

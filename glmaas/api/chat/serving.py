@@ -22,7 +22,7 @@ from glmaas.api.chat.protocol import (
 from glmaas.api.chat.tools import (
     output_parser,
     prompt_tools,
-    thinking_switch,
+    template_switches,
     tool_call_constraint,
 )
 from glmaas.api.dialects import Dialect
@@ -67,7 +67,7 @@ def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tupl
     try:
         text = render_chat(info.chat_template or "", chat.messages, bos_token=info.bos_token,
                            eos_token=info.eos_token, tools=prompt_tools(chat),
-                           enable_thinking=thinking_switch(info, chat))
+                           switches=template_switches(info, chat))
     except ChatTemplateError as exc:
         raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid messages: {exc}", param="messages") from None
     return engine, text, tuple(engine.tokenize(text))

@@ -68,18 +68,28 @@ def prompt_tools(chat: ChatRequest) -> list[dict[str, Any]] | None:
     return chat.tools
 
 
-def thinking_switch(info: ModelInfo, chat: ChatRequest) -> bool | None:
-    """The value of the template's `enable_thinking` (None: leave the template's default); a
-    request for what the model cannot do (thinking on a model that does not think, or off on one
-    that always does) is a 400."""
-    if chat.thinking is None or has_thinking_switch(info.chat_template):
-        return chat.thinking
-    if chat.thinking == model_thinks(info.chat_template):
-        return None
-    wish = "thinking" if chat.thinking else "turning thinking off"
-    raise ApiError(ErrorKind.INVALID_REQUEST,
-                   f"The model {info.model_id!r} does not support {wish} ({chat.thinking_param}).",
-                   param=chat.thinking_param)
+def template_switches(info: ModelInfo, chat: ChatRequest) -> dict[str, Any]:
+    """The template variables the request sets: `enable_thinking` where the template has that
+    switch, `clear_thinking` where it has that one. Asking for what the model cannot do (thinking
+    on a model that does not think, off on one that always does, keeping past reasoning on one
+    that cannot) is a 400."""
+    template = info.chat_template or ""
+    switches: dict[str, Any] = {}
+    if chat.thinking is not None:
+        if has_thinking_switch(template):
+            switches["enable_thinking"] = chat.thinking
+        elif chat.thinking != model_thinks(template):
+            wish = "thinking" if chat.thinking else "turning thinking off"
+            raise ApiError(ErrorKind.INVALID_REQUEST,
+                           f"The model {info.model_id!r} does not support {wish} ({chat.thinking_param}).",
+                           param=chat.thinking_param)
+    if chat.clear_thinking is not None:
+        if "clear_thinking" not in template:
+            raise ApiError(ErrorKind.INVALID_REQUEST,
+                           f"The model {info.model_id!r} has no thinking.clear_thinking switch.",
+                           param="thinking.clear_thinking")
+        switches["clear_thinking"] = chat.clear_thinking
+    return switches
 
 
 def _tool_parser(info: ModelInfo, chat: ChatRequest) -> ToolCallParser | None:
