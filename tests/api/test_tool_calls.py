@@ -3,14 +3,16 @@ the app in process. Mock engines write replies in the GLM-4.5 and Hermes formats
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import AsyncIterator
 
 import openai
 import pytest
 import zai
 import zhipuai
 
-from glmaas.engines.base import OutputConstraint
+from glmaas.engines.base import Delta, GenerationRequest, OutputConstraint
 from glmaas.engines.mock import MockEngine
 from tests.api.inprocess import FIXTURES, InProcess
 
@@ -30,13 +32,26 @@ HERMES_REPLY = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments":
 CONSTRAINED_REPLY = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 
 
+class GrammarFollowingMock(MockEngine):
+    """Stands for an engine that follows output constraints: its fixed reply is one the constraint
+    allows. It keeps the constraint it was sent for the test to check."""
+
+    constraint: OutputConstraint | None = None
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self.constraint = request.sampling.constraint
+        plain = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, constraint=None))
+        async for delta in super().generate(plain):
+            yield delta
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
     engines = (
         MockEngine("glm", chat_template=GLM45_TEMPLATE, reply=GLM_THINK + GLM_CALL),
         MockEngine("glm-chat", chat_template=GLM45_TEMPLATE, reply="<think>A greeting.</think>\nHello! 你好！"),
         MockEngine("hermes", reply=HERMES_REPLY),  # ChatML template without tools: the Hermes fallback
-        MockEngine("constrained", reply=CONSTRAINED_REPLY),
+        GrammarFollowingMock("constrained", reply=CONSTRAINED_REPLY),
         MockEngine("plain"),
     )
     inproc = InProcess(tmp_path_factory.mktemp("tools"), *engines)
@@ -146,7 +161,7 @@ def test_named_tool_choice_is_constrained_to_a_call_of_that_function(oai: openai
     [call] = resp.choices[0].message.tool_calls
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
     assert resp.choices[0].finish_reason == "tool_calls"
-    constraint = _engine(app, "constrained").last_request.sampling.constraint
+    constraint = _engine(app, "constrained").constraint
     assert isinstance(constraint, OutputConstraint) and constraint.kind == "json_schema"
     schema = json.loads(constraint.source)
     assert schema["properties"]["name"] == {"const": "get_weather"}
@@ -158,7 +173,7 @@ def test_required_tool_choice_allows_any_declared_function(oai: openai.OpenAI, a
     resp = oai.chat.completions.create(model="constrained", messages=ASK, tools=[WEATHER_TOOL, SEARCH_TOOL],
                                        tool_choice="required")
     assert resp.choices[0].message.tool_calls[0].function.name == "get_weather"
-    schema = json.loads(_engine(app, "constrained").last_request.sampling.constraint.source)
+    schema = json.loads(_engine(app, "constrained").constraint.source)
     assert [s["properties"]["name"]["const"] for s in schema["anyOf"]] == ["get_weather", "web_search"]
 
 
