@@ -30,6 +30,7 @@ GLM_CALL = ("\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris
             "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>")
 HERMES_REPLY = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 CONSTRAINED_REPLY = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+BAD_CALL = "<tool_call>\n{not json}\n</tool_call>"
 
 
 class GrammarFollowingMock(MockEngine):
@@ -53,6 +54,9 @@ def app(tmp_path_factory: pytest.TempPathFactory):
         MockEngine("hermes", reply=HERMES_REPLY),  # ChatML template without tools: the Hermes fallback
         GrammarFollowingMock("constrained", reply=CONSTRAINED_REPLY),
         MockEngine("plain"),
+        MockEngine("two-calls", reply=HERMES_REPLY + "\n" + HERMES_REPLY.split("\n", 1)[1]),
+        MockEngine("bad", reply=BAD_CALL),
+        MockEngine("glm-opt", reply=GLM_CALL.strip(), tool_parser="glm45"),
     )
     inproc = InProcess(tmp_path_factory.mktemp("tools"), *engines)
     yield inproc
@@ -183,8 +187,6 @@ def test_auto_sends_no_constraint(oai: openai.OpenAI, app: InProcess) -> None:
 
 
 def test_parallel_tool_calls_false_keeps_one_call(app: InProcess) -> None:
-    engine = MockEngine("two-calls", reply=HERMES_REPLY + "\n" + HERMES_REPLY.split("\n", 1)[1])
-    app.state.registry._engines["two-calls"] = engine
     body = {"model": "two-calls", "messages": ASK, "tools": [WEATHER_TOOL]}
     both = app.client.post("/v1/chat/completions", json=body).json()
     one = app.client.post("/v1/chat/completions", json={**body, "parallel_tool_calls": False}).json()
@@ -193,14 +195,12 @@ def test_parallel_tool_calls_false_keeps_one_call(app: InProcess) -> None:
 
 
 def test_unparseable_call_stays_content(oai: openai.OpenAI, app: InProcess) -> None:
-    bad = "<tool_call>\n{not json}\n</tool_call>"
-    app.state.registry._engines["bad"] = MockEngine("bad", reply=bad)
     resp = oai.chat.completions.create(model="bad", messages=ASK, tools=[WEATHER_TOOL])
-    assert resp.choices[0].message.content == bad
+    assert resp.choices[0].message.content == BAD_CALL
     assert resp.choices[0].message.tool_calls is None
     assert resp.choices[0].finish_reason == "stop"
     streamed = list(oai.chat.completions.create(model="bad", messages=ASK, tools=[WEATHER_TOOL], stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in streamed) == bad
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == BAD_CALL
 
 
 # -- Zhipu SDKs -----------------------------------------------------------------------------------
@@ -309,3 +309,10 @@ def test_clear_thinking_needs_a_template_with_that_switch(app: InProcess) -> Non
         "model": "glm-chat", "messages": ASK, "thinking": {"type": "enabled", "clear_thinking": False}})
     assert r.status_code == 400
     assert "clear_thinking" in r.json()["error"]["message"]
+
+
+def test_tool_parser_option_overrides_the_template(app: InProcess) -> None:
+    """A ChatML template says nothing of GLM's format; the engine option does."""
+    r = app.client.post("/v1/chat/completions", json={"model": "glm-opt", "messages": ASK, "tools": [WEATHER_TOOL]})
+    [call] = r.json()["choices"][0]["message"]["tool_calls"]
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "days": 2}

@@ -150,3 +150,13 @@ def test_content_streams_before_the_call_is_complete() -> None:
 ])
 def test_parser_detected_from_the_template(template: str, parser: str | None) -> None:
     assert detect_tool_parser(template) == parser
+
+
+def test_tool_parser_engine_option() -> None:
+    from glmaas.engines.base import EngineError
+    from glmaas.engines.registry import build_engine
+
+    assert build_engine("m", "mock:tool_parser=glm45").info.tool_parser == "glm45"
+    assert build_engine("m", "mock").info.tool_parser is None
+    with pytest.raises(EngineError, match="tool_parser"):
+        build_engine("m", "mock:tool_parser=nope")
