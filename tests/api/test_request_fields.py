@@ -57,6 +57,7 @@ def _events(body: str) -> list[dict | str]:
     ("service_tier", "flex"),
     ("watermark_enabled", True),
     ("meta", {"bot_name": "x"}),
+    ("extra", {"target": {"path": "a.py", "language": "python", "code_prefix": "def"}}),
     ("tools", [{"type": "retrieval", "retrieval": {"knowledge_id": "k"}}]),
     ("tool_choice", {"type": "function", "function": {"name": "not_declared"}}),
     ("tool_choice", "required"),

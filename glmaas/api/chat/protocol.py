@@ -138,6 +138,7 @@ UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "watermark_enabled": ((False,), "watermarking is not supported"),
     "sensitive_word_check": (({"type": "ALL", "status": "DISABLE"},), "content review is not offered"),
     "meta": ((), "role-play metadata ('meta', CharGLM) is not supported"),
+    "extra": ((), "code-completion context ('extra', CodeGeeX) is not supported"),
 }
 
 
@@ -175,6 +176,7 @@ class ChatCompletionRequest(_Lenient):
     watermark_enabled: Any = None
     sensitive_word_check: Any = None
     meta: Any = None
+    extra: Any = None
 
     @field_validator(*UNSUPPORTED)
     @classmethod
