@@ -108,5 +108,5 @@ def render_chat(
         )
     except ChatTemplateError:
         raise
-    except TemplateError as exc:
+    except (TemplateError, TypeError) as exc:  # TypeError: e.g. a string added to a mapping
         raise ChatTemplateError(f"the chat template failed: {exc}") from None
