@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,11 @@ import urllib.request
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+try:
+    from glmaas.benchmarks import harness
+except ImportError:
+    sys.exit("run this with the project's Python: .venv/bin/python bench/gateway.py")
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "gateway"
@@ -154,40 +158,17 @@ def core_ticks(core: str) -> tuple[int, int]:
     raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(name: str, argv: list[str], health: str, workdir: Path, env: dict | None = None):
-    """Start a server, wait until `health` answers 200, yield its Popen; stop it afterwards."""
-    log = workdir / f"{name}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+def serve(stack: ExitStack, name: str, argv: list[str], health: str, workdir: Path,
+          env: dict | None = None) -> harness.ServerProcess:
+    """Start a server, logging to `workdir/NAME.log`, and wait until `health` answers 200; it stops
+    when `stack` closes. A server that does not come up ends the run with the end of its log."""
+    server = harness.ServerProcess(name, argv, ready_url=health, log=workdir / f"{name}.log", env=env, cwd=workdir)
+    stack.enter_context(server.start())
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                sys.exit(f"{name} exited with {proc.returncode}; its log:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(health, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit(f"{name}: no answer from {health}; its log:\n{log.read_text()[-4000:]}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.wait_ready(timeout=180)
+    except harness.ServerFailed as exc:
+        sys.exit(str(exc))
+    return server
 
 
 # --- requests and load ------------------------------------------------------------------------
@@ -322,7 +303,8 @@ def start_glmaas(stack: ExitStack, system: str, work: Path, database_url: str | 
     """An account with a balance and a price for the model; a key with limits far above the load
     and one allowed PROBE_RPM requests per minute; then the server (from `tree`)."""
     name = system.replace(" ", "-").replace("+", "-").replace("@", "-")
-    store = ["--data-dir", str(work / name)] + (["--database-url", database_url] if database_url else [])
+    database = ["--database-url", database_url] if database_url else []
+    store = ["--data-dir", str(work / name), *database]
 
     def cli(*args: str) -> str:
         return glmaas_cli(*args, store=store, tree=tree)
@@ -334,14 +316,17 @@ def start_glmaas(stack: ExitStack, system: str, work: Path, database_url: str | 
     key = cli("keys", "create", "--account", "bench", "--name", "bench", "--rpm", str(RPM),
               "--tpm", str(TPM), "--concurrency", str(CONCURRENCY))
     probe_key = cli("keys", "create", "--account", "bench", "--name", "limited", "--rpm", str(PROBE_RPM))
-    port = free_port()
-    argv = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "glmaas", "serve", "--host", HOST,
-            "--port", str(port), "--no-default-model", "--model", "mock=mock", *store]
+    args = ["--no-default-model", "--model", "mock=mock", *database]
     if redis_url:
-        argv += ["--redis-url", redis_url]
-    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/healthz", work, tree_env(tree)))
-    return Target(system, f"http://{HOST}:{port}/v1/chat/completions", key.strip().splitlines()[-1],
-                  proc.pid, probe_key.strip().splitlines()[-1], "mock", store)
+        args += ["--redis-url", redis_url]
+    try:
+        server = harness.start_glmaas(work / name, *args, env=tree_env(tree), host=HOST, log=work / f"{name}.log",
+                                      cwd=work, prefix=["taskset", "-c", SERVER_CORE], timeout=180)
+    except harness.ServerFailed as exc:
+        sys.exit(str(exc))
+    stack.callback(server.stop)
+    return Target(system, f"{server.openai_url}/chat/completions", key.strip().splitlines()[-1],
+                  server.pid, probe_key.strip().splitlines()[-1], "mock", store)
 
 
 def check_books(t: Target, phases: list[Phase], price_micro: float) -> str:
@@ -422,22 +407,21 @@ def litellm_env() -> dict:
 
 
 def start_upstream(stack: ExitStack, name: str, work: Path, core: str) -> Target:
-    port = free_port()
+    port = harness.free_port(HOST)
     argv = ["taskset", "-c", core, sys.executable, str(HERE / "upstream.py"), "--port", str(port)]
-    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/v1/models", work))
-    return Target(name, f"http://{HOST}:{port}/v1/chat/completions", None, proc.pid)
+    server = serve(stack, name, argv, f"http://{HOST}:{port}/v1/models", work)
+    return Target(name, f"http://{HOST}:{port}/v1/chat/completions", None, server.pid)
 
 
 def start_litellm(stack: ExitStack, system: str, work: Path, upstream_url: str, with_redis: bool) -> Target:
     name = system.replace("+", "-")
     config = work / f"{name}.json"  # YAML is a superset of JSON
     config.write_text(json.dumps(litellm_config(upstream_url, with_redis), indent=2))
-    port = free_port()
+    port = harness.free_port(HOST)
     argv = ["taskset", "-c", SERVER_CORE, str(litellm_bin()), "--config", str(config),
             "--host", HOST, "--port", str(port), "--num_workers", "1"]
-    proc = stack.enter_context(serve(name, argv, f"http://{HOST}:{port}/health/liveliness", work,
-                                     env=litellm_env()))
-    return Target(system, f"http://{HOST}:{port}/v1/chat/completions", MASTER_KEY, proc.pid,
+    server = serve(stack, name, argv, f"http://{HOST}:{port}/health/liveliness", work, env=litellm_env())
+    return Target(system, f"http://{HOST}:{port}/v1/chat/completions", MASTER_KEY, server.pid,
                   MASTER_KEY, "mock-limited")
 
 
@@ -545,10 +529,6 @@ def main() -> None:
     for tool, hint in (("wrk", "apt-get install -y wrk"), ("taskset", "apt-get install -y util-linux")):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing; install it: {hint}")
-    try:
-        import glmaas  # noqa: F401
-    except ImportError:
-        sys.exit("run this with the project's Python: .venv/bin/python bench/gateway.py")
     if "litellm" in systems or "litellm+redis" in systems:
         litellm_bin()
 

@@ -1,19 +1,19 @@
-"""Shared fixtures: a real `glmaas serve` process on a free port, and the CLI."""
+"""Shared fixtures: a real `glmaas serve` process on a free port (started by the server harness of
+`glmaas.benchmarks.harness`), and the CLI."""
 
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from glmaas.benchmarks.harness import GlmaasProcess, start_glmaas
 from tests.shared_state import UNREACHABLE, pg_url, redis_url  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,12 +27,6 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
                                     red=True, bold=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_cli(*args: str, data_dir: Path, env: dict[str, str] | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -42,27 +36,24 @@ def run_cli(*args: str, data_dir: Path, env: dict[str, str] | None = None,
     )
 
 
-@dataclass
-class Server:
-    """A running `glmaas serve` process."""
+class ServerUnderTest:
+    """What the tests need of a glmaas server, run as a process (`Server`) or in the tests' own
+    process (`tests.inprocess.AppServer`): HTTP clients, the operator's CLI on its data dir, and
+    its usage records."""
 
     data_dir: Path
-    port: int
-    proc: subprocess.Popen
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] | None
+    base_url: str  # e.g. http://127.0.0.1:PORT
+    openai_url: str  # base_url + /v1
+    zhipu_url: str  # base_url + /api/paas/v4
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def client(self, **options) -> httpx.Client:  # type: ignore[no-untyped-def]
+        """An HTTP client of this server; `options` are httpx.Client's."""
+        raise NotImplementedError
 
-    @property
-    def openai_url(self) -> str:
-        return f"{self.base_url}/v1"
-
-    @property
-    def zhipu_url(self) -> str:
-        return f"{self.base_url}/api/paas/v4"
+    def alive(self) -> bool:
+        """Whether the server still serves."""
+        raise NotImplementedError
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, data_dir=self.data_dir, env=self.env, check=check)
@@ -91,44 +82,20 @@ class Server:
                 return rows[0]
             time.sleep(0.05)
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+class Server(GlmaasProcess, ServerUnderTest):
+    """A running `glmaas serve` process."""
+
+    def client(self, **options) -> httpx.Client:  # type: ignore[no-untyped-def]
+        return httpx.Client(base_url=self.base_url, **options)
 
 
 def start_server(data_dir: Path, *args: str, env: dict[str, str] | None = None,
                  timeout: float = 60.0) -> Server:
     """Start `glmaas serve` with `args` and wait until it answers."""
-    port = free_port()
-    log = data_dir / f"server-{port}.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "glmaas", "serve", "--port", str(port), "--data-dir", str(data_dir),
-         *args],
-        cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
-    server = Server(data_dir, port, proc, log, env or {})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"glmaas serve exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"glmaas serve did not start in {timeout}s:\n{log.read_text()}")
+    server = start_glmaas(data_dir, *args, env=env, cwd=ROOT, timeout=timeout, cls=Server)
+    assert isinstance(server, Server)
+    return server
 
 
 MOCK_MODELS = ("--no-default-model", "--model", "mock=mock", "--model", "slow=mock:delay=0.05",

@@ -1,21 +1,21 @@
-"""Start the servers a benchmark compares, each as its own process on a free local port."""
+"""Start the servers a benchmark compares, each as its own process on a free local port (with the
+server harness of `glmaas.benchmarks.harness`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from glmaas.benchmarks.harness import LOCALHOST, free_port, start_glmaas, start_process
 from glmaas.engines.registry import DEFAULT_MODEL_ID
+
+READY_TIMEOUT_S = 120.0  # loading a GGUF on a busy machine
 
 
 @dataclass(frozen=True)
@@ -25,38 +25,6 @@ class Server:
     api_key: str
     model: str
     pid: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(base_url: str, api_key: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    """Poll `GET /models` until it answers 200; fail early if the process died."""
-    deadline = time.monotonic() + timeout_s
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{base_url} did not become ready in {timeout_s:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -70,21 +38,11 @@ def glmaas_server(model_path: Path, engine_options: str = "", log_path: str | No
             capture_output=True, text=True, check=True, env=env,
         )
         key = created.stdout.strip().splitlines()[-1]
-        port = free_port()
         spec = f"llamacpp:{model_path}" + (f",{engine_options}" if engine_options else "")
-        log = open(log_path or os.devnull, "w")  # noqa: SIM115 - closed when the server stops
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "glmaas", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--data-dir", data_dir, "--model", f"{DEFAULT_MODEL_ID}={spec}"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-        try:
-            base_url = f"http://127.0.0.1:{port}/v1"
-            wait_ready(base_url, key, proc)
-            yield Server("glmaas", base_url, key, DEFAULT_MODEL_ID, proc.pid)
-        finally:
-            _stop(proc)
-            log.close()
+        log = Path(log_path) if log_path else None
+        with start_glmaas(Path(data_dir), "--model", f"{DEFAULT_MODEL_ID}={spec}", env=env, log=log,
+                          timeout=READY_TIMEOUT_S) as server:
+            yield Server("glmaas", server.openai_url, key, DEFAULT_MODEL_ID, server.pid)
 
 
 @contextlib.contextmanager
@@ -93,18 +51,11 @@ def llama_cpp_server(model_path: Path, threads: int, n_ctx: int = 2048, log_path
     request does not interrupt the one running (`--interrupt_requests False`), the thread count
     that suits the machine, and the chat template from the GGUF."""
     port = free_port()
-    log = open(log_path or os.devnull, "w")  # noqa: SIM115 - closed when the server stops
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
-         "--model_alias", DEFAULT_MODEL_ID, "--host", "127.0.0.1", "--port", str(port),
-         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
-         "--interrupt_requests", "False"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_ready(base_url, "", proc)
-        yield Server("llama_cpp.server", base_url, "", DEFAULT_MODEL_ID, proc.pid)
-    finally:
-        _stop(proc)
-        log.close()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
+            "--model_alias", DEFAULT_MODEL_ID, "--host", LOCALHOST, "--port", str(port),
+            "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
+            "--interrupt_requests", "False"]
+    base_url = f"http://{LOCALHOST}:{port}/v1"
+    with start_process("llama_cpp.server", argv, ready_url=f"{base_url}/models",
+                       log=Path(log_path) if log_path else None, timeout=READY_TIMEOUT_S) as server:
+        yield Server("llama_cpp.server", base_url, "", DEFAULT_MODEL_ID, server.pid)

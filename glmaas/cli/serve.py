@@ -27,10 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve)
 
 
-def serve(args: argparse.Namespace) -> int:
-    from glmaas.server import build_state, run
-
-    settings = config.Settings(
+def settings_from(args: argparse.Namespace) -> config.Settings:
+    """The deployment `serve`'s options describe."""
+    return config.Settings(
         data_dir=config.resolve_data_dir(args.data_dir),
         database_url=args.database_url,
         redis_url=args.redis_url,
@@ -40,5 +39,11 @@ def serve(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         usage_retention_days=args.usage_retention_days,
     )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from glmaas.server import build_state, run
+
+    settings = settings_from(args)
     run(build_state(settings), settings, host=args.host, port=args.port)
     return 0

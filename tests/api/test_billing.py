@@ -1,4 +1,7 @@
-"""Prepaid balances through the API: exact charges, refusals, and what each way of ending costs."""
+"""Prepaid balances through the API: exact charges, refusals, and what each way of ending costs.
+
+The app runs in this process; a client that goes away mid-stream, and the OpenAI SDK, talk to a
+`glmaas serve` process."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from tests.api.billing_helpers import (
     price_all,
     query,
 )
-from tests.conftest import Server, start_server
+from tests.conftest import Server, ServerUnderTest, start_server
+from tests.inprocess import AppServer
 
 MODELS = ("--no-default-model", "--model", "mock=mock", "--model", "slow=mock:delay=0.05,repeat=3",
           "--model", "faulty=mock:fail_after=5", "--model", "free=mock",
@@ -25,23 +29,33 @@ MODELS = ("--no-default-model", "--model", "mock=mock", "--model", "slow=mock:de
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(tmp_path_factory.mktemp("billing"), *MODELS)
+    srv = AppServer(tmp_path_factory.mktemp("billing"), *MODELS)
     price_all(srv, "mock", "slow", "faulty")
     yield srv
     srv.stop()
 
 
-def _chat(server: Server, key: str, dialect: str = "zhipu", **body) -> httpx.Response:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def process(tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(tmp_path_factory.mktemp("billing-process"), *MODELS)
+    price_all(srv, "mock", "slow", "faulty")
+    yield srv
+    srv.stop()
+
+
+def _chat(server: ServerUnderTest, key: str, dialect: str = "zhipu",
+          **body) -> httpx.Response:  # type: ignore[no-untyped-def]
     url = server.zhipu_url if dialect == "zhipu" else server.openai_url
     payload = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], **body}
-    return httpx.post(f"{url}/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"},
-                      timeout=15)
+    with server.client(timeout=15) as http:
+        return http.post(f"{url}/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"})
 
 
-def _stream_lines(server: Server, key: str, body: dict, stop_after: int | None = None) -> list[dict]:
+def _stream_lines(server: ServerUnderTest, key: str, body: dict, stop_after: int | None = None) -> list[dict]:
     chunks = []
-    with httpx.stream("POST", f"{server.zhipu_url}/chat/completions", json={**body, "stream": True},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=15) as r:
+    with server.client(timeout=15) as http, http.stream(
+            "POST", f"{server.zhipu_url}/chat/completions", json={**body, "stream": True},
+            headers={"Authorization": f"Bearer {key}"}) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data: {"):
@@ -51,7 +65,7 @@ def _stream_lines(server: Server, key: str, body: dict, stop_after: int | None =
     return chunks
 
 
-def test_a_request_is_charged_its_exact_cost(server: Server) -> None:
+def test_a_request_is_charged_its_exact_cost(server: AppServer) -> None:
     key = funded_key(server, "exact", "1")
     r = _chat(server, key, max_tokens=7, request_id="exact-1")
     usage = r.json()["usage"]
@@ -65,13 +79,13 @@ def test_a_request_is_charged_its_exact_cost(server: Server) -> None:
     assert_books_balance(server)
 
 
-def test_free_model_needs_no_balance(server: Server) -> None:
+def test_free_model_needs_no_balance(server: AppServer) -> None:
     key = funded_key(server, "broke", "0")
     assert _chat(server, key, model="free").status_code == 200
 
 
 @pytest.mark.parametrize("dialect", ["zhipu", "openai"])
-def test_insufficient_balance_is_refused_and_costs_nothing(server: Server, dialect: str) -> None:
+def test_insufficient_balance_is_refused_and_costs_nothing(server: AppServer, dialect: str) -> None:
     key = funded_key(server, f"poor-{dialect}", "0.0001")
     r = _chat(server, key, dialect, max_tokens=100)
     assert r.status_code == 429
@@ -83,35 +97,35 @@ def test_insufficient_balance_is_refused_and_costs_nothing(server: Server, diale
     assert _chat(server, key, dialect, max_tokens=1).status_code == 200
 
 
-def test_openai_sdk_sees_insufficient_quota(server: Server) -> None:
-    key = funded_key(server, "poor-sdk", "0.0001")
-    client = openai.OpenAI(api_key=key, base_url=server.openai_url, max_retries=0)
+def test_openai_sdk_sees_insufficient_quota(process: Server) -> None:
+    key = funded_key(process, "poor-sdk", "0.0001")
+    client = openai.OpenAI(api_key=key, base_url=process.openai_url, max_retries=0)
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}], max_tokens=500)
     assert info.value.code == "insufficient_quota"
 
 
-def test_key_budget(server: Server) -> None:
+def test_key_budget(server: AppServer) -> None:
     key = funded_key(server, "budgeted", "1", budget="0.0005")  # 500 micro-units
     assert _chat(server, key, max_tokens=5).status_code == 200
     r = _chat(server, key, max_tokens=100)
     assert r.status_code == 429 and r.json()["error"]["code"] == "1113"
 
 
-def test_client_disconnect_costs_the_tokens_produced(server: Server) -> None:
-    key = funded_key(server, "leaver", "1")
-    chunks = _stream_lines(server, key, {"model": "slow", "messages": [{"role": "user", "content": "hi"}],
-                                         "request_id": "leave-1"}, stop_after=5)
-    row = server.wait_usage("leave-1")
+def test_client_disconnect_costs_the_tokens_produced(process: Server) -> None:
+    key = funded_key(process, "leaver", "1")
+    chunks = _stream_lines(process, key, {"model": "slow", "messages": [{"role": "user", "content": "hi"}],
+                                          "request_id": "leave-1"}, stop_after=5)
+    row = process.wait_usage("leave-1")
     assert row["status"] == "aborted"
     delivered = len(chunks) - 1  # the first chunk carries the role only
     assert delivered <= row["completion_tokens"] <= delivered + 2
     assert row["cost"] == expected_cost(row["prompt_tokens"], row["completion_tokens"])
-    assert balance_micro(server, "leaver") == 1_000_000 - row["cost"]
-    assert_books_balance(server)
+    assert balance_micro(process, "leaver") == 1_000_000 - row["cost"]
+    assert_books_balance(process)
 
 
-def test_engine_fault_mid_stream_costs_the_tokens_produced(server: Server) -> None:
+def test_engine_fault_mid_stream_costs_the_tokens_produced(server: AppServer) -> None:
     key = funded_key(server, "faulted", "1")
     chunks = _stream_lines(server, key, {"model": "faulty", "messages": [{"role": "user", "content": "hi"}],
                                          "request_id": "fault-1"})
@@ -124,7 +138,7 @@ def test_engine_fault_mid_stream_costs_the_tokens_produced(server: Server) -> No
     assert balance_micro(server, "faulted") == 1_000_000 - row["cost"]
 
 
-def test_engine_fault_without_stream_is_500_and_free(server: Server) -> None:
+def test_engine_fault_without_stream_is_500_and_free(server: AppServer) -> None:
     key = funded_key(server, "faulted-plain", "1")
     r = _chat(server, key, model="faulty", request_id="fault-plain-1")
     assert r.status_code == 500 and r.json()["error"]["code"] == "1234"
@@ -133,7 +147,7 @@ def test_engine_fault_without_stream_is_500_and_free(server: Server) -> None:
     assert balance_micro(server, "faulted-plain") == 1_000_000
 
 
-def test_timeout_mid_stream_costs_the_tokens_produced(server: Server) -> None:
+def test_timeout_mid_stream_costs_the_tokens_produced(server: AppServer) -> None:
     key = funded_key(server, "slowpoke", "1")
     chunks = _stream_lines(server, key, {"model": "slow", "messages": [{"role": "user", "content": "hi"}],
                                          "request_id": "timeout-1"})
@@ -146,7 +160,7 @@ def test_timeout_mid_stream_costs_the_tokens_produced(server: Server) -> None:
     assert row["cost"] == expected_cost(row["prompt_tokens"], row["completion_tokens"])
 
 
-def test_duplicate_request_id_is_refused_within_an_account_only(server: Server) -> None:
+def test_duplicate_request_id_is_refused_within_an_account_only(server: AppServer) -> None:
     a = funded_key(server, "dup-a", "1")
     b = funded_key(server, "dup-b", "1")
     assert _chat(server, a, request_id="same-id").status_code == 200
