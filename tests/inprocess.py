@@ -19,7 +19,7 @@ import concurrent.futures
 import io
 import subprocess
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,8 @@ import httpx
 from glmaas.api.app import create_app
 from glmaas.cli import build_parser, main
 from glmaas.cli.serve import settings_from
+from glmaas.engines.base import Engine
+from glmaas.engines.registry import ModelRegistry
 from glmaas.server import build_state
 from tests.conftest import ServerUnderTest
 
@@ -70,10 +72,16 @@ class AppServer(ServerUnderTest):
     openai_url = f"{base_url}/v1"
     zhipu_url = f"{base_url}/api/paas/v4"
 
-    def __init__(self, data_dir: Path, *serve_args: str) -> None:
+    def __init__(self, data_dir: Path, *serve_args: str, engines: Iterable[Engine] = ()) -> None:
+        """`engines`: models served beside those of `serve_args`, for engines no `--model` spec
+        can describe (a mock writing in a given chat template, a stand-in engine)."""
         self.data_dir, self.env = data_dir, None
         options = build_parser().parse_args(["serve", "--data-dir", str(data_dir), *serve_args])
-        self.app = create_app(build_state(settings_from(options)))
+        state = build_state(settings_from(options))
+        if engines:
+            served = {info.model_id: state.registry.get(info.model_id) for info in state.registry.models()}
+            state.registry = ModelRegistry({**served, **{e.info.model_id: e for e in engines}})
+        self.app = create_app(state)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="glmaas-app", daemon=True)
         self._thread.start()

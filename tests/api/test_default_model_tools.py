@@ -4,16 +4,14 @@ call's JSON schema and comes back as a call whose arguments validate against it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import jsonschema
 import openai
 import pytest
 
-from glmaas.engines.llamacpp import LlamaCppEngine
 from glmaas.engines.registry import DEFAULT_MODEL_ID, default_model_path
-from tests.api.inprocess import InProcess
+from tests.inprocess import AppServer
 
 MODEL = DEFAULT_MODEL_ID
 WEATHER = {
@@ -37,17 +35,12 @@ ASK = [{"role": "user", "content": "What will the weather be in Paris for the ne
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
-    engine = LlamaCppEngine(MODEL, default_model_path(), slots=2, slot_context=1024)
-    inproc = InProcess(tmp_path_factory.mktemp("default-tools"), engine)
-    yield inproc
-    inproc.close()
-    asyncio.run(engine.close())
-
-
-@pytest.fixture()
-def client(app: InProcess) -> openai.OpenAI:
-    return openai.OpenAI(api_key=app.key, base_url=app.openai_url, http_client=app.http, max_retries=0)
+def client(tmp_path_factory: pytest.TempPathFactory):
+    server = AppServer(tmp_path_factory.mktemp("default-tools"), "--no-default-model",
+                       "--model", f"{MODEL}=llamacpp:{default_model_path()},slots=2,ctx=1024")
+    yield openai.OpenAI(api_key=server.create_key(), base_url=server.openai_url, http_client=server.client(),
+                        max_retries=0)
+    server.stop()
 
 
 def test_tools_on_a_template_without_tools_answer_without_fault(client: openai.OpenAI) -> None:

@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
-from sqlalchemy import select
 
 from glmaas.engines.base import Delta, EngineError, GenerationRequest
 from glmaas.engines.mock import MockEngine
-from glmaas.platform import admin
-from glmaas.platform.pricing import PriceSheet
-from glmaas.store.tables import UsageRecord
-from tests.api.inprocess import InProcess
+from tests.inprocess import AppServer
 
 OPENAI, ZHIPU = "/v1/chat/completions", "/api/paas/v4/chat/completions"
 ASK = [{"role": "user", "content": "hi"}]
@@ -30,11 +27,16 @@ class RestartingEngine(MockEngine):
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
-    inproc = InProcess(tmp_path_factory.mktemp("fields"), MockEngine("mock"), MockEngine("broken", fail_after=3),
-                       RestartingEngine("restarting"))
-    yield inproc
-    inproc.close()
+def server(tmp_path_factory: pytest.TempPathFactory):
+    server = AppServer(tmp_path_factory.mktemp("fields"), "--no-default-model", "--model", "mock=mock",
+                       "--model", "broken=mock:fail_after=3", "--model", "priced=mock", engines=(RestartingEngine("restarting"),))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server: AppServer) -> httpx.Client:
+    return server.client(headers={"Authorization": f"Bearer {server.create_key()}"})
 
 
 def _events(body: str) -> list[dict | str]:
@@ -64,9 +66,9 @@ def _events(body: str) -> list[dict | str]:
     ("n", 2),
 ])
 @pytest.mark.parametrize("path", [OPENAI, ZHIPU])
-def test_fields_that_cannot_be_honoured_are_refused_by_name(app: InProcess, path: str, field: str,
+def test_fields_that_cannot_be_honoured_are_refused_by_name(api: httpx.Client, path: str, field: str,
                                                             value: object) -> None:
-    r = app.client.post(path, json={"model": "mock", "messages": ASK, field: value})
+    r = api.post(path, json={"model": "mock", "messages": ASK, field: value})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert field in error["message"]
@@ -80,30 +82,30 @@ def test_fields_that_cannot_be_honoured_are_refused_by_name(app: InProcess, path
                                           ("service_tier", "auto"), ("parallel_tool_calls", True),
                                           ("tool_choice", "auto"), ("thinking", {"type": "disabled"}),
                                           ("response_format", None), ("thinking", None)])
-def test_fields_asking_for_nothing_special_are_accepted(app: InProcess, field: str, value: object) -> None:
-    r = app.client.post(ZHIPU, json={"model": "mock", "messages": ASK, field: value})
+def test_fields_asking_for_nothing_special_are_accepted(api: httpx.Client, field: str, value: object) -> None:
+    r = api.post(ZHIPU, json={"model": "mock", "messages": ASK, field: value})
     assert r.status_code == 200, r.text
 
 
-def test_developer_role_is_a_system_message(app: InProcess) -> None:
-    r = app.client.post(OPENAI, json={"model": "mock", "messages": [
+def test_developer_role_is_a_system_message(server: AppServer, api: httpx.Client) -> None:
+    r = api.post(OPENAI, json={"model": "mock", "messages": [
         {"role": "developer", "content": "Answer in French."}, *ASK]})
     assert r.status_code == 200, r.text
-    engine = app.state.registry.get("mock")
+    engine = server.app.state.glmaas.registry.get("mock")
     prompt = engine.detokenize(list(engine.last_request.prompt_token_ids))
     assert prompt.startswith("<|im_start|>system\nAnswer in French.<|im_end|>")
 
 
-def test_zhipu_stream_names_the_role_on_every_delta(app: InProcess) -> None:
-    events = _events(app.client.post(ZHIPU, json={"model": "mock", "messages": ASK, "stream": True}).text)
+def test_zhipu_stream_names_the_role_on_every_delta(api: httpx.Client) -> None:
+    events = _events(api.post(ZHIPU, json={"model": "mock", "messages": ASK, "stream": True}).text)
     chunks = [e for e in events if isinstance(e, dict)]
     assert len(chunks) > 3 and events[-1] == "[DONE]"
     assert all(c["choices"][0]["delta"]["role"] == "assistant" for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and "usage" in chunks[-1]
 
 
-def test_openai_stream_sends_usage_in_a_chunk_without_choices(app: InProcess) -> None:
-    events = _events(app.client.post(OPENAI, json={"model": "mock", "messages": ASK, "stream": True,
+def test_openai_stream_sends_usage_in_a_chunk_without_choices(api: httpx.Client) -> None:
+    events = _events(api.post(OPENAI, json={"model": "mock", "messages": ASK, "stream": True,
                                                    "stream_options": {"include_usage": True}}).text)
     *chunks, usage_chunk, done = events
     assert done == "[DONE]"
@@ -116,44 +118,44 @@ def test_openai_stream_sends_usage_in_a_chunk_without_choices(app: InProcess) ->
 
 @pytest.mark.parametrize("path", [OPENAI, ZHIPU])
 @pytest.mark.parametrize("model, retry", [("broken", "false"), ("restarting", "true")])
-def test_engine_faults_say_whether_a_retry_can_help(app: InProcess, path: str, model: str, retry: str) -> None:
-    r = app.client.post(path, json={"model": model, "messages": ASK})
+def test_engine_faults_say_whether_a_retry_can_help(api: httpx.Client, path: str, model: str, retry: str) -> None:
+    r = api.post(path, json={"model": model, "messages": ASK})
     assert r.status_code == 500
     assert r.headers["x-should-retry"] == retry
 
 
 @pytest.mark.parametrize("prefix", ["/v1", "/api/paas/v4"])
-def test_model_by_id(app: InProcess, prefix: str) -> None:
-    r = app.client.get(f"{prefix}/models/mock")
+def test_model_by_id(api: httpx.Client, prefix: str) -> None:
+    r = api.get(f"{prefix}/models/mock")
     assert r.status_code == 200
     assert r.json()["id"] == "mock" and r.json()["object"] == "model"
-    missing = app.client.get(f"{prefix}/models/nope")
+    missing = api.get(f"{prefix}/models/nope")
     assert missing.status_code in (400, 404) and "nope" in missing.text
 
 
-def test_model_a_key_may_not_use_does_not_exist_for_it(app: InProcess) -> None:
-    with app.state.db.session() as session, session.begin():
-        _, key = admin.new_key(session, app.state.box, "default", admin.KeyOptions(models=("broken",)))
-    r = app.client.get("/v1/models/mock", headers={"Authorization": f"Bearer {key}"})
+def test_model_a_key_may_not_use_does_not_exist_for_it(server: AppServer) -> None:
+    key = server.create_key("--models", "broken")
+    r = server.client().get("/v1/models/mock", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 404
 
 
-def test_tokenizer_counts_the_chat_prompt_and_costs_nothing(app: InProcess) -> None:
-    with app.state.db.session() as session, session.begin():
-        admin.put_price(session, "mock", PriceSheet(input=1_000_000, cached_input=1_000_000, output=1_000_000))
+def test_tokenizer_counts_the_chat_prompt_and_costs_nothing(server: AppServer, api: httpx.Client) -> None:
+    server.cli("accounts", "topup", "default", "10")
+    # A model no request has used yet: its price is read afresh.
+    server.cli("prices", "set", "priced", "--input", "1", "--cached-input", "1", "--output", "1")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好"}]
-    body = {"model": "mock", "messages": messages, "tools": [WEATHER_TOOL], "request_id": "tok-1"}
-    r = app.client.post("/api/paas/v4/tokenizer", json=body)
+    body = {"model": "priced", "messages": messages, "tools": [WEATHER_TOOL], "request_id": "tok-1"}
+    r = api.post("/api/paas/v4/tokenizer", json=body)
     assert r.status_code == 200, r.text
     counted = r.json()["usage"]["prompt_tokens"]
-    chat = app.client.post(ZHIPU, json={"model": "mock", "messages": messages, "tools": [WEATHER_TOOL],
-                                        "max_tokens": 1}).json()
+    chat = api.post(ZHIPU, json={"model": "priced", "messages": messages, "tools": [WEATHER_TOOL],
+                                 "max_tokens": 1, "request_id": "tok-chat"}).json()
     assert counted == chat["usage"]["prompt_tokens"]
-    with app.state.db.session() as session:
-        row = session.execute(select(UsageRecord).where(UsageRecord.request_id == "tok-1")).scalar_one()
-    assert (row.prompt_tokens, row.completion_tokens, row.cost, row.status) == (0, 0, 0, "ok")
+    row = server.wait_usage("tok-1")
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cost"], row["status"]) == (0, 0, 0, "ok")
+    assert server.wait_usage("tok-chat")["cost"] > 0  # the same price does charge a chat
 
 
-def test_tokenizer_refuses_an_unknown_model(app: InProcess) -> None:
-    r = app.client.post("/api/paas/v4/tokenizer", json={"model": "nope", "messages": ASK})
+def test_tokenizer_refuses_an_unknown_model(api: httpx.Client) -> None:
+    r = api.post("/api/paas/v4/tokenizer", json={"model": "nope", "messages": ASK})
     assert r.status_code == 400 and r.json()["error"]["code"] == "1211"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import zai
@@ -14,7 +16,9 @@ import zhipuai
 
 from glmaas.engines.base import Delta, GenerationRequest, OutputConstraint
 from glmaas.engines.mock import MockEngine
-from tests.api.inprocess import FIXTURES, InProcess
+from tests.inprocess import AppServer
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 GLM45_TEMPLATE = (FIXTURES / "glm45.jinja").read_text()
 WEATHER_TOOL = {"type": "function", "function": {
@@ -47,7 +51,7 @@ class GrammarFollowingMock(MockEngine):
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory):
     engines = (
         MockEngine("glm", chat_template=GLM45_TEMPLATE, reply=GLM_THINK + GLM_CALL),
         MockEngine("glm-chat", chat_template=GLM45_TEMPLATE, reply="<think>A greeting.</think>\nHello! 你好！"),
@@ -58,18 +62,28 @@ def app(tmp_path_factory: pytest.TempPathFactory):
         MockEngine("bad", reply=BAD_CALL),
         MockEngine("glm-opt", reply=GLM_CALL.strip(), tool_parser="glm45"),
     )
-    inproc = InProcess(tmp_path_factory.mktemp("tools"), *engines)
-    yield inproc
-    inproc.close()
+    server = AppServer(tmp_path_factory.mktemp("tools"), "--no-default-model", engines=engines)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def key(server: AppServer) -> str:
+    return server.create_key("--name", "tests")
+
+
+@pytest.fixture(scope="module")
+def api(server: AppServer, key: str) -> httpx.Client:
+    return server.client(headers={"Authorization": f"Bearer {key}"})
 
 
 @pytest.fixture()
-def oai(app: InProcess) -> openai.OpenAI:
-    return openai.OpenAI(api_key=app.key, base_url=app.openai_url, http_client=app.http, max_retries=0)
+def oai(server: AppServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key=key, base_url=server.openai_url, http_client=server.client(), max_retries=0)
 
 
-def _engine(app: InProcess, model: str) -> MockEngine:
-    engine = app.state.registry.get(model)
+def _engine(server: AppServer, model: str) -> MockEngine:
+    engine = server.app.state.glmaas.registry.get(model)
     assert isinstance(engine, MockEngine)
     return engine
 
@@ -120,7 +134,7 @@ def test_openai_stream_helper_builds_the_call(oai: openai.OpenAI) -> None:
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris", "days": 2})
 
 
-def test_tool_history_round_trips_through_the_template(oai: openai.OpenAI, app: InProcess) -> None:
+def test_tool_history_round_trips_through_the_template(oai: openai.OpenAI, server: AppServer) -> None:
     """An assistant turn with tool_calls and the tool's result reach the prompt in GLM's form."""
     messages = [
         *ASK,
@@ -130,7 +144,7 @@ def test_tool_history_round_trips_through_the_template(oai: openai.OpenAI, app: 
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 18}'},
     ]
     oai.chat.completions.create(model="glm-chat", messages=messages, tools=[WEATHER_TOOL])
-    engine = _engine(app, "glm-chat")
+    engine = _engine(server, "glm-chat")
     prompt = engine.detokenize(list(engine.last_request.prompt_token_ids))
     assert ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
             "<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>") in prompt
@@ -138,34 +152,34 @@ def test_tool_history_round_trips_through_the_template(oai: openai.OpenAI, app: 
     assert '"name": "get_weather"' in prompt  # the tools block
 
 
-def test_template_without_tools_gets_them_in_hermes_form(oai: openai.OpenAI, app: InProcess) -> None:
+def test_template_without_tools_gets_them_in_hermes_form(oai: openai.OpenAI, server: AppServer) -> None:
     messages = [*ASK, {"role": "assistant", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "18C"}]
     oai.chat.completions.create(model="plain", messages=messages, tools=[WEATHER_TOOL])
-    engine = _engine(app, "plain")
+    engine = _engine(server, "plain")
     prompt = engine.detokenize(list(engine.last_request.prompt_token_ids))
     assert "<tools>" in prompt and '"get_weather"' in prompt
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     assert "<tool_response>\n18C\n</tool_response>" in prompt
 
 
-def test_tool_choice_none_leaves_the_reply_as_text(oai: openai.OpenAI, app: InProcess) -> None:
+def test_tool_choice_none_leaves_the_reply_as_text(oai: openai.OpenAI, server: AppServer) -> None:
     resp = oai.chat.completions.create(model="hermes", messages=ASK, tools=[WEATHER_TOOL], tool_choice="none")
     assert resp.choices[0].message.tool_calls is None
     assert resp.choices[0].message.content == HERMES_REPLY
     assert resp.choices[0].finish_reason == "stop"
-    engine = _engine(app, "hermes")
+    engine = _engine(server, "hermes")
     assert "<tools>" not in engine.detokenize(list(engine.last_request.prompt_token_ids))
 
 
-def test_named_tool_choice_is_constrained_to_a_call_of_that_function(oai: openai.OpenAI, app: InProcess) -> None:
+def test_named_tool_choice_is_constrained_to_a_call_of_that_function(oai: openai.OpenAI, server: AppServer) -> None:
     resp = oai.chat.completions.create(model="constrained", messages=ASK, tools=[WEATHER_TOOL, SEARCH_TOOL],
                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
     [call] = resp.choices[0].message.tool_calls
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
     assert resp.choices[0].finish_reason == "tool_calls"
-    constraint = _engine(app, "constrained").constraint
+    constraint = _engine(server, "constrained").constraint
     assert isinstance(constraint, OutputConstraint) and constraint.kind == "json_schema"
     schema = json.loads(constraint.source)
     assert schema["properties"]["name"] == {"const": "get_weather"}
@@ -173,28 +187,28 @@ def test_named_tool_choice_is_constrained_to_a_call_of_that_function(oai: openai
     assert schema["required"] == ["name", "arguments"]
 
 
-def test_required_tool_choice_allows_any_declared_function(oai: openai.OpenAI, app: InProcess) -> None:
+def test_required_tool_choice_allows_any_declared_function(oai: openai.OpenAI, server: AppServer) -> None:
     resp = oai.chat.completions.create(model="constrained", messages=ASK, tools=[WEATHER_TOOL, SEARCH_TOOL],
                                        tool_choice="required")
     assert resp.choices[0].message.tool_calls[0].function.name == "get_weather"
-    schema = json.loads(_engine(app, "constrained").constraint.source)
+    schema = json.loads(_engine(server, "constrained").constraint.source)
     assert [s["properties"]["name"]["const"] for s in schema["anyOf"]] == ["get_weather", "web_search"]
 
 
-def test_auto_sends_no_constraint(oai: openai.OpenAI, app: InProcess) -> None:
+def test_auto_sends_no_constraint(oai: openai.OpenAI, server: AppServer) -> None:
     oai.chat.completions.create(model="hermes", messages=ASK, tools=[WEATHER_TOOL])
-    assert _engine(app, "hermes").last_request.sampling.constraint is None
+    assert _engine(server, "hermes").last_request.sampling.constraint is None
 
 
-def test_parallel_tool_calls_false_keeps_one_call(app: InProcess) -> None:
+def test_parallel_tool_calls_false_keeps_one_call(api: httpx.Client) -> None:
     body = {"model": "two-calls", "messages": ASK, "tools": [WEATHER_TOOL]}
-    both = app.client.post("/v1/chat/completions", json=body).json()
-    one = app.client.post("/v1/chat/completions", json={**body, "parallel_tool_calls": False}).json()
+    both = api.post("/v1/chat/completions", json=body).json()
+    one = api.post("/v1/chat/completions", json={**body, "parallel_tool_calls": False}).json()
     assert len(both["choices"][0]["message"]["tool_calls"]) == 2
     assert len(one["choices"][0]["message"]["tool_calls"]) == 1
 
 
-def test_unparseable_call_stays_content(oai: openai.OpenAI, app: InProcess) -> None:
+def test_unparseable_call_stays_content(oai: openai.OpenAI) -> None:
     resp = oai.chat.completions.create(model="bad", messages=ASK, tools=[WEATHER_TOOL])
     assert resp.choices[0].message.content == BAD_CALL
     assert resp.choices[0].message.tool_calls is None
@@ -207,8 +221,8 @@ def test_unparseable_call_stays_content(oai: openai.OpenAI, app: InProcess) -> N
 
 
 @pytest.mark.parametrize("sdk", [zhipuai.ZhipuAI, zai.ZhipuAiClient])
-def test_zhipu_sdks_tool_call_and_thinking(app: InProcess, sdk: type) -> None:
-    client = sdk(api_key=app.key, base_url=app.zhipu_url, http_client=app.http, max_retries=0)
+def test_zhipu_sdks_tool_call_and_thinking(server: AppServer, key: str, sdk: type) -> None:
+    client = sdk(api_key=key, base_url=server.zhipu_url, http_client=server.client(), max_retries=0)
     resp = client.chat.completions.create(model="glm", messages=ASK, tools=[WEATHER_TOOL],
                                           thinking={"type": "enabled"})
     message = resp.choices[0].message
@@ -219,8 +233,8 @@ def test_zhipu_sdks_tool_call_and_thinking(app: InProcess, sdk: type) -> None:
 
 
 @pytest.mark.parametrize("sdk", [zhipuai.ZhipuAI, zai.ZhipuAiClient])
-def test_zhipu_sdks_stream_reasoning_then_a_whole_call(app: InProcess, sdk: type) -> None:
-    client = sdk(api_key=app.key, base_url=app.zhipu_url, http_client=app.http, max_retries=0)
+def test_zhipu_sdks_stream_reasoning_then_a_whole_call(server: AppServer, key: str, sdk: type) -> None:
+    client = sdk(api_key=key, base_url=server.zhipu_url, http_client=server.client(), max_retries=0)
     chunks = list(client.chat.completions.create(model="glm", messages=ASK, tools=[WEATHER_TOOL], stream=True))
     assert all(c.choices[0].delta.role == "assistant" for c in chunks)
     reasoning = "".join(c.choices[0].delta.reasoning_content or "" for c in chunks)
@@ -232,14 +246,14 @@ def test_zhipu_sdks_stream_reasoning_then_a_whole_call(app: InProcess, sdk: type
     assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == len(GLM_THINK.encode())
 
 
-def test_thinking_switch_reaches_the_template(app: InProcess) -> None:
-    engine = _engine(app, "glm-chat")
+def test_thinking_switch_reaches_the_template(api: httpx.Client, server: AppServer) -> None:
+    engine = _engine(server, "glm-chat")
     for thinking, ending in (("disabled", "<|assistant|>\n<think></think>"), ("enabled", "<|assistant|>")):
-        r = app.client.post("/api/paas/v4/chat/completions",
+        r = api.post("/api/paas/v4/chat/completions",
                             json={"model": "glm-chat", "messages": ASK, "thinking": {"type": thinking}})
         assert r.status_code == 200, r.text
         assert engine.detokenize(list(engine.last_request.prompt_token_ids)).endswith(ending)
-    r = app.client.post("/v1/chat/completions",
+    r = api.post("/v1/chat/completions",
                         json={"model": "glm-chat", "messages": ASK, "reasoning_effort": "none"})
     assert engine.detokenize(list(engine.last_request.prompt_token_ids)).endswith("<think></think>")
     assert r.json()["choices"][0]["message"]["content"] == "Hello! 你好！"
@@ -247,8 +261,8 @@ def test_thinking_switch_reaches_the_template(app: InProcess) -> None:
 
 @pytest.mark.parametrize("path, field", [("/api/paas/v4/chat/completions", {"thinking": {"type": "enabled"}}),
                                          ("/v1/chat/completions", {"reasoning_effort": "high"})])
-def test_thinking_on_a_model_that_cannot_think_is_refused(app: InProcess, path: str, field: dict) -> None:
-    r = app.client.post(path, json={"model": "plain", "messages": ASK, **field})
+def test_thinking_on_a_model_that_cannot_think_is_refused(api: httpx.Client, path: str, field: dict) -> None:
+    r = api.post(path, json={"model": "plain", "messages": ASK, **field})
     assert r.status_code == 400
     assert next(iter(field)) in r.json()["error"]["message"]
 
@@ -256,10 +270,10 @@ def test_thinking_on_a_model_that_cannot_think_is_refused(app: InProcess, path: 
 # -- LangChain ------------------------------------------------------------------------------------
 
 
-def test_langchain_bind_tools(app: InProcess) -> None:
+def test_langchain_bind_tools(server: AppServer, key: str) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(model="hermes", api_key=app.key, base_url=app.openai_url, http_client=app.http,
+    llm = ChatOpenAI(model="hermes", api_key=key, base_url=server.openai_url, http_client=server.client(),
                      max_retries=0)
 
     def get_weather(city: str) -> str:
@@ -275,8 +289,8 @@ def test_langchain_bind_tools(app: InProcess) -> None:
     assert streamed.tool_calls[0]["args"] == {"city": "Paris"}
 
 
-def test_plain_http_tool_call_shape_zhipu(app: InProcess) -> None:
-    r = app.client.post("/api/paas/v4/chat/completions", json={"model": "hermes", "messages": ASK,
+def test_plain_http_tool_call_shape_zhipu(api: httpx.Client) -> None:
+    r = api.post("/api/paas/v4/chat/completions", json={"model": "hermes", "messages": ASK,
                                                                  "tools": [WEATHER_TOOL]})
     body = r.json()
     message = body["choices"][0]["message"]
@@ -291,10 +305,10 @@ def _chunks(text: str) -> list[dict]:
             if line.startswith("data: ") and line != "data: [DONE]"]
 
 
-def test_zhipu_tool_stream_sends_the_arguments_apart(app: InProcess) -> None:
+def test_zhipu_tool_stream_sends_the_arguments_apart(api: httpx.Client) -> None:
     body = {"model": "hermes", "messages": ASK, "tools": [WEATHER_TOOL], "stream": True}
-    whole = _chunks(app.client.post("/api/paas/v4/chat/completions", json=body).text)
-    apart = _chunks(app.client.post("/api/paas/v4/chat/completions", json={**body, "tool_stream": True}).text)
+    whole = _chunks(api.post("/api/paas/v4/chat/completions", json=body).text)
+    apart = _chunks(api.post("/api/paas/v4/chat/completions", json={**body, "tool_stream": True}).text)
     whole_parts = [p for c in whole for p in c["choices"][0]["delta"].get("tool_calls", [])]
     apart_parts = [p for c in apart for p in c["choices"][0]["delta"].get("tool_calls", [])]
     assert len(whole_parts) == 1 and json.loads(whole_parts[0]["function"]["arguments"]) == {"city": "Paris"}
@@ -304,15 +318,15 @@ def test_zhipu_tool_stream_sends_the_arguments_apart(app: InProcess) -> None:
     assert json.loads(apart_parts[1]["function"]["arguments"]) == {"city": "Paris"}
 
 
-def test_clear_thinking_needs_a_template_with_that_switch(app: InProcess) -> None:
-    r = app.client.post("/api/paas/v4/chat/completions", json={
+def test_clear_thinking_needs_a_template_with_that_switch(api: httpx.Client) -> None:
+    r = api.post("/api/paas/v4/chat/completions", json={
         "model": "glm-chat", "messages": ASK, "thinking": {"type": "enabled", "clear_thinking": False}})
     assert r.status_code == 400
     assert "clear_thinking" in r.json()["error"]["message"]
 
 
-def test_tool_parser_option_overrides_the_template(app: InProcess) -> None:
+def test_tool_parser_option_overrides_the_template(api: httpx.Client) -> None:
     """A ChatML template says nothing of GLM's format; the engine option does."""
-    r = app.client.post("/v1/chat/completions", json={"model": "glm-opt", "messages": ASK, "tools": [WEATHER_TOOL]})
+    r = api.post("/v1/chat/completions", json={"model": "glm-opt", "messages": ASK, "tools": [WEATHER_TOOL]})
     [call] = r.json()["choices"][0]["message"]["tool_calls"]
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "days": 2}
