@@ -7,9 +7,10 @@ through `httpx.ASGITransport` with ordinary synchronous httpx clients, so the sa
 same way against either kind of server. The operator's CLI runs in this process too.
 
 httpx's ASGITransport hands a response back once the app has sent all of it: a stream arrives
-whole, and the client cannot go away in the middle of one. Tests that read a stream as it comes
-or disconnect, and those of the official SDKs, crashes and replicas, use a `glmaas serve`
-process (`tests.conftest.start_server`).
+whole, and the client cannot go away in the middle of one. The official SDKs take `client()` as
+their `http_client` for what a whole stream shows (its chunks, their order, what they add up
+to); tests that read a stream as it comes or disconnect, and those of crashes and replicas, use
+a `glmaas serve` process (`tests.conftest.start_server`).
 """
 
 from __future__ import annotations
