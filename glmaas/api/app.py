@@ -19,6 +19,7 @@ from glmaas.api.admin.router import ADMIN_PREFIX, caller_is_admin
 from glmaas.api.admin.router import router as admin_router
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
+from glmaas.api.embeddings.router import routes as embedding_routes
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.models.router import router as models_router
@@ -75,6 +76,7 @@ def create_app(state: AppState) -> FastAPI:
     app.state.glmaas = state
     app.router.routes.extend(chat_routes)
     app.router.routes.extend(tokenizer_routes)
+    app.router.routes.extend(embedding_routes)
     app.include_router(models_router)
     app.include_router(admin_router)
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)

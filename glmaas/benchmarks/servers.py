@@ -31,6 +31,14 @@ class Server:
 def glmaas_server(model_path: Path, engine_options: str = "", log_path: str | None = None) -> Iterator[Server]:
     """`glmaas serve` on a fresh data dir, the default model id served from `model_path` with
     llamacpp `engine_options` (e.g. "threads=2,slots=16"), and a new key for it."""
+    spec = f"llamacpp:{model_path}" + (f",{engine_options}" if engine_options else "")
+    with glmaas_serving(DEFAULT_MODEL_ID, spec, log_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def glmaas_serving(model_id: str, spec: str, log_path: str | None = None) -> Iterator[Server]:
+    """`glmaas serve` on a fresh data dir serving only `--model model_id=spec`, and a new key."""
     with tempfile.TemporaryDirectory(prefix="glmaas-bench-") as data_dir:
         env = {**os.environ, "GLMAAS_DATA_DIR": data_dir}
         created = subprocess.run(
@@ -38,11 +46,10 @@ def glmaas_server(model_path: Path, engine_options: str = "", log_path: str | No
             capture_output=True, text=True, check=True, env=env,
         )
         key = created.stdout.strip().splitlines()[-1]
-        spec = f"llamacpp:{model_path}" + (f",{engine_options}" if engine_options else "")
         log = Path(log_path) if log_path else None
-        with start_glmaas(Path(data_dir), "--model", f"{DEFAULT_MODEL_ID}={spec}", env=env, log=log,
-                          timeout=READY_TIMEOUT_S) as server:
-            yield Server("glmaas", server.openai_url, key, DEFAULT_MODEL_ID, server.pid)
+        with start_glmaas(Path(data_dir), "--no-default-model", "--model", f"{model_id}={spec}", env=env,
+                          log=log, timeout=READY_TIMEOUT_S) as server:
+            yield Server("glmaas", server.openai_url, key, model_id, server.pid)
 
 
 @contextlib.contextmanager
@@ -59,3 +66,19 @@ def llama_cpp_server(model_path: Path, threads: int, n_ctx: int = 2048, log_path
     with start_process("llama_cpp.server", argv, ready_url=f"{base_url}/models",
                        log=Path(log_path) if log_path else None, timeout=READY_TIMEOUT_S) as server:
         yield Server("llama_cpp.server", base_url, "", DEFAULT_MODEL_ID, server.pid)
+
+
+@contextlib.contextmanager
+def infinity_server(install_path: str, model_folder: str, model_id: str) -> Iterator[Server]:
+    """infinity-emb's embedding server (torch engine, CPU) on a local model folder, run from the
+    folder `install_path` where it was installed apart (`pip install --target`): its pins differ
+    from glmaas's, so that folder goes first on its `PYTHONPATH`."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([install_path, *sys.path]), "HF_HUB_OFFLINE": "1",
+           "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    argv = [sys.executable, "-m", "infinity_emb.cli", "v2", "--model-id", model_folder, "--served-model-name",
+            model_id, "--engine", "torch", "--device", "cpu", "--port", str(port), "--host", LOCALHOST,
+            "--no-bettertransformer"]
+    base_url = f"http://{LOCALHOST}:{port}"
+    with start_process("infinity", argv, ready_url=f"{base_url}/models", env=env, timeout=300) as server:
+        yield Server("infinity", base_url, "", model_id, server.pid)

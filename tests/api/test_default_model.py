@@ -1,4 +1,5 @@
-"""The embedded default model, SmolLM2-135M-Instruct in llama.cpp, through both SDKs."""
+"""The embedded default models, SmolLM2-135M-Instruct in llama.cpp and all-MiniLM-L6-v2, through
+the SDKs."""
 
 from __future__ import annotations
 
@@ -46,3 +47,11 @@ def test_default_model_streams_chinese_via_zhipuai(real_server: Server) -> None:
     assert last.usage.completion_tokens <= 6
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert "\ufffd" not in text  # no character split across tokens
+
+
+def test_default_embedding_model_is_served_beside_it(real_server: Server) -> None:
+    key = real_server.create_key()
+    client = openai.OpenAI(api_key=key, base_url=real_server.openai_url, max_retries=0)
+    assert "all-minilm-l6-v2" in {m.id for m in client.models.list()}
+    resp = client.embeddings.create(model="all-minilm-l6-v2", input="What is the capital of France?")
+    assert len(resp.data[0].embedding) == 384 and resp.usage.prompt_tokens == 9

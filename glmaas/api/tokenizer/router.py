@@ -8,7 +8,6 @@ key must be allowed the model) and settled at zero tokens, so it shows in usage 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -26,7 +25,6 @@ from glmaas.api.requests import (
     parse_body,
     take_request_id,
 )
-from glmaas.engines.base import Delta, Usage
 
 
 class TokenizerRequest(BaseModel):
@@ -48,8 +46,8 @@ class TokenizerResponse(BaseModel):
     usage: TokenizerUsage
 
 
-async def _nothing_generated() -> AsyncIterator[Delta]:
-    yield Delta(finish_reason="stop", usage=Usage(prompt_tokens=0, completion_tokens=0))
+async def _counted(token_ids: tuple[int, ...]) -> int:
+    return len(token_ids)
 
 
 async def tokenize(request: Request) -> Response:
@@ -59,13 +57,13 @@ async def tokenize(request: Request) -> Response:
     body = await parse_body(request, TokenizerRequest)
     request_id = take_request_id(request, body.request_id)
     chat = to_canonical(ChatCompletionRequest(model=body.model, messages=body.messages, tools=body.tools))
+    # Counted before admission: messages the template refuses are a 400 that holds nothing.
     _, _, token_ids = render_prompt(state, chat)
     run = admit(state, principal, body.model, request_id, prompt_tokens=0, max_tokens=0, arrived=arrived,
                 stream=False)
-    async for _ in run.generate(_nothing_generated()):
-        pass
+    prompt_tokens = await run.compute(_counted(token_ids))
     answer = TokenizerResponse(id=request_id, request_id=request_id, created=run.created, model=body.model,
-                               usage=TokenizerUsage(prompt_tokens=len(token_ids)))
+                               usage=TokenizerUsage(prompt_tokens=prompt_tokens))
     return JSONModelResponse(answer, headers={"x-request-id": request_id})
 
 
