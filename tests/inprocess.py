@@ -80,7 +80,9 @@ class AppServer(ServerUnderTest):
         options = build_parser().parse_args(["serve", "--data-dir", str(data_dir), *serve_args])
         state = build_state(settings_from(options))
         if engines:
-            served = {info.model_id: state.registry.get(info.model_id) for info in state.registry.models()}
+            registry = state.registry
+            served = {info.model_id: registry.get(info.model_id) or registry.embedder(info.model_id)
+                      for info in registry.models()}
             state.registry = ModelRegistry({**served, **{e.info.model_id: e for e in engines}})
         self.app = create_app(state)
         self._loop = asyncio.new_event_loop()

@@ -4,12 +4,13 @@ tokenizer; engine faults that say whether a retry can help. In process, plain HT
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import httpx
 import pytest
 
-from glmaas.engines.base import Delta, EngineError, GenerationRequest
+from glmaas.engines.base import Delta, EngineError, GenerationRequest, ModelInfo
 from glmaas.engines.mock import MockEngine
 from tests.inprocess import AppServer
 
@@ -26,10 +27,31 @@ class RestartingEngine(MockEngine):
         yield Delta()  # pragma: no cover - makes this an async generator
 
 
+class DescribedEmbedder:
+    """An embedding model by its description alone: enough to be listed and looked up."""
+
+    dimensions, vocab_size = 8, 100
+
+    def __init__(self, model_id: str) -> None:
+        self.info = ModelInfo(model_id=model_id, context_length=512, chat_template=None)
+
+    def tokenize(self, text: str) -> list[int]:
+        return []
+
+    def frame(self, token_ids: Sequence[int]) -> tuple[int, ...]:
+        return tuple(token_ids)
+
+    async def embed(self, inputs: Sequence[tuple[int, ...]]) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     server = AppServer(tmp_path_factory.mktemp("fields"), "--no-default-model", "--model", "mock=mock",
-                       "--model", "broken=mock:fail_after=3", "--model", "priced=mock", engines=(RestartingEngine("restarting"),))
+                       "--model", "broken=mock:fail_after=3", "--model", "priced=mock", engines=(RestartingEngine("restarting"), DescribedEmbedder("embedder")))
     yield server
     server.stop()
 
@@ -126,9 +148,10 @@ def test_engine_faults_say_whether_a_retry_can_help(api: httpx.Client, path: str
 
 @pytest.mark.parametrize("prefix", ["/v1", "/api/paas/v4"])
 def test_model_by_id(api: httpx.Client, prefix: str) -> None:
-    r = api.get(f"{prefix}/models/mock")
-    assert r.status_code == 200
-    assert r.json()["id"] == "mock" and r.json()["object"] == "model"
+    for model in ("mock", "embedder"):
+        r = api.get(f"{prefix}/models/{model}")
+        assert r.status_code == 200
+        assert r.json()["id"] == model and r.json()["object"] == "model"
     missing = api.get(f"{prefix}/models/nope")
     assert missing.status_code in (400, 404) and "nope" in missing.text
 

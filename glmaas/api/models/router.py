@@ -32,7 +32,7 @@ async def list_models(request: Request) -> dict:
 async def retrieve_model(request: Request, model_id: str) -> dict:
     principal = authenticate(request)
     state = app_state(request)
-    engine = state.registry.get(model_id)
-    if engine is None or not principal.may_use(model_id):
+    info = next((i for i in state.registry.models() if i.model_id == model_id), None)
+    if info is None or not principal.may_use(model_id):
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {model_id!r} does not exist.", param="model")
-    return _model(engine.info, int(state.started_at))
+    return _model(info, int(state.started_at))
