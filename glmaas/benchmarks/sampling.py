@@ -13,6 +13,7 @@ import time
 import llama_cpp
 import numpy as np
 
+from glmaas.engines.base import SamplingParams
 from glmaas.engines.llamacpp import init_backend
 from glmaas.engines.registry import default_model_path
 from glmaas.engines.sampling import Sampler
@@ -52,7 +53,7 @@ def main(n: int = 300) -> None:
     row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
     print(f"one pick from {n_vocab} logits, mean of {n} calls")
     for temperature, top_p in ((0.0, 1.0), (0.8, 0.95), (1.0, 1.0)):
-        sampler = Sampler(temperature, top_p, seed=1234)
+        sampler = Sampler(SamplingParams(1, temperature=temperature, top_p=top_p, seed=1234))
         chain = _chain(temperature, top_p)
         ours = _per_call_us(lambda s=sampler: s.sample(row), n)
         theirs = _per_call_us(lambda c=chain: llama_cpp.llama_sampler_sample(c, ctx, -1), n)

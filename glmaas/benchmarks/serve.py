@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -47,6 +48,7 @@ class BenchConfig:
     seed: int = 0
     slo_ms: dict[str, float] = field(default_factory=dict)  # e.g. {"ttft": 500, "tpot": 50}
     timeout_s: float = 600.0
+    extra_body: dict[str, Any] = field(default_factory=dict)  # more request fields, e.g. response_format
 
 
 @dataclass
@@ -149,6 +151,7 @@ async def send_request(client: httpx.AsyncClient, config: BenchConfig, prompt: s
         "temperature": config.temperature,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **config.extra_body,
     }
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     result = RequestResult(ok=False, sent=time.perf_counter())

@@ -87,7 +87,8 @@ class TokenLogprob:
 class Delta:
     """A step of output. `text` is the decoded piece; it may be empty while a multi-byte
     character is still incomplete, and is never split inside a character. `logprobs`, when the
-    request asked for them, has one entry per id in `token_ids`."""
+    request asked for them, has one entry per id in `token_ids` but an end-of-generation token,
+    which is counted in usage and never reported."""
 
     token_ids: tuple[int, ...] = ()
     text: str = ""
@@ -119,6 +120,11 @@ class EngineError(Exception):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class InvalidRequest(EngineError):
+    """The request asks for what cannot be done as asked (a token id outside the vocabulary, a
+    schema feature the grammar library lacks): the caller's mistake, refused before generation."""
 
 
 class PromptTooLong(EngineError):

@@ -29,10 +29,12 @@ from glmaas.engines.base import (
     Delta,
     EngineError,
     GenerationRequest,
+    InvalidRequest,
     ModelInfo,
     PromptTooLong,
     Usage,
 )
+from glmaas.engines.constrained import GrammarMatcher, Grammars
 from glmaas.engines.llamacpp_batch import DecodeLoop, LoopConfig, Sequence
 from glmaas.engines.sampling import Sampler
 from glmaas.engines.tool_formats import TOOL_PARSERS
@@ -109,6 +111,9 @@ class LlamaCppEngine:
             threads=threads or os.cpu_count() or 1,
         )
         self._loop = DecodeLoop(model, self._vocab, config)
+        n_vocab = self._loop.n_vocab
+        self._grammars = Grammars.for_llamacpp(
+            self._vocab, n_vocab, lambda: [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)])
         self.info = ModelInfo(
             model_id=model_id,
             context_length=self._loop.slot_context,
@@ -191,6 +196,12 @@ class LlamaCppEngine:
             # Checked here: inside the shared batch a bad id would fail every request in flight.
             raise EngineError(f"the prompt holds token ids outside the vocabulary of {self._loop.n_vocab}")
         params = request.sampling
+        if params.logit_bias and not all(0 <= t < self._loop.n_vocab for t in params.logit_bias):
+            raise InvalidRequest(f"logit_bias names token ids outside the vocabulary of {self._loop.n_vocab}")
+        grammar: GrammarMatcher | None = None
+        if params.constraint is not None:
+            # Raises ConstraintError; off the event loop: the first one builds the grammar tokenizer.
+            grammar = await asyncio.to_thread(self._grammars.matcher, params.constraint)
         max_new = min(params.max_tokens, n_ctx - len(prompt))
         if max_new <= 0:
             yield Delta(finish_reason="length", usage=Usage(len(prompt), 0))
@@ -200,7 +211,7 @@ class LlamaCppEngine:
             request_id=request.request_id,
             prompt=prompt,
             max_new=max_new,
-            sampler=Sampler(params.temperature, params.top_p, params.seed),
+            sampler=Sampler(params, prompt, grammar),
             stops=params.stop,
             loop=asyncio.get_running_loop(),
             queue=queue,

@@ -5,6 +5,9 @@ Each step builds one `llama_batch`: first the last sampled token of every genera
 `chunk` of them, so a long prompt is fed over several steps while the others keep decoding. One
 `llama_decode` computes it all; then each sequence samples from its own logits row with its own
 sampler, and its deltas go to its event loop in one `call_soon_threadsafe` per loop and step.
+A constrained sequence's sampler holds its own grammar matcher, which masks only that sequence's
+logits row; the step's masks are computed on a helper thread while `llama_decode` runs. A
+sequence whose sampling fails (its grammar rejects a token) fails alone.
 
 Every slot is a llama.cpp sequence id with its own region of the KV cache (`kv_unified=false`, so
 a sequence attends only to its own cells) and remembers the tokens whose keys and values it holds.
@@ -23,13 +26,15 @@ import ctypes
 import logging
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import llama_cpp
 import numpy as np
 
-from glmaas.engines.base import Delta, EngineError, FinishReason, Usage
-from glmaas.engines.sampling import Sampler
+from glmaas.engines.base import Delta, EngineError, FinishReason, TokenLogprob, Usage
+from glmaas.engines.constrained import GrammarMatcher
+from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -132,6 +137,11 @@ class _Batch:
         llama_cpp.llama_batch_free(self.raw)
 
 
+def _prepare_all(grammars: list[GrammarMatcher]) -> None:
+    for grammar in grammars:
+        grammar.prepare()
+
+
 def _deliver(items: list[tuple[asyncio.Queue, Delta | BaseException]]) -> None:
     for queue, item in items:
         queue.put_nowait(item)
@@ -169,6 +179,7 @@ class DecodeLoop:
         self._running: list[Sequence] = []
         self._closing = False
         self._steps = 0
+        self._masks = ThreadPoolExecutor(1, thread_name_prefix="llamacpp-grammar")
         self._thread = threading.Thread(target=self._run, name="llamacpp-decode", daemon=True)
         self._thread.start()
 
@@ -209,6 +220,7 @@ class DecodeLoop:
             self._closing = True
             self._cv.notify()
         self._thread.join()
+        self._masks.shutdown()
         self._batch.free()
         llama_cpp.llama_free(self._ctx)
 
@@ -263,7 +275,11 @@ class DecodeLoop:
                     outputs.append(seq)
         if batch.n == 0:
             return
+        grammars = [s.sampler.grammar for s in outputs if s.sampler.grammar is not None]
+        masks = self._masks.submit(_prepare_all, grammars) if grammars else None
         rc = llama_cpp.llama_decode(self._ctx, batch.raw)
+        if masks is not None:
+            masks.result()  # before any sampler reads a mask (or a failed decode frees them)
         if rc != 0:
             raise EngineError(f"llama_decode returned {rc}")
         # Output rows follow batch order; `outputs` was filled in that same order.
@@ -272,9 +288,13 @@ class DecodeLoop:
         )
         deliveries: dict[asyncio.AbstractEventLoop, list] = {}
         for row, seq in enumerate(outputs):
-            token = seq.sampler.sample(logits[row])
-            delta = self._advance(seq, token)
-            deliveries.setdefault(seq.loop, []).append((seq.queue, delta))
+            item: Delta | BaseException
+            try:
+                item = self._advance(seq, seq.sampler.sample(logits[row]))
+            except EngineError as exc:  # this sequence's fault only: the batch goes on
+                self._release(seq)
+                item = exc
+            deliveries.setdefault(seq.loop, []).append((seq.queue, item))
         self._running = [s for s in self._running if not s.finished]
         for loop, items in deliveries.items():
             try:
@@ -284,28 +304,41 @@ class DecodeLoop:
                     if seq.loop is loop:
                         seq.cancelled = True
 
-    def _advance(self, seq: Sequence, token: int) -> Delta:
-        """Account one sampled token: its text, and whether the sequence ends here."""
+    def _advance(self, seq: Sequence, pick: Pick) -> Delta:
+        """Account one sampled token: its text, its logprobs, and whether the sequence ends here
+        (an end-of-generation token, a stop string, a grammar completed, or `max_tokens`)."""
+        token = pick.token
         seq.n_generated += 1
         finish: FinishReason | None = None
         text, hit = "", False
+        logprobs: tuple[TokenLogprob, ...] | None = None if pick.logprob is None else ()
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-            finish = "stop"
+            finish = "stop"  # the end token is counted but never reported as a logprob
         else:
             text, hit = seq.matcher.push(seq.decoder.push(self.token_bytes(token, special=False)))
-            if hit:
+            if logprobs is not None:
+                logprobs = (self._token_logprob(pick),)
+            grammar = seq.sampler.grammar
+            if hit or (grammar is not None and grammar.complete):
                 finish = "stop"
             elif seq.n_generated >= seq.max_new:
                 finish = "length"
         if finish is None:
             seq.pending = token
-            return Delta((token,), text)
+            return Delta((token,), text, logprobs=logprobs)
         if not hit:  # text after a stop string is dropped; otherwise release what was held back
             tail, hit = seq.matcher.push(seq.decoder.flush())
             text += tail if hit else tail + seq.matcher.flush()
         self._release(seq)
         usage = Usage(len(seq.prompt), seq.n_generated, seq.n_cached)
-        return Delta((token,), text, finish_reason=finish, usage=usage)
+        return Delta((token,), text, finish_reason=finish, usage=usage, logprobs=logprobs)
+
+    def _token_logprob(self, pick: Pick) -> TokenLogprob:
+        def text(token: int) -> str:
+            return self.token_bytes(token, special=False).decode("utf-8", errors="replace")
+
+        top = tuple((t, text(t), lp) for t, lp in pick.top)
+        return TokenLogprob(pick.token, text(pick.token), float(pick.logprob or 0.0), top)
 
     def _admit(self) -> None:
         """Give free slots to waiting sequences, reusing the longest cached prefix of the prompt:

@@ -3,7 +3,8 @@
 Each UTF-8 byte is one token (id = byte + len(SPECIALS)), so token counts are easy to check by
 hand. The reply (`reply=`, default `DEFAULT_REPLY`) is cut to `max_tokens`; it ends with `stop`
 when the whole reply fits and `length` otherwise. `delay` seconds pass before each token, which lets tests disconnect
-mid-stream.
+mid-stream. Its one reply has probability 1: asked for logprobs, each token reports 0.0 and no other
+alternative. It cannot follow a grammar, so a constrained request is refused (`InvalidRequest`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from glmaas.engines.base import (
     Delta,
     EngineError,
     GenerationRequest,
+    InvalidRequest,
     ModelInfo,
     PromptTooLong,
+    TokenLogprob,
     Usage,
 )
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
@@ -110,6 +113,9 @@ class MockEngine:
                 f"prompt has {n_prompt} tokens; the context window of "
                 f"{self.info.model_id} is {self.info.context_length}"
             )
+        if request.sampling.constraint is not None:
+            raise InvalidRequest(f"the model {self.info.model_id} cannot constrain its output")
+        want_logprobs = request.sampling.logprobs is not None
         limit = min(request.sampling.max_tokens, self.info.context_length - n_prompt)
         decoder = IncrementalDecoder()
         stops = StopMatcher(request.sampling.stop)
@@ -126,7 +132,12 @@ class MockEngine:
             await asyncio.sleep(self.delay)
             produced += 1
             text, hit_stop = stops.push(decoder.push(self._bytes([token])))
-            yield Delta((token,), text)
+            logprobs = None
+            if want_logprobs:
+                piece = self.detokenize([token])
+                top = ((token, piece, 0.0),) if request.sampling.logprobs else ()
+                logprobs = (TokenLogprob(token, piece, 0.0, top),)
+            yield Delta((token,), text, logprobs=logprobs)
             if hit_stop:
                 break
         tail = ""
@@ -137,6 +148,7 @@ class MockEngine:
         yield Delta(
             (),
             tail,
+            logprobs=() if want_logprobs else None,
             finish_reason=finish,  # type: ignore[arg-type]
             usage=Usage(prompt_tokens=n_prompt, completion_tokens=produced),
         )

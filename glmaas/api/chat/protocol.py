@@ -9,7 +9,7 @@ unknown fields are ignored, and a documented field we cannot honour (n > 1, imag
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,10 +23,14 @@ from pydantic import (
     model_validator,
 )
 
+from glmaas.engines.base import OutputConstraint, TokenLogprob
+from glmaas.engines.constrained import json_schema_constraint
 from glmaas.engines.tool_calls import FunctionSpec
 from glmaas.platform.metered import MeteredRun
 
 MAX_STOP_STRINGS = 4
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
 
 
 class _Lenient(BaseModel):
@@ -142,6 +146,31 @@ UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+class JsonSchemaFormat(_Lenient):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    """`{type: text}`, `{type: json_object}` or `{type: json_schema, json_schema: {...}}`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constraint(self) -> OutputConstraint | None:
+        if self.type == "json_object":
+            return OutputConstraint("json_object")
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise ValueError("response_format of type json_schema needs json_schema")
+            return json_schema_constraint(self.json_schema.schema_)
+        return None
+
+
 class ChatCompletionRequest(_Lenient):
     model: str = Field(min_length=1, max_length=128)
     messages: list[Message] = Field(min_length=1)
@@ -164,6 +193,16 @@ class ChatCompletionRequest(_Lenient):
     tool_stream: bool | None = None
     thinking: Thinking | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Sampling beyond OpenAI's own fields (vLLM's extensions): top_k, min_p, repetition_penalty.
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
     # Refused unless they ask for nothing (see UNSUPPORTED).
     functions: Any = None
     function_call: Any = None
@@ -194,6 +233,38 @@ class ChatCompletionRequest(_Lenient):
             raise ValueError(f"it names {value.function.name!r}, which is not among the 'tools'")
         if value == "required" and not names:
             raise ValueError("'required' needs 'tools'")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        for key, bias in value.items():
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids as strings; got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"biases are between -100 and 100; got {bias} for token {key}")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _format_complete(cls, value: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
+        if value is not None:
+            value.constraint()  # a json_schema format without its json_schema is refused here
+            choice = info.data.get("tool_choice")
+            if value.type != "text" and (choice == "required" or isinstance(choice, NamedToolChoice)):
+                raise ValueError("a required or named tool call has its own format; it cannot also "
+                                 "follow response_format")
         return value
 
     @field_validator("n")
@@ -236,6 +307,14 @@ class ChatRequest:
     thinking: bool | None = None  # None: the model's default
     thinking_param: str = "thinking"  # the field that set it, to name in a refusal
     clear_thinking: bool | None = None
+    constraint: OutputConstraint | None = None  # from response_format
+    logprobs: int | None = None  # None: no logprobs; else how many alternatives per token
+    top_k: int = 0
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
 
 def _message(m: Message) -> dict[str, Any]:
@@ -294,6 +373,14 @@ def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
         thinking=_thinking(body),
         thinking_param="reasoning_effort" if body.thinking is None else "thinking",
         clear_thinking=body.thinking.clear_thinking if body.thinking else None,
+        constraint=body.response_format.constraint() if body.response_format else None,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
     )
 
 
@@ -359,10 +446,38 @@ class ChatMessage(BaseModel):
         return {k: v for k, v in body.items() if v is not None or k == "content"}
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobInfo(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+    @classmethod
+    def of(cls, entry: TokenLogprob) -> TokenLogprobInfo:
+        return cls(token=entry.text, logprob=entry.logprob, bytes=list(entry.text.encode()),
+                   top_logprobs=[TopLogprob(token=text, logprob=lp, bytes=list(text.encode()))
+                                 for _, text, lp in entry.top])
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's `choices[].logprobs`: one entry per generated token (the end token excepted)."""
+
+    content: list[TokenLogprobInfo]
+    refusal: list[TokenLogprobInfo] | None = None
+
+    @classmethod
+    def of(cls, entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> ChoiceLogprobs:
+        return cls(content=[TokenLogprobInfo.of(e) for e in entries])
+
+
 class Choice(BaseModel):
     index: int = 0
     finish_reason: str | None
     message: ChatMessage
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -387,6 +502,7 @@ class DeltaMessage(_Sparse):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -13,6 +13,7 @@ from glmaas.api.chat.protocol import (
     ChatMessage,
     ChatRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
     FunctionCallOut,
@@ -35,10 +36,14 @@ from glmaas.engines.base import (
     Engine,
     EngineError,
     GenerationRequest,
+    InvalidRequest,
+    OutputConstraint,
     PromptTooLong,
     SamplingParams,
+    TokenLogprob,
 )
 from glmaas.engines.chat_output import ChatOutputParser, ChatPiece
+from glmaas.engines.constrained import ConstraintError, check
 from glmaas.engines.tool_calls import ToolCall
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
@@ -74,9 +79,15 @@ def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tupl
 
 
 def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
-    """The rendered, tokenized prompt; raises `ApiError` as `render_prompt` does, and when the
-    prompt does not fit."""
+    """The rendered, tokenized prompt; raises `ApiError` as `render_prompt` does, when the
+    output constraint cannot be enforced, and when the prompt does not fit."""
     engine, text, token_ids = render_prompt(state, chat)
+    constraint, param = output_constraint(chat)
+    if constraint is not None:
+        try:  # refused before admission: nothing is held or billed for a schema we cannot enforce
+            check(constraint)
+        except ConstraintError as exc:
+            raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid {param}: {exc}.", param=param) from None
     room = engine.info.context_length - len(token_ids)
     if room < 1:
         raise ApiError(
@@ -89,8 +100,11 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
 
 
 def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> GenerationRequest:
-    sampling = SamplingParams(max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
-                              seed=chat.seed, stop=chat.stop, constraint=tool_call_constraint(chat))
+    sampling = SamplingParams(
+        max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed,
+        stop=chat.stop, top_k=chat.top_k, min_p=chat.min_p, frequency_penalty=chat.frequency_penalty,
+        presence_penalty=chat.presence_penalty, repetition_penalty=chat.repetition_penalty,
+        logit_bias=chat.logit_bias, logprobs=chat.logprobs, constraint=output_constraint(chat)[0])
     return GenerationRequest(request_id, prompt.token_ids, sampling)
 
 
@@ -100,11 +114,22 @@ def parser_of(chat: ChatRequest, prompt: Prompt) -> ChatOutputParser:
 
 
 def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
+    if isinstance(exc, InvalidRequest):
+        return ApiError(ErrorKind.INVALID_REQUEST, f"The request cannot be served as asked: {exc}.")
     # Tell clients whether sending it again can help, so that retrying wrappers do not multiply
     # one deterministic failure (a timeout would time out again).
     retry = isinstance(exc, EngineError) and exc.retryable
     return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}",
                     headers={"x-should-retry": "true" if retry else "false"})
+
+
+def output_constraint(chat: ChatRequest) -> tuple[OutputConstraint | None, str]:
+    """The grammar the reply must follow (a required or named tool call's, or the response
+    format's; the request schema refuses both at once) and the field that set it."""
+    forced = tool_call_constraint(chat)
+    if forced is not None:
+        return forced, "tools"
+    return chat.constraint, "response_format"
 
 
 def _finish_reason(run: MeteredRun, calls: int) -> str | None:
@@ -120,9 +145,11 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
                    parser: ChatOutputParser, dialect: Dialect) -> ChatCompletion:
     """The whole reply as one response body."""
     reply = ChatPiece()
+    logprobs: list[TokenLogprob] = []
     try:
         async for delta in deltas:
             _add(reply, parser.push(delta.text, len(delta.token_ids)))
+            logprobs.extend(delta.logprobs or ())
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
     except (EngineError, GenerationTimeout) as exc:
@@ -138,7 +165,8 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
         request_id=run.request_id,
         created=run.created,
         model=chat.model,
-        choices=[Choice(finish_reason=_finish_reason(run, len(reply.tool_calls)), message=message)],
+        choices=[Choice(finish_reason=_finish_reason(run, len(reply.tool_calls)), message=message,
+                        logprobs=ChoiceLogprobs.of(logprobs) if chat.logprobs is not None else None)],
         usage=UsageInfo.of(run, parser.reasoning_tokens),
     )
 
@@ -161,21 +189,25 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
     calls = 0
 
     def chunk(delta: DeltaMessage, finish: str | None = None, usage: UsageInfo | None = None,
-              choices: bool = True) -> bytes:
+              logprobs: ChoiceLogprobs | None = None, choices: bool = True) -> bytes:
         return sse_event(ChatCompletionChunk(
             id=chunk_id, request_id=run.request_id, created=run.created, model=chat.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [], usage=usage))
+            choices=[ChunkChoice(delta=delta, logprobs=logprobs, finish_reason=finish)] if choices else [],
+            usage=usage))
 
     def finish_chunk(reason: str, usage: UsageInfo | None = None) -> bytes:
         # OpenAI's finish delta is empty; Zhipu's names the role with empty content.
         return chunk(DeltaMessage(role=role, content="" if role else None), reason, usage)
 
-    def pieces(piece: ChatPiece) -> Iterator[bytes]:
+    def pieces(piece: ChatPiece, logprobs: ChoiceLogprobs | None = None) -> Iterator[bytes]:
+        """The chunks of a parsed piece. A token's logprobs go out with the first of them, or on
+        their own while the parser (or a possible stop string) still holds its text."""
         nonlocal calls
         if piece.reasoning:
-            yield chunk(DeltaMessage(role=role, reasoning_content=piece.reasoning))
-        if piece.content:
-            yield chunk(DeltaMessage(role=role, content=piece.content))
+            yield chunk(DeltaMessage(role=role, reasoning_content=piece.reasoning), logprobs=logprobs)
+            logprobs = None
+        if piece.content or logprobs is not None:
+            yield chunk(DeltaMessage(role=role, content=piece.content), logprobs=logprobs)
         for call in piece.tool_calls:
             if whole_calls:
                 yield chunk(DeltaMessage(role=role, tool_calls=[_tool_call_out(call, calls)]))
@@ -190,7 +222,9 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
-            for event in pieces(parser.push(delta.text, len(delta.token_ids))):
+            events = list(pieces(parser.push(delta.text, len(delta.token_ids)),
+                                 ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None))
+            for event in events:
                 yield event
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
