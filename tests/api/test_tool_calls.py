@@ -330,3 +330,28 @@ def test_tool_parser_option_overrides_the_template(api: httpx.Client) -> None:
     r = api.post("/v1/chat/completions", json={"model": "glm-opt", "messages": ASK, "tools": [WEATHER_TOOL]})
     [call] = r.json()["choices"][0]["message"]["tool_calls"]
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "days": 2}
+
+
+def test_a_tool_schema_the_grammar_cannot_enforce_is_refused(api: httpx.Client) -> None:
+    tool = {"type": "function", "function": {"name": "tag", "parameters": {
+        "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}}}
+    r = api.post("/v1/chat/completions", json={"model": "constrained", "messages": ASK, "tools": [tool],
+                                               "tool_choice": "required"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "tools" and "uniqueItems" in r.json()["error"]["message"]
+
+
+def test_a_forced_call_cannot_also_follow_a_response_format(api: httpx.Client) -> None:
+    r = api.post("/v1/chat/completions", json={"model": "constrained", "messages": ASK, "tools": [WEATHER_TOOL],
+                                               "tool_choice": "required", "response_format": {"type": "json_object"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+
+
+def test_streamed_logprobs_cover_every_token_around_a_call(api: httpx.Client) -> None:
+    """Tokens whose text the parser holds (the call's) still send their logprobs as they come."""
+    body = {"model": "hermes", "messages": ASK, "tools": [WEATHER_TOOL], "stream": True, "logprobs": True,
+            "stream_options": {"include_usage": True}}
+    chunks = _chunks(api.post("/v1/chat/completions", json=body).text)
+    reported = sum(len((c["choices"][0].get("logprobs") or {}).get("content") or [])
+                   for c in chunks if c["choices"])
+    assert reported == chunks[-1]["usage"]["completion_tokens"] == len(HERMES_REPLY.encode())
