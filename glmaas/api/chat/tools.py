@@ -4,13 +4,13 @@ template's thinking switch."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from glmaas.api.chat.protocol import ChatRequest
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.engines.base import ModelInfo, OutputConstraint
 from glmaas.engines.chat_output import ChatOutputParser
+from glmaas.engines.constrained import json_schema_constraint
 from glmaas.engines.reasoning import (
     ReasoningSplitter,
     has_thinking_switch,
@@ -55,7 +55,7 @@ def tool_call_constraint(chat: ChatRequest) -> OutputConstraint | None:
         return None
     schemas = [call_schema(f) for f in functions]
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    return OutputConstraint("json_schema", json.dumps(schema, ensure_ascii=False))
+    return json_schema_constraint(schema)
 
 
 def prompt_tools(chat: ChatRequest) -> list[dict[str, Any]] | None:
