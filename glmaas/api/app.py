@@ -1,32 +1,36 @@
 """The FastAPI application: routes of every resource, error handling in the caller's dialect,
-and the request-size guard."""
+and the middleware around them, outermost first: `ServerFaults` (any escaped exception → a
+dialect-shaped 500, logged once), `MeteredRequests` (a run is billed only once its response
+starts), `BodySizeLimit`."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from glmaas.api.admin.router import ADMIN_PREFIX, caller_is_admin
+from glmaas.api.admin.router import caller_is_admin
 from glmaas.api.admin.router import router as admin_router
+from glmaas.api.chat.router import body_routes as chat_body_routes
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
+from glmaas.api.embeddings.router import body_routes as embedding_body_routes
 from glmaas.api.embeddings.router import routes as embedding_routes
 from glmaas.api.errors import ApiError, ErrorKind
+from glmaas.api.faults import ServerFaults
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
+from glmaas.api.metered import MeteredRequests
 from glmaas.api.models.router import router as models_router
+from glmaas.api.openapi import openapi_schema
 from glmaas.api.state import AppState
+from glmaas.api.tokenizer.router import body_routes as tokenizer_body_routes
 from glmaas.api.tokenizer.router import routes as tokenizer_routes
-
-log = logging.getLogger("glmaas.api")
 
 
 class BodySizeLimit:
@@ -79,7 +83,10 @@ def create_app(state: AppState) -> FastAPI:
     app.router.routes.extend(embedding_routes)
     app.include_router(models_router)
     app.include_router(admin_router)
+    # Each add goes outside the ones before it.
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)
+    app.add_middleware(MeteredRequests)
+    app.add_middleware(ServerFaults)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):  # type: ignore[no-untyped-def]
@@ -95,11 +102,6 @@ def create_app(state: AppState) -> FastAPI:
     async def _validation(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
         return response_for(request, ApiError(ErrorKind.INVALID_REQUEST, "Invalid request."))
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return response_for(request, ApiError(ErrorKind.INTERNAL, "Internal error; it has been logged."))
-
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
         return {"status": "ok"}
@@ -110,11 +112,8 @@ def create_app(state: AppState) -> FastAPI:
     async def openapi(request: Request) -> JSONResponse:
         admin = caller_is_admin(request)
         if admin not in schemas:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            if not admin:
-                schema["paths"] = {path: ops for path, ops in schema["paths"].items()
-                                   if not path.startswith(ADMIN_PREFIX)}
-            schemas[admin] = schema
+            schemas[admin] = openapi_schema(app, chat_body_routes + embedding_body_routes + tokenizer_body_routes,
+                                             admin=admin)
         return JSONResponse(schemas[admin])
 
     return app

@@ -1,14 +1,18 @@
 """Reading a request and answering it: ids, JSON bodies, the caller's credential, typed JSON
-responses, in one place for every route."""
+responses, in one place for every route.
+
+A body goes through `parse_body`, which runs the edge checks of `glmaas.platform.validation`
+(bounded depth and numbers before parsing, no NaN/Infinity, valid Unicode everywhere) before the
+route's schema sees it; ids a client chooses are typed `RequestId` or `EndUserId` in the schema."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import time
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError, ValidationInfo
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,8 +20,28 @@ from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.state import AppState
 from glmaas.platform.auth import Principal
 from glmaas.platform.errors import AuthError
+from glmaas.platform.validation import (
+    InvalidField,
+    check_end_user_id,
+    check_request_id,
+    load_json,
+)
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _request_id(value: str, info: ValidationInfo) -> str:
+    return check_request_id(value, info.field_name or "request_id")
+
+
+def _end_user_id(value: str, info: ValidationInfo) -> str:
+    return check_end_user_id(value, info.field_name or "user_id")
+
+
+# An id the client chooses for its request: it goes into the `x-request-id` header and the logs.
+RequestId = Annotated[str, AfterValidator(_request_id)]
+# An id of the client's own end user (`user_id`, `user`): it may reach a log line.
+EndUserId = Annotated[str, AfterValidator(_end_user_id)]
 
 
 def new_request_id() -> str:
@@ -53,12 +77,17 @@ def authenticate(request: Request) -> Principal:
 
 
 async def parse_body(request: Request, schema: type[M]) -> M:
-    """The body as `schema`, or a 400 that names the bad field."""
+    """The body as `schema`, or a 400 that names the bad field. The edge checks (`load_json`) run
+    before the schema: a body too deep, with too long a number, NaN or Infinity is refused as
+    invalid JSON; a string that is not valid Unicode names its field."""
     raw = await request.body()
     if not raw.strip():
         raise ApiError(ErrorKind.INVALID_JSON, "The request body is empty; send a JSON object.")
     try:
-        data: Any = json.loads(raw)
+        data: Any = load_json(raw)
+    except InvalidField as exc:
+        kind = ErrorKind.INVALID_JSON if exc.field == "body" else ErrorKind.INVALID_REQUEST
+        raise ApiError(kind, str(exc), param=None if exc.field == "body" else exc.field) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(ErrorKind.INVALID_JSON, f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -10,6 +10,12 @@ ends: finished, failed, timed out, or cancelled because the client went away. A 
 prompt, calls `start_run`, and serialises what `generate` yields; it never settles by hand.
 A request that sells only its input (an embedding) runs its work through `MeteredRun.compute`
 instead: the same deadline and the same one settlement, with no tokens produced.
+
+A run that answers a client (`bills_on_delivery`) is billed only for what reached the client:
+nothing unless the response carrying it started (`deliver`). A whole reply (not streamed) is
+therefore settled when its response starts, not when generation ends, and a reply whose
+response could not be started (a fault between generation and the status line) is settled
+unbilled. Background work stores its result instead, and is billed when it ends.
 """
 
 from __future__ import annotations
@@ -63,11 +69,16 @@ class MeteredRun:
     # Streams make progress durable before delivering tokens (see platform.metering).
     durable: bool
     timeout_s: float
+    # Billed only once the response carrying it has started (see the module docstring).
+    bills_on_delivery: bool = False
+    delivered: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
     first_token_at: float | None = None
     completion_tokens: int = 0
     cached_tokens: int = 0
     finish_reason: str | None = None
+    # How generation ended, once it has.
+    ended: RequestStatus | None = None
 
     @property
     def deadline(self) -> float:
@@ -107,7 +118,21 @@ class MeteredRun:
             # Shielded: on a client disconnect this runs inside a cancelled scope.
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
+            self._end(status)
+
+    def _end(self, status: RequestStatus) -> None:
+        """The work is over: settle, unless it is a finished reply that still has to reach its
+        client (it settles when it does, `deliver`)."""
+        self.ended = status
+        if not (status is RequestStatus.OK and self.bills_on_delivery and not self.delivered):
             self.settle(status)
+
+    def deliver(self) -> None:
+        """The response that carries this run's output has started (a 2xx status line went out):
+        from now on what it produced is billed, and a finished reply settles."""
+        self.delivered = True
+        if self.ended is RequestStatus.OK:
+            self.settle_if_open(RequestStatus.OK)
 
     async def compute(self, work: Awaitable[T]) -> T:
         """The result of `work`, a request that produces no tokens (its cost is its prompt);
@@ -129,7 +154,7 @@ class MeteredRun:
             self.finish_reason = "stop"
             return result
         finally:
-            self.settle(status)
+            self._end(status)
 
     def settle_if_open(self, status: RequestStatus) -> None:
         """Settle now unless `generate` already did (it settles on every path it runs)."""
@@ -148,10 +173,17 @@ class MeteredRun:
                 queue_ms=(self.admission.admitted_at - self.arrived) * 1000,
                 first_token_ms=(self.first_token_at - self.arrived) * 1000 if self.first_token_at else None,
                 total_ms=(now - self.arrived) * 1000,
-                # A stream delivered what it produced; a failed plain request delivered nothing.
-                billable=self.durable or status in (RequestStatus.OK, RequestStatus.ABORTED),
+                billable=self._billable(status),
             ),
         )
+
+    def _billable(self, status: RequestStatus) -> bool:
+        if self.bills_on_delivery:
+            # A started stream delivered what it produced (within one durability step); a
+            # response that never started delivered nothing.
+            return self.delivered
+        # Background work: a stored result, or what a stream made durable.
+        return self.durable or status in (RequestStatus.OK, RequestStatus.ABORTED)
 
     def rate_limit_headers(self) -> dict[str, str]:
         """`x-ratelimit-*` of the key's limits, as OpenAI sends them."""
@@ -167,9 +199,12 @@ class MeteredRun:
 
 
 def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
-              max_tokens: int, arrived: float, durable: bool, timeout_s: float) -> MeteredRun:
+              max_tokens: int, arrived: float, durable: bool, timeout_s: float,
+              bills_on_delivery: bool = False) -> MeteredRun:
     """Admit the request (limits, a hold of its worst-case cost) and start its run, or raise the
     platform's refusal (`PlatformError`). `durable`: progress is saved before tokens are
-    delivered (streams), so that a crash bills what was delivered."""
+    delivered (streams), so that a crash bills what was delivered. `bills_on_delivery`: the run
+    answers a client, and is billed only once `deliver` says its response started."""
     admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens)
-    return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s)
+    return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s,
+                      bills_on_delivery=bills_on_delivery)

@@ -11,11 +11,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from glmaas.platform.validation import (
+    MAX_END_USER_ID_CHARS,
     MAX_REQUEST_ID_CHARS,
     InvalidField,
+    check_end_user_id,
     check_json_shape,
     check_request_id,
+    check_strings,
     check_text,
+    load_json,
 )
 
 SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
@@ -107,7 +111,7 @@ def digits_of(value: Any) -> int:
 @given(JSON_VALUES, st.integers(0, 6), st.integers(1, 60), st.booleans())
 def test_valid_json_is_refused_exactly_when_too_deep_or_its_numbers_too_long(
         value: Any, max_depth: int, max_digits: int, ascii_only: bool) -> None:
-    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     fits = depth_of(value) <= max_depth and digits_of(value) <= max_digits
     if fits:
         assert check_json_shape(raw, max_depth=max_depth, max_number_digits=max_digits) is raw
@@ -176,3 +180,52 @@ def test_utf16_json_is_refused() -> None:
 def test_an_unterminated_string_ends_the_scan() -> None:
     raw = b'{"a": "never closed \\" [[[['
     assert check_json_shape(raw, max_depth=1) is raw
+
+
+# -- check_end_user_id -----------------------------------------------------------------------------
+
+@given(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=MAX_END_USER_ID_CHARS))
+def test_printable_ascii_user_ids_pass(user_id: str) -> None:
+    assert check_end_user_id(user_id, "user") == user_id
+
+
+@pytest.mark.parametrize("value", ["a b", "u\nFAKE", "\x00", "中文", "", "x" * (MAX_END_USER_ID_CHARS + 1), 7, None])
+def test_other_user_ids_are_refused(value: object) -> None:
+    with pytest.raises(InvalidField) as info:
+        check_end_user_id(value, "user")
+    assert info.value.field == "user"
+
+
+# -- check_strings and load_json -------------------------------------------------------------------
+
+def test_check_strings_names_the_path_of_the_first_bad_string() -> None:
+    value = {"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": "\ud800"}]}
+    with pytest.raises(InvalidField) as info:
+        check_strings(value)
+    assert info.value.field == "messages.1.content"
+
+
+def test_a_bad_key_is_named_by_position_not_quoted() -> None:
+    with pytest.raises(InvalidField) as info:
+        check_strings({"tools": [{"\udc00": 1}]})
+    assert info.value.field == "tools.0.<key>"
+
+
+@given(JSON_VALUES)
+def test_load_json_reads_back_what_valid_json_holds(value: Any) -> None:
+    raw = json.dumps(value).encode("utf-8", "surrogatepass")
+    try:
+        check_strings(value)
+    except InvalidField:
+        with pytest.raises(InvalidField):
+            load_json(raw)
+        return
+    if depth_of(value) <= 64 and digits_of(value) <= 100:
+        assert load_json(raw) == value
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1e400", b"[-1e309]"])
+def test_load_json_refuses_what_is_not_a_finite_json_number(raw: bytes) -> None:
+    with pytest.raises(InvalidField) as info:
+        load_json(raw)
+    assert info.value.field == "body"

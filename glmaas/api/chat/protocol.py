@@ -3,7 +3,8 @@ response body and stream chunks.
 
 Fields are in the order of the public docs. Both dialects share one schema: `null` means absent,
 unknown fields are ignored, and a documented field we cannot honour (n > 1, image parts,
-`functions`, `audio`…) is a clear 400 that names it, never silently dropped.
+`functions`, `audio`…) is a clear 400 that names it, never silently dropped. Every number is
+bounded and every id a client chooses restricted (`api/requests.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from glmaas.api.requests import EndUserId, RequestId
 from glmaas.engines.base import OutputConstraint, TokenLogprob
 from glmaas.engines.constrained import json_schema_constraint
 from glmaas.engines.tool_calls import FunctionSpec
@@ -31,6 +33,10 @@ from glmaas.platform.metered import MeteredRun
 MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
+# Numbers are bounded where they enter: a token count fits the ledger's 32-bit columns, and a
+# seed the samplers' unsigned 64 bits (a negative or longer one is refused, not wrapped).
+MAX_TOKENS = 2**31 - 1
+MAX_SEED = 2**64 - 1
 
 
 class _Lenient(BaseModel):
@@ -174,17 +180,17 @@ class ResponseFormat(_Lenient):
 class ChatCompletionRequest(_Lenient):
     model: str = Field(min_length=1, max_length=128)
     messages: list[Message] = Field(min_length=1)
-    request_id: str | None = Field(default=None, max_length=128)
-    user_id: str | None = Field(default=None, max_length=128)
-    user: str | None = Field(default=None, max_length=256)
+    request_id: RequestId | None = None
+    user_id: EndUserId | None = None
+    user: EndUserId | None = None
     do_sample: bool | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     n: int | None = None
     tools: list[Tool] | None = None

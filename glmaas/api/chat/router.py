@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from glmaas.api.chat.protocol import ChatCompletionRequest, to_canonical
+from glmaas.api.chat.protocol import ChatCompletion, ChatCompletionRequest, to_canonical
 from glmaas.api.chat.serving import (
     build_prompt,
     complete,
@@ -18,6 +18,7 @@ from glmaas.api.chat.serving import (
 )
 from glmaas.api.dialects import DIALECTS, dialect_of
 from glmaas.api.metered import MeteredStream, admit
+from glmaas.api.openapi import BodyRoute
 from glmaas.api.requests import (
     JSONModelResponse,
     app_state,
@@ -50,3 +51,6 @@ async def chat_completions(request: Request) -> Response:
 # Plain Starlette routes: the request path needs none of FastAPI's dependency machinery, and on the
 # hottest route its cost shows.
 routes = [Route(dialect.path("/chat/completions"), chat_completions, methods=["POST"]) for dialect in DIALECTS]
+# As /openapi.json shows them.
+body_routes = [BodyRoute(dialect.path("/chat/completions"), f"Create a chat completion ({dialect.name} dialect)",
+                         ChatCompletionRequest, ChatCompletion, streams=True) for dialect in DIALECTS]

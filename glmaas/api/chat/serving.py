@@ -4,7 +4,8 @@ run's (`api/metered.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from glmaas.api.chat.protocol import (
@@ -47,6 +48,9 @@ from glmaas.engines.constrained import ConstraintError, check
 from glmaas.engines.tool_calls import ToolCall
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
+from glmaas.platform.metering import RequestStatus
+
+log = logging.getLogger("glmaas.api")
 
 # When the client sets no limit, a reply may run to the end of the context, capped here.
 DEFAULT_MAX_TOKENS = 1024
@@ -177,7 +181,7 @@ def _add(reply: ChatPiece, piece: ChatPiece) -> None:
     reply.tool_calls.extend(piece.tool_calls)
 
 
-async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequest,
+async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: ChatRequest,
                  parser: ChatOutputParser, dialect: Dialect) -> AsyncIterator[bytes]:
     """The reply as SSE events: reasoning, content and tool-call deltas as the parser makes
     them certain, the finish chunk, usage (when the dialect or the client wants it) where the
@@ -198,6 +202,9 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
     def finish_chunk(reason: str, usage: UsageInfo | None = None) -> bytes:
         # OpenAI's finish delta is empty; Zhipu's names the role with empty content.
         return chunk(DeltaMessage(role=role, content="" if role else None), reason, usage)
+
+    def fault_chunk(reason: str) -> bytes:
+        return finish_chunk(reason, UsageInfo.of(run, parser.reasoning_tokens))
 
     def pieces(piece: ChatPiece, logprobs: ChoiceLogprobs | None = None) -> Iterator[bytes]:
         """The chunks of a parsed piece. A token's logprobs go out with the first of them, or on
@@ -222,16 +229,28 @@ async def stream(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatReques
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
-            events = list(pieces(parser.push(delta.text, len(delta.token_ids)),
-                                 ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None))
-            for event in events:
+            for event in pieces(parser.push(delta.text, len(delta.token_ids)),
+                                ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None):
                 yield event
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
-        yield dialect.stream_fault(
-            _engine_error(exc), lambda reason: finish_chunk(reason, UsageInfo.of(run, parser.reasoning_tokens)))
+        yield dialect.stream_fault(_engine_error(exc), fault_chunk)
         yield SSE_DONE
         return
+    except Exception:
+        # The server itself failed mid-stream (a bug, the database): logged once here, with its
+        # traceback, and told in-band like an engine fault; billed as produced, status `error`
+        # (settled before the deltas are closed below, which would record it as aborted).
+        log.exception("request %s: the stream failed", run.request_id)
+        run.settle_if_open(RequestStatus.ERROR)
+        fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
+                                             f"{run.request_id}); the error has been logged.")
+        yield dialect.stream_fault(fault, fault_chunk)
+        yield SSE_DONE
+        return
+    finally:
+        # However this generator ends, the engine stops within a step.
+        await deltas.aclose()
     for event in pieces(parser.finish()):
         yield event
     usage = UsageInfo.of(run, parser.reasoning_tokens) if include_usage else None

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from glmaas.api.requests import EndUserId, RequestId
+
 # OpenAI's documented limit on inputs per request.
 MAX_INPUTS = 2048
 
@@ -22,9 +24,9 @@ class EmbeddingRequest(BaseModel):
     model: str
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = None
-    user: str | None = None
-    # Zhipu: the caller's id for the request.
-    request_id: str | None = None
+    user: EndUserId | None = None
+    # Zhipu: the caller's id for the request (it goes into the x-request-id header).
+    request_id: RequestId | None = None
     # Extension: cut each input to the model's length instead of refusing it.
     truncate: bool | None = None
 

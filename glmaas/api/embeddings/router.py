@@ -9,9 +9,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from glmaas.api.dialects import DIALECTS
-from glmaas.api.embeddings.protocol import EmbeddingRequest
+from glmaas.api.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
 from glmaas.api.embeddings.serving import embed, prepare, respond
 from glmaas.api.metered import admit
+from glmaas.api.openapi import BodyRoute
 from glmaas.api.requests import (
     JSONModelResponse,
     app_state,
@@ -38,3 +39,6 @@ async def embeddings(request: Request) -> Response:
 
 
 routes = [Route(dialect.path("/embeddings"), embeddings, methods=["POST"]) for dialect in DIALECTS]
+# As /openapi.json shows them.
+body_routes = [BodyRoute(dialect.path("/embeddings"), f"Create embeddings ({dialect.name} dialect)",
+                         EmbeddingRequest, EmbeddingResponse) for dialect in DIALECTS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from glmaas.api.dialects import OPENAI, ZHIPU
+from glmaas.api.dialects import OPENAI, ZHIPU, Dialect
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.requests import app_state, authenticate
 from glmaas.engines.base import ModelInfo
@@ -27,8 +27,15 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": data}
 
 
-@router.get(OPENAI.path("/models/{model_id:path}"))
-@router.get(ZHIPU.path("/models/{model_id:path}"))
+def _errors(dialect: Dialect) -> dict:
+    """The error replies of a route, in its dialect (the schemas `api/openapi.py` adds)."""
+    schema = {"$ref": f"#/components/schemas/{dialect.name.capitalize()}Error"}
+    return {"default": {"description": f"An error in the {dialect.name} dialect",
+                        "content": {"application/json": {"schema": schema}}}}
+
+
+@router.get(OPENAI.path("/models/{model_id:path}"), responses=_errors(OPENAI))
+@router.get(ZHIPU.path("/models/{model_id:path}"), responses=_errors(ZHIPU))
 async def retrieve_model(request: Request, model_id: str) -> dict:
     principal = authenticate(request)
     state = app_state(request)

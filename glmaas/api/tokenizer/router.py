@@ -18,8 +18,10 @@ from glmaas.api.chat.protocol import ChatCompletionRequest, Message, Tool, to_ca
 from glmaas.api.chat.serving import render_prompt
 from glmaas.api.dialects import ZHIPU
 from glmaas.api.metered import admit
+from glmaas.api.openapi import BodyRoute
 from glmaas.api.requests import (
     JSONModelResponse,
+    RequestId,
     app_state,
     authenticate,
     parse_body,
@@ -31,7 +33,7 @@ class TokenizerRequest(BaseModel):
     model: str = Field(min_length=1, max_length=128)
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
-    request_id: str | None = Field(default=None, max_length=128)
+    request_id: RequestId | None = None
 
 
 class TokenizerUsage(BaseModel):
@@ -68,3 +70,6 @@ async def tokenize(request: Request) -> Response:
 
 
 routes = [Route(ZHIPU.path("/tokenizer"), tokenize, methods=["POST"])]
+# As /openapi.json shows it.
+body_routes = [BodyRoute(ZHIPU.path("/tokenizer"), "Count the prompt tokens of messages (zhipu dialect)",
+                         TokenizerRequest, TokenizerResponse)]
