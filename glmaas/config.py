@@ -17,6 +17,11 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 600.0  # seconds a generation may run before it is stopped
 DEFAULT_USAGE_RETENTION_DAYS = 90.0  # per-request usage rows older than this are pruned
+DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024  # the largest upload to /files
+DEFAULT_BATCH_WORKERS = 2  # background workers per replica (batch lines, async chat); 0: none
+DEFAULT_BATCH_SLOT_SHARE = 0.5  # the most of a model's engine slots background work may take
+DEFAULT_BATCH_PRICE_PERCENT = 50  # batch lines sell at this share of the model's prices
+DEFAULT_BATCH_LEASE_S = 30.0  # a dead replica's background work is taken over after this
 
 
 def resolve_data_dir(option: str | None) -> Path:
@@ -35,6 +40,11 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     usage_retention_days: float = DEFAULT_USAGE_RETENTION_DAYS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    batch_workers: int = DEFAULT_BATCH_WORKERS
+    batch_slot_share: float = DEFAULT_BATCH_SLOT_SHARE
+    batch_price_percent: int = DEFAULT_BATCH_PRICE_PERCENT
+    batch_lease_s: float = DEFAULT_BATCH_LEASE_S
 
     def db_url(self) -> str:
         from glmaas.store.db import sqlite_url

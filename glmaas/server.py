@@ -35,10 +35,12 @@ def build_limiter(settings: Settings):  # type: ignore[no-untyped-def]
 def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     from glmaas.api.state import AppState
     from glmaas.engines.registry import ModelRegistry
+    from glmaas.jobs.gate import SlotGate
     from glmaas.platform.admin_token import load_admin_token
     from glmaas.platform.auth import Authenticator
     from glmaas.platform.metering import Meter
     from glmaas.platform.recovery import heartbeat, new_owner_id, recover
+    from glmaas.store.blobs import blob_store_for
 
     db, box = open_platform(settings)
     limiter = build_limiter(settings)
@@ -49,16 +51,27 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     if recovered:
         log.warning("settled %d requests left open by a replica that stopped", recovered)
     registry = ModelRegistry.from_options(settings.models, with_default=settings.default_model)
+    meter = Meter(db.engine, db.session, limiter, owner)
+
+    def slots_of(model: str) -> int | None:
+        return getattr(registry.get(model), "slots", None)
+
     return AppState(
         db=db,
         registry=registry,
         authenticator=Authenticator(db.session, box),
-        meter=Meter(db.engine, db.session, limiter, owner),
+        meter=meter,
         box=box,
         admin_token=load_admin_token(settings.data_dir),
+        blobs=blob_store_for(settings.db_url(), settings.data_dir),
+        gate=SlotGate(settings.batch_slot_share, slots_of, meter.open_by_model),
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout,
         usage_retention_days=settings.usage_retention_days,
+        max_file_bytes=settings.max_file_bytes,
+        batch_workers=settings.batch_workers,
+        batch_price_percent=settings.batch_price_percent,
+        batch_lease_s=settings.batch_lease_s,
     )
 
 

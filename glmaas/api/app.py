@@ -1,7 +1,7 @@
 """The FastAPI application: routes of every resource, error handling in the caller's dialect,
 and the middleware around them, outermost first: `ServerFaults` (any escaped exception → a
 dialect-shaped 500, logged once), `MeteredRequests` (a run is billed only once its response
-starts), `BodySizeLimit`."""
+starts), `BodySizeLimit`. Background work (batch lines, async chat) runs in workers the lifespan starts."""
 
 from __future__ import annotations
 
@@ -17,13 +17,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glmaas.api.admin.router import caller_is_admin
 from glmaas.api.admin.router import router as admin_router
+from glmaas.api.async_chat.router import body_routes as async_chat_body_routes
+from glmaas.api.async_chat.router import routes as async_chat_routes
+from glmaas.api.batches.router import body_routes as batch_body_routes
+from glmaas.api.batches.router import routes as batch_routes
+from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import body_routes as chat_body_routes
 from glmaas.api.chat.router import routes as chat_routes
 from glmaas.api.dialects import response_for
+from glmaas.api.embeddings.background import run_embedding_item
 from glmaas.api.embeddings.router import body_routes as embedding_body_routes
 from glmaas.api.embeddings.router import routes as embedding_routes
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.faults import ServerFaults
+from glmaas.api.files.router import routes as file_routes
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.metered import MeteredRequests
 from glmaas.api.models.router import router as models_router
@@ -31,24 +38,35 @@ from glmaas.api.openapi import openapi_schema
 from glmaas.api.state import AppState
 from glmaas.api.tokenizer.router import body_routes as tokenizer_body_routes
 from glmaas.api.tokenizer.router import routes as tokenizer_routes
+from glmaas.api.work import Runner, runner_for
+from glmaas.jobs.worker import Workers
+
+# The resources that run in the background (batch lines, async tasks), by the endpoint they call.
+BACKGROUND_RUNNERS: dict[str, Runner] = {"/v1/chat/completions": run_chat_item,
+                                          "/v1/embeddings": run_embedding_item}
+# Room for the multipart framing around an uploaded file of the largest size allowed.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 class BodySizeLimit:
-    """Refuses a body over `limit` bytes: at once when Content-Length says so, otherwise as soon as
-    the bytes read pass it. The rest is never read."""
+    """Refuses a body over `limit` bytes (`upload_limit` for a file upload): at once when
+    Content-Length says so, otherwise as soon as the bytes read pass it. The rest is never read."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.body_limit = limit
+        self.upload_limit = upload_limit or limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = ApiError(ErrorKind.BODY_TOO_LARGE, f"The request body exceeds {self.limit} bytes.")
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files")
+        limit = self.upload_limit if upload else self.body_limit
+        too_large = ApiError(ErrorKind.BODY_TOO_LARGE, f"The request body exceeds {limit} bytes.")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.limit:
+                if not value.isdigit() or int(value) > limit:
                     await response_for(Request(scope), too_large)(scope, receive, send)
                     return
         seen = 0
@@ -58,7 +76,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise too_large
             return message
 
@@ -69,8 +87,17 @@ def create_app(state: AppState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         housekeeping = asyncio.create_task(run_housekeeping(state))
+        background = None
+        if state.batch_workers > 0:
+            run_item = runner_for(BACKGROUND_RUNNERS)
+            workers = Workers(state.db, state.blobs, state.meter.owner, lambda item: run_item(state, item),
+                              count=state.batch_workers, lease_s=state.batch_lease_s)
+            background = asyncio.create_task(workers.run())
         yield
         housekeeping.cancel()
+        if background is not None:
+            background.cancel()
+            await asyncio.gather(background, return_exceptions=True)
         await state.registry.close()
         retire_replica(state)
         state.db.dispose()
@@ -78,13 +105,13 @@ def create_app(state: AppState) -> FastAPI:
     # /openapi.json is served below: the admin routes are listed to the admin only.
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
-    app.router.routes.extend(chat_routes)
-    app.router.routes.extend(tokenizer_routes)
-    app.router.routes.extend(embedding_routes)
+    app.router.routes.extend([*chat_routes, *tokenizer_routes, *embedding_routes, *file_routes, *batch_routes,
+                              *async_chat_routes])
     app.include_router(models_router)
     app.include_router(admin_router)
     # Each add goes outside the ones before it.
-    app.add_middleware(BodySizeLimit, limit=state.max_body_bytes)
+    app.add_middleware(BodySizeLimit, limit=state.max_body_bytes,
+                       upload_limit=max(state.max_body_bytes, state.max_file_bytes + MULTIPART_OVERHEAD_BYTES))
     app.add_middleware(MeteredRequests)
     app.add_middleware(ServerFaults)
 
@@ -112,8 +139,9 @@ def create_app(state: AppState) -> FastAPI:
     async def openapi(request: Request) -> JSONResponse:
         admin = caller_is_admin(request)
         if admin not in schemas:
-            schemas[admin] = openapi_schema(app, chat_body_routes + embedding_body_routes + tokenizer_body_routes,
-                                             admin=admin)
+            body_routes = (chat_body_routes + tokenizer_body_routes + embedding_body_routes + batch_body_routes
+                           + async_chat_body_routes)
+            schemas[admin] = openapi_schema(app, body_routes, admin=admin)
         return JSONResponse(schemas[admin])
 
     return app

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ValidationError, ValidationInfo
@@ -19,7 +21,7 @@ from starlette.responses import Response
 from glmaas.api.errors import ApiError, ErrorKind, from_platform
 from glmaas.api.state import AppState
 from glmaas.platform.auth import Principal
-from glmaas.platform.errors import AuthError
+from glmaas.platform.errors import AuthError, PlatformError
 from glmaas.platform.validation import (
     InvalidField,
     check_end_user_id,
@@ -67,6 +69,15 @@ class JSONModelResponse(Response):
 
 def app_state(request: Request) -> AppState:
     return request.app.state.glmaas
+
+
+@contextmanager
+def refusals_on_wire() -> Iterator[None]:
+    """Platform refusals raised inside become wire errors (`ApiError`)."""
+    try:
+        yield
+    except PlatformError as exc:
+        raise from_platform(exc) from None
 
 
 def authenticate(request: Request) -> Principal:

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 from glmaas import config
 from glmaas.engines.registry import ModelRegistry
+from glmaas.jobs.gate import SlotGate
 from glmaas.platform.auth import Authenticator
 from glmaas.platform.metering import Meter
 from glmaas.platform.secrets import SecretBox
+from glmaas.store.blobs import BlobStore
 from glmaas.store.db import Database
 
 
@@ -21,7 +23,13 @@ class AppState:
     meter: Meter
     box: SecretBox
     admin_token: str
+    blobs: BlobStore
+    gate: SlotGate
     max_body_bytes: int = config.DEFAULT_MAX_BODY_BYTES
     request_timeout: float = config.DEFAULT_REQUEST_TIMEOUT
     usage_retention_days: float = config.DEFAULT_USAGE_RETENTION_DAYS
+    max_file_bytes: int = config.DEFAULT_MAX_FILE_BYTES
+    batch_workers: int = config.DEFAULT_BATCH_WORKERS
+    batch_price_percent: int = config.DEFAULT_BATCH_PRICE_PERCENT
+    batch_lease_s: float = config.DEFAULT_BATCH_LEASE_S
     started_at: float = field(default_factory=time.time)

@@ -25,7 +25,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds a generation may run before it is stopped (and billed as produced)")
     p.add_argument("--usage-retention-days", type=float, default=config.DEFAULT_USAGE_RETENTION_DAYS,
                    help="per-request usage rows older than this are pruned (daily totals stay)")
+    p.add_argument("--max-file-bytes", type=int, default=config.DEFAULT_MAX_FILE_BYTES,
+                   help="the largest file /files accepts")
+    p.add_argument("--batch-workers", type=int, default=config.DEFAULT_BATCH_WORKERS,
+                   help="background workers running batch lines and async chat tasks (0: none)")
+    p.add_argument("--batch-slot-share", type=_share, default=config.DEFAULT_BATCH_SLOT_SHARE,
+                   help="the most of a model's engine slots background work may take (0-1)")
+    p.add_argument("--batch-price-percent", type=_percent, default=config.DEFAULT_BATCH_PRICE_PERCENT,
+                   help="batch lines are sold at this percent of the model's prices")
+    p.add_argument("--batch-lease-s", type=float, default=config.DEFAULT_BATCH_LEASE_S,
+                   help="seconds before another replica takes over the work of one that died")
     p.set_defaults(func=serve)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError("a share is above 0 and at most 1")
+    return value
+
+
+def _percent(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("a percent is between 0 and 100")
+    return value
 
 
 def settings_from(args: argparse.Namespace) -> config.Settings:
@@ -39,6 +63,11 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
         max_body_bytes=args.max_body_bytes,
         request_timeout=args.request_timeout,
         usage_retention_days=args.usage_retention_days,
+        max_file_bytes=args.max_file_bytes,
+        batch_workers=args.batch_workers,
+        batch_slot_share=args.batch_slot_share,
+        batch_price_percent=args.batch_price_percent,
+        batch_lease_s=args.batch_lease_s,
     )
 
 

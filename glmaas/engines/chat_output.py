@@ -21,6 +21,12 @@ class ChatPiece:
     def __bool__(self) -> bool:
         return bool(self.reasoning or self.content or self.tool_calls)
 
+    def extend(self, other: ChatPiece) -> None:
+        """Append what `other` adds (to gather a whole reply from its pieces)."""
+        self.reasoning += other.reasoning
+        self.content += other.content
+        self.tool_calls.extend(other.tool_calls)
+
 
 class ChatOutputParser:
     """Incremental: `push` each delta's text with its token count, then `finish` once.

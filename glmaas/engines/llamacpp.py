@@ -111,6 +111,7 @@ class LlamaCppEngine:
             threads=threads or os.cpu_count() or 1,
         )
         self._loop = DecodeLoop(model, self._vocab, config)
+        self.slots = config.slots  # sequences decoded together (background work takes a share)
         n_vocab = self._loop.n_vocab
         self._grammars = Grammars.for_llamacpp(
             self._vocab, n_vocab, lambda: [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)])

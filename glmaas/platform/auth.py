@@ -88,6 +88,14 @@ class Authenticator:
             return self._jwt(token)
         raise AuthError("malformed", "The API key or token is malformed.")
 
+    def principal_of(self, key_id: str) -> Principal:
+        """The principal of a key the platform already trusts (background work started by it),
+        or `AuthError` when the key was revoked, expired or deleted since."""
+        record = self._record(key_id)
+        if record is None:
+            raise AuthError("invalid", "The API key no longer exists.")
+        return self._usable(record)
+
     def _raw_key(self, token: str) -> Principal:
         key_id, secret = token.split(".")
         record = self._record(key_id)

@@ -28,7 +28,7 @@ from typing import Protocol, TypeVar
 import anyio
 
 from glmaas.platform.auth import Principal
-from glmaas.platform.metering import Admission, Meter, Outcome, RequestStatus
+from glmaas.platform.metering import Admission, Finish, Meter, Outcome, RequestStatus
 
 
 class GenerationTimeout(Exception):
@@ -79,6 +79,8 @@ class MeteredRun:
     finish_reason: str | None = None
     # How generation ended, once it has.
     ended: RequestStatus | None = None
+    # Written with the settlement, in its transaction: what background work makes of the result.
+    finish: Finish | None = None
 
     @property
     def deadline(self) -> float:
@@ -175,6 +177,7 @@ class MeteredRun:
                 total_ms=(now - self.arrived) * 1000,
                 billable=self._billable(status),
             ),
+            self.finish,
         )
 
     def _billable(self, status: RequestStatus) -> bool:
@@ -200,11 +203,15 @@ class MeteredRun:
 
 def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
               max_tokens: int, arrived: float, durable: bool, timeout_s: float,
-              bills_on_delivery: bool = False) -> MeteredRun:
+              bills_on_delivery: bool = False, price_percent: int = 100,
+              finish: Finish | None = None) -> MeteredRun:
     """Admit the request (limits, a hold of its worst-case cost) and start its run, or raise the
     platform's refusal (`PlatformError`). `durable`: progress is saved before tokens are
     delivered (streams), so that a crash bills what was delivered. `bills_on_delivery`: the run
-    answers a client, and is billed only once `deliver` says its response started."""
-    admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens)
+    answers a client, and is billed only once `deliver` says its response started.
+    `price_percent`: sold at that share of the model's prices (batch lines). `finish`: a write
+    that commits with the settlement (see `Finish`), so a result and its bill exist together or
+    not at all."""
+    admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens, price_percent=price_percent)
     return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s,
-                      bills_on_delivery=bills_on_delivery)
+                      bills_on_delivery=bills_on_delivery, finish=finish)

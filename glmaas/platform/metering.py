@@ -10,9 +10,10 @@ the tokens produced. In between, `progress` makes the count of delivered tokens 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, select
@@ -36,10 +37,15 @@ from glmaas.platform.limits import (
     account_model_scope,
     key_scope,
 )
-from glmaas.platform.pricing import PriceSheet, price_of
+from glmaas.platform.pricing import PriceSheet, discounted, price_of
 from glmaas.store.tables import AccountModelLimit
 
-__all__ = ["Admission", "Meter", "Outcome", "RequestStatus"]
+__all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus", "SettledElsewhere"]
+
+# A write that must commit together with a request's settlement, in its transaction (a batch
+# line's result). It returns False when the work is no longer the request's to finish (its
+# lease passed to another worker): the request is then settled unbilled.
+Finish = Callable[[Connection, Outcome], bool]
 
 # Progress is made durable at the first token and then every this many tokens.
 DURABILITY_STEP = 16
@@ -70,6 +76,11 @@ class Admission:
             self.durable_tokens == 0 or completion_tokens >= self.durable_tokens + DURABILITY_STEP)
 
 
+class SettledElsewhere(Exception):
+    """A settlement with a `finish` found its hold settled by recovery first: the transaction,
+    and `finish`'s write with it, was rolled back."""
+
+
 class _TtlCache:
     def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
         self._ttl, self._clock, self._data = ttl, clock, {}
@@ -96,16 +107,21 @@ class Meter:
         self.owner = owner
         self._prices = _TtlCache(CONFIG_TTL_S, clock)
         self._account_limits = _TtlCache(CONFIG_TTL_S, clock)
+        # Requests of this process admitted and not yet settled, by model: background work reads
+        # it to leave engine slots to interactive requests.
+        self.open_by_model: Counter[str] = Counter()
 
     def admit(self, principal: Principal, model: str, request_id: str, prompt_tokens: int,
-              max_tokens: int) -> Admission:
+              max_tokens: int, *, price_percent: int = 100) -> Admission:
         """Admit a request or raise a `PlatformError` saying why not (`ModelNotAllowed`,
-        `RateLimited`, `InsufficientBalance`, `BudgetExceeded`, `DuplicateRequest`)."""
+        `RateLimited`, `InsufficientBalance`, `BudgetExceeded`, `DuplicateRequest`).
+        `price_percent`: the request is sold at that share of the model's prices (batches)."""
         if not principal.may_use(model):
             raise ModelNotAllowed(f"This API key may not use the model {model!r}.")
         scopes = [key_scope(principal.key_id, principal.limits),
                   account_model_scope(principal.account_id, model, self._limits_of(principal.account_id, model))]
-        price = self.price(model)  # read before the transaction: SQLite has one writer at a time
+        # Read before the transaction: SQLite has one writer at a time.
+        price = discounted(self.price(model), price_percent)
         grant = self.limiter.acquire(scopes, f"{principal.account_id}/{request_id}", prompt_tokens + max_tokens)
         try:
             with self._step(single_statement=not principal.budgeted) as conn:
@@ -119,6 +135,7 @@ class Meter:
         except BaseException:
             self.limiter.release(grant, 0)
             raise
+        self.open_by_model[model] += 1
         return Admission(principal, ticket, grant)
 
     def progress(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
@@ -128,15 +145,26 @@ class Meter:
                             completion_tokens, cached_tokens)
         admission.durable_tokens = completion_tokens
 
-    def settle(self, admission: Admission, outcome: Outcome) -> None:
-        """Charge the exact cost and write the usage record. A second call does nothing."""
+    def settle(self, admission: Admission, outcome: Outcome, finish: Finish | None = None) -> None:
+        """Charge the exact cost and write the usage record, with `finish`'s write in the same
+        transaction when there is one. A second call does nothing."""
         if admission.settled:
             return
         admission.settled = True
+        model = admission.ticket.model
         try:
-            with self._step(single_statement=True) as conn:
-                settle_hold(conn, admission.ticket, outcome)
+            with self._step(single_statement=finish is None) as conn:
+                if finish is not None and not finish(conn, outcome):
+                    outcome = replace(outcome, billable=False)
+                if settle_hold(conn, admission.ticket, outcome) is None and finish is not None:
+                    # Recovery settled the hold already (this replica was taken for dead): the
+                    # result must not stand without its bill, so it is rolled back, and the
+                    # caller puts the work back to run again.
+                    raise SettledElsewhere(f"request {admission.ticket.request_id} was settled by recovery")
         finally:
+            self.open_by_model[model] -= 1
+            if self.open_by_model[model] <= 0:
+                del self.open_by_model[model]
             self.limiter.release(admission.grant, admission.ticket.prompt_tokens + outcome.completion_tokens)
 
     def _step(self, *, single_statement: bool) -> AbstractContextManager[Connection]:

@@ -37,6 +37,17 @@ class PriceSheet:
 FREE = PriceSheet(0, 0, 0)
 
 
+def discounted(price: PriceSheet, percent: int) -> PriceSheet:
+    """`price` at `percent` of itself (batch work sells at a discount), rounded down per million
+    tokens so a discount never costs more than it says."""
+    if not 0 <= percent <= 100:
+        raise ValueError("a price percent is between 0 and 100")
+    if percent == 100:
+        return price
+    return PriceSheet(price.input * percent // 100, price.cached_input * percent // 100,
+                      price.output * percent // 100)
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 

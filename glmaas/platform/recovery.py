@@ -62,13 +62,17 @@ def _process_gone(owner: str) -> bool:
     return int(pid) == os.getpid()  # our own pid with an older start: a previous life
 
 
-def dead_owners(session: Session, me: str, now: float | None = None) -> set[str]:
-    """Owners of open holds that are not running any more."""
+def stopped(session: Session, owners: set[str], me: str, now: float | None = None) -> set[str]:
+    """Of the replicas `owners`, those that are not running any more (never `me`)."""
     now = now or time.time()
-    owners = set(session.scalars(select(Hold.owner).where(Hold.state == "open").distinct()))
-    owners.discard(me)
+    owners = owners - {me}
     beats = dict(session.execute(select(Replica.id, Replica.heartbeat_at).where(Replica.id.in_(owners))).all())
     return {o for o in owners if o not in beats or now - beats[o] > STALE_AFTER_S or _process_gone(o)}
+
+
+def dead_owners(session: Session, me: str, now: float | None = None) -> set[str]:
+    """Owners of open holds that are not running any more."""
+    return stopped(session, set(session.scalars(select(Hold.owner).where(Hold.state == "open").distinct())), me, now)
 
 
 def recover(session_factory: Callable[[], Session], me: str,

@@ -3,7 +3,16 @@ column name says `_ms`."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -162,3 +171,87 @@ class UsageDaily(Base):
     cached_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
     cost: Mapped[int] = mapped_column(BigInteger)
+
+
+class StoredFile(Base):
+    """An uploaded file (or a batch's output), owned by one account. Its bytes are a blob
+    (`glmaas.store.blobs`)."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # batch | fine-tune (uploads); batch_output (written by a batch)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class FileBlob(Base):
+    """A file's bytes, when blobs live in the database (so that every replica sees them)."""
+
+    __tablename__ = "file_blobs"
+
+    file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """A batch of requests read from an uploaded file; its lines are `WorkItem`s."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    # The wire dialect it was created in: its lines' errors are written in it.
+    dialect: Mapped[str] = mapped_column(String(8))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    # validating | failed | in_progress | finalizing | completed | expired | cancelling | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, when validation failed
+    metadata_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    in_progress_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancelling_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancelled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WorkItem(Base):
+    """One unit of background work, leased by a worker of any replica: a batch line or an async
+    chat task. A lease is `owner` + `lease_until`; an expired lease is taken over, and each
+    attempt settles under its own request id, so an item ends exactly once."""
+
+    __tablename__ = "work_items"
+    __table_args__ = (Index("ix_work_items_state", "state", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    # batch_line | async_chat
+    kind: Mapped[str] = mapped_column(String(16))
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    line_no: Mapped[int] = mapped_column(Integer, default=0)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    dialect: Mapped[str] = mapped_column(String(8))  # the wire dialect its errors are written in
+    endpoint: Mapped[str] = mapped_column(String(64))  # what it calls: /v1/chat/completions, ...
+    model: Mapped[str] = mapped_column(String(128), default="")
+    custom_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    body: Mapped[str] = mapped_column(Text)  # the request body, JSON
+    # pending | running | done | failed | cancelled
+    state: Mapped[str] = mapped_column(String(12))
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the output or error line
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -152,33 +152,32 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
     logprobs: list[TokenLogprob] = []
     try:
         async for delta in deltas:
-            _add(reply, parser.push(delta.text, len(delta.token_ids)))
+            reply.extend(parser.push(delta.text, len(delta.token_ids)))
             logprobs.extend(delta.logprobs or ())
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
     except (EngineError, GenerationTimeout) as exc:
         raise _engine_error(exc) from None
-    _add(reply, parser.finish())
-    message = ChatMessage(
-        content=reply.content if reply.content or not reply.tool_calls else None,
-        reasoning_content=reply.reasoning or None,
-        tool_calls=[_tool_call_out(c) for c in reply.tool_calls] or None,
-    )
+    reply.extend(parser.finish())
     return ChatCompletion(
         id=dialect.completion_id(run.request_id),
         request_id=run.request_id,
         created=run.created,
         model=chat.model,
-        choices=[Choice(finish_reason=_finish_reason(run, len(reply.tool_calls)), message=message,
-                        logprobs=ChoiceLogprobs.of(logprobs) if chat.logprobs is not None else None)],
+        choices=[reply_choice(run, reply, ChoiceLogprobs.of(logprobs) if chat.logprobs is not None else None)],
         usage=UsageInfo.of(run, parser.reasoning_tokens),
     )
 
 
-def _add(reply: ChatPiece, piece: ChatPiece) -> None:
-    reply.reasoning += piece.reasoning
-    reply.content += piece.content
-    reply.tool_calls.extend(piece.tool_calls)
+def reply_choice(run: MeteredRun, reply: ChatPiece, logprobs: ChoiceLogprobs | None = None) -> Choice:
+    """The choice of a whole reply: content (null beside tool calls), reasoning, calls, and
+    `tool_calls` as the finish reason of a reply that ended by calling."""
+    message = ChatMessage(
+        content=reply.content if reply.content or not reply.tool_calls else None,
+        reasoning_content=reply.reasoning or None,
+        tool_calls=[_tool_call_out(c) for c in reply.tool_calls] or None,
+    )
+    return Choice(finish_reason=_finish_reason(run, len(reply.tool_calls)), message=message, logprobs=logprobs)
 
 
 async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: ChatRequest,

@@ -1,0 +1,1 @@
+"""Background work leased through the store: batch lines and async chat tasks."""
