@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -355,3 +356,18 @@ def test_streamed_logprobs_cover_every_token_around_a_call(api: httpx.Client) ->
     reported = sum(len((c["choices"][0].get("logprobs") or {}).get("content") or [])
                    for c in chunks if c["choices"])
     assert reported == chunks[-1]["usage"]["completion_tokens"] == len(HERMES_REPLY.encode())
+
+
+def test_an_async_task_replies_with_reasoning_and_tool_calls(server: AppServer, key: str) -> None:
+    """Background chat (Zhipu's async tasks, batch lines) parses the reply as an interactive one."""
+    client = zhipuai.ZhipuAI(api_key=key, base_url=server.zhipu_url, http_client=server.client(), max_retries=0)
+    task = client.chat.asyncCompletions.create(model="glm", messages=ASK, tools=[WEATHER_TOOL])
+    deadline = time.monotonic() + 30
+    while (result := client.chat.asyncCompletions.retrieve_completion_result(task.id)).task_status == "PROCESSING":
+        assert time.monotonic() < deadline, "the async task did not finish"
+        time.sleep(0.1)
+    assert result.task_status == "SUCCESS"
+    message = result.choices[0].message
+    assert result.choices[0].finish_reason == "tool_calls"
+    assert message.reasoning_content == "The user wants the weather."
+    assert json.loads(message.tool_calls[0].function.arguments) == {"city": "Paris", "days": 2}
