@@ -14,8 +14,17 @@ import numpy as np
 
 from glmaas.model.glm_checkpoint import load_checkpoint
 from glmaas.training.data import TokenShards
-from glmaas.training.probes import (PROBE_SEED, clm_sample, family, glm_infill_sample, mlm_sample, place_spans,
-                                    sample_span_lengths, score, windows)  # fmt: skip
+from glmaas.training.probes import (
+    PROBE_SEED,
+    clm_sample,
+    family,
+    glm_infill_sample,
+    mlm_sample,
+    place_spans,
+    sample_span_lengths,
+    score,
+    windows,
+)
 
 
 def breakdown(root: Path, arm: str, seq_len: int = 128, n: int = 64) -> tuple[float, float]:

@@ -81,7 +81,6 @@ def test_generate_continues_a_prompt_and_fills_masks(trained):
 def test_bf16_autocast_trains(corpus, trained, tmp_path):
     import math
 
-
     from glmaas.training.train import TrainConfig, train
 
     cfg = TrainConfig(data=[str(corpus)], out_dir=str(tmp_path), model="glm-micro", tokenizer=str(trained / "tokenizer.json"),
