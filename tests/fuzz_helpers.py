@@ -48,9 +48,21 @@ class Target:
 
 
 CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+CHAT_TOOLS_BODY = {**CHAT_BODY, "messages": [
+    {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
+    "tools": [WEATHER_TOOL], "tool_choice": "auto", "parallel_tool_calls": False,
+    "thinking": {"type": "disabled"}, "tool_stream": True}
+TOKENIZER_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER_TOOL]}
 TARGETS = [
     Target("/v1/chat/completions", "openai", CHAT_BODY),
     Target("/api/paas/v4/chat/completions", "zhipu", CHAT_BODY),
+    Target("/api/paas/v4/chat/completions", "zhipu", CHAT_TOOLS_BODY),
+    Target("/api/paas/v4/tokenizer", "zhipu", TOKENIZER_BODY),
 ]
 # The default embedding model, served by `InProcessApi(..., embeddings=True)` only (it loads a model).
 EMBEDDING_MODEL = "minilm"

@@ -7,9 +7,10 @@ through `httpx.ASGITransport` with ordinary synchronous httpx clients, so the sa
 same way against either kind of server. The operator's CLI runs in this process too.
 
 httpx's ASGITransport hands a response back once the app has sent all of it: a stream arrives
-whole, and the client cannot go away in the middle of one. Tests that read a stream as it comes
-or disconnect, and those of the official SDKs, crashes and replicas, use a `glmaas serve`
-process (`tests.conftest.start_server`).
+whole, and the client cannot go away in the middle of one. The official SDKs take `client()` as
+their `http_client` for what a whole stream shows (its chunks, their order, what they add up
+to); tests that read a stream as it comes or disconnect, and those of crashes and replicas, use
+a `glmaas serve` process (`tests.conftest.start_server`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import concurrent.futures
 import io
 import subprocess
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,8 @@ import httpx
 from glmaas.api.app import create_app
 from glmaas.cli import build_parser, main
 from glmaas.cli.serve import settings_from
+from glmaas.engines.base import Engine
+from glmaas.engines.registry import ModelRegistry
 from glmaas.server import build_state
 from tests.conftest import ServerUnderTest
 
@@ -70,10 +73,18 @@ class AppServer(ServerUnderTest):
     openai_url = f"{base_url}/v1"
     zhipu_url = f"{base_url}/api/paas/v4"
 
-    def __init__(self, data_dir: Path, *serve_args: str) -> None:
+    def __init__(self, data_dir: Path, *serve_args: str, engines: Iterable[Engine] = ()) -> None:
+        """`engines`: models served beside those of `serve_args`, for engines no `--model` spec
+        can describe (a mock writing in a given chat template, a stand-in engine)."""
         self.data_dir, self.env = data_dir, None
         options = build_parser().parse_args(["serve", "--data-dir", str(data_dir), *serve_args])
-        self.app = create_app(build_state(settings_from(options)))
+        state = build_state(settings_from(options))
+        if engines:
+            registry = state.registry
+            served = {info.model_id: registry.get(info.model_id) or registry.embedder(info.model_id)
+                      for info in registry.models()}
+            state.registry = ModelRegistry({**served, **{e.info.model_id: e for e in engines}})
+        self.app = create_app(state)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="glmaas-app", daemon=True)
         self._thread.start()

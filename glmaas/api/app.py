@@ -36,6 +36,8 @@ from glmaas.api.metered import MeteredRequests
 from glmaas.api.models.router import router as models_router
 from glmaas.api.openapi import openapi_schema
 from glmaas.api.state import AppState
+from glmaas.api.tokenizer.router import body_routes as tokenizer_body_routes
+from glmaas.api.tokenizer.router import routes as tokenizer_routes
 from glmaas.api.work import Runner, runner_for
 from glmaas.jobs.worker import Workers
 
@@ -104,7 +106,8 @@ def create_app(state: AppState) -> FastAPI:
     # /openapi.json is served below: the admin routes are listed to the admin only.
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
-    app.router.routes.extend([*chat_routes, *embedding_routes, *file_routes, *batch_routes, *async_chat_routes])
+    app.router.routes.extend([*chat_routes, *tokenizer_routes, *embedding_routes, *file_routes, *batch_routes,
+                              *async_chat_routes])
     app.include_router(models_router)
     app.include_router(admin_router)
     # Each add goes outside the ones before it.
@@ -137,7 +140,8 @@ def create_app(state: AppState) -> FastAPI:
     async def openapi(request: Request) -> JSONResponse:
         admin = caller_is_admin(request)
         if admin not in schemas:
-            body_routes = chat_body_routes + embedding_body_routes + batch_body_routes + async_chat_body_routes
+            body_routes = (chat_body_routes + tokenizer_body_routes + embedding_body_routes + batch_body_routes
+                           + async_chat_body_routes)
             schemas[admin] = openapi_schema(app, body_routes, admin=admin)
         return JSONResponse(schemas[admin])
 

@@ -117,10 +117,19 @@ class ModelInfo:
     bos_token: str = ""
     eos_token: str = ""
     owned_by: str = "glmaas"
+    # The format its tool calls are written in (a key of `engines.tool_formats.TOOL_PARSERS`);
+    # None: read from the chat template.
+    tool_parser: str | None = None
 
 
 class EngineError(Exception):
-    """An engine fault: the request cannot go on. The message is safe to show a client."""
+    """An engine fault: the request cannot go on. The message is safe to show a client.
+    `retryable`: whether the same request sent again may succeed (the engine was restarting),
+    rather than fail the same way."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class InvalidRequest(EngineError):

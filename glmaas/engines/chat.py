@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from glmaas.engines.base import Delta, ModelInfo
+from glmaas.engines.tool_calls import ToolCall
 
 
 @dataclass(frozen=True)
@@ -52,21 +53,12 @@ class ToolCallPiece:
 
 
 @dataclass(frozen=True)
-class WholeToolCall:
-    """A complete call of a declared function; `arguments` is JSON text, as both dialects carry it."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
 class ChatDelta(Delta):
     """A step of a chat engine's output. `tokens` is how many tokens it stands for, by our own
     count (the upstream's usage, on the last delta, replaces the sum)."""
 
     reasoning: str = ""
-    tool_calls: tuple[WholeToolCall, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()  # whole calls
     tokens: int = 0
 
     exact_count: ClassVar[bool] = False

@@ -37,6 +37,7 @@ from glmaas.engines.base import (
 from glmaas.engines.constrained import GrammarMatcher, Grammars
 from glmaas.engines.llamacpp_batch import DecodeLoop, LoopConfig, Sequence
 from glmaas.engines.sampling import Sampler
+from glmaas.engines.tool_formats import TOOL_PARSERS
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class LlamaCppEngine:
         slots: int = DEFAULT_SLOTS,
         slot_context: int | None = None,
         chunk: int = DEFAULT_CHUNK,
+        tool_parser: str | None = None,
     ) -> None:
         init_backend()
         mparams = llama_cpp.llama_model_default_params()
@@ -120,11 +122,18 @@ class LlamaCppEngine:
             bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
             eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
             owned_by="glmaas",
+            tool_parser=tool_parser,
         )
 
     @classmethod
     def from_spec(cls, model_id: str, path: Path, options: dict[str, str]) -> LlamaCppEngine:
-        """Build from the options of `--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048`."""
+        """Build from the options of `--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048`
+        (and `tool_parser=NAME` where the chat template does not tell the tool-call format)."""
+        options = dict(options)
+        tool_parser = options.pop("tool_parser", None)
+        if tool_parser is not None and tool_parser not in TOOL_PARSERS:
+            raise EngineError(f"model {model_id!r}: unknown tool_parser {tool_parser!r}; "
+                              f"known: {', '.join(TOOL_PARSERS)}")
         known = {"threads", "slots", "ctx", "chunk"}
         unknown = set(options) - known
         if unknown:
@@ -140,6 +149,7 @@ class LlamaCppEngine:
             slots=ints.get("slots", DEFAULT_SLOTS),
             slot_context=ints.get("ctx"),
             chunk=ints.get("chunk", DEFAULT_CHUNK),
+            tool_parser=tool_parser,
         )
 
     # -- tokenizer ---------------------------------------------------------------------------

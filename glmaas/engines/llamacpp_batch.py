@@ -202,7 +202,7 @@ class DecodeLoop:
     def submit(self, seq: Sequence) -> None:
         with self._cv:
             if self._closing:
-                raise EngineError("the engine is closed")
+                raise EngineError("the engine is closed", retryable=True)
             self._inbox.append(seq)
             self._cv.notify()
 
@@ -241,7 +241,7 @@ class DecodeLoop:
             except Exception as exc:  # a fault fails the requests in flight, not the engine
                 log.exception("decode step failed")
                 self._fail_all(EngineError(f"decode failed: {exc}"))
-        self._fail_all(EngineError("the engine was closed"))
+        self._fail_all(EngineError("the engine was closed", retryable=True))
 
     def step(self) -> None:
         """Admit waiting sequences, feed one batch, sample and deliver each sequence's token."""

@@ -24,6 +24,7 @@ from glmaas.engines.base import (
     Usage,
 )
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
+from glmaas.engines.tool_formats import TOOL_PARSERS
 
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
@@ -47,13 +48,18 @@ class MockEngine:
         delay: float = 0.0,
         context_length: int = 4096,
         fail_after: int | None = None,
+        chat_template: str = CHAT_TEMPLATE,
+        tool_parser: str | None = None,
     ) -> None:
         self.info = ModelInfo(
             model_id=model_id,
             context_length=context_length,
-            chat_template=CHAT_TEMPLATE,
+            chat_template=chat_template,
             eos_token="<|im_end|>",
+            tool_parser=tool_parser,
         )
+        # The last request seen, so tests can check what the API asked of the engine.
+        self.last_request: GenerationRequest | None = None
         self._reply_ids = self.tokenize(reply, special=False)
         self.delay = delay
         # Raise an engine fault after this many tokens, to test what a fault costs.
@@ -61,7 +67,8 @@ class MockEngine:
 
     @classmethod
     def from_spec(cls, model_id: str, options: dict[str, str]) -> MockEngine:
-        """Build from `--model ID=mock:delay=0.05,reply=hi,repeat=3,context=64,fail_after=5` options."""
+        """Build from `--model ID=mock:delay=0.05,reply=hi,repeat=3,context=64,fail_after=5,tool_parser=glm45`
+        options."""
         kwargs: dict = {}
         if "delay" in options:
             kwargs["delay"] = float(options["delay"])
@@ -73,6 +80,10 @@ class MockEngine:
             kwargs["context_length"] = int(options["context"])
         if "fail_after" in options:
             kwargs["fail_after"] = int(options["fail_after"])
+        if "tool_parser" in options:
+            if options["tool_parser"] not in TOOL_PARSERS:
+                raise EngineError(f"model {model_id!r}: unknown tool_parser {options['tool_parser']!r}")
+            kwargs["tool_parser"] = options["tool_parser"]
         return cls(model_id, **kwargs)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -95,6 +106,7 @@ class MockEngine:
         return bytes(out)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self.last_request = request
         n_prompt = len(request.prompt_token_ids)
         if n_prompt + 1 > self.info.context_length:
             raise PromptTooLong(

@@ -60,8 +60,10 @@ def test_streaming_with_include_usage(client: openai.OpenAI, mock_server: Server
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == MOCK_REPLY
-    last = chunks[-1]
-    assert last.choices[0].finish_reason == "stop"
+    # As OpenAI sends it: the finish chunk, then usage in a chunk of its own with no choices.
+    finish, last = chunks[-2], chunks[-1]
+    assert finish.choices[0].finish_reason == "stop" and finish.usage is None
+    assert last.choices == []
     assert last.usage is not None and last.usage.completion_tokens == len(MOCK_REPLY.encode())
     assert all(c.usage is None for c in chunks[:-1])
     row = mock_server.wait_usage("stream-usage-1")

@@ -16,12 +16,10 @@ from dataclasses import replace
 from glmaas.api.chat.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
-    ChatMessage,
-    Choice,
     UsageInfo,
     to_canonical,
 )
-from glmaas.api.chat.serving import build_prompt, generate
+from glmaas.api.chat.serving import build_prompt, generate, parser_of, piece_of, reply_choice
 from glmaas.api.errors import ApiError, from_platform
 from glmaas.api.state import AppState
 from glmaas.api.work import (
@@ -31,6 +29,7 @@ from glmaas.api.work import (
     request_of,
     run_in_slot,
 )
+from glmaas.engines.chat_output import ChatPiece
 from glmaas.jobs.leases import ItemKind, LeasedItem
 from glmaas.platform.errors import PlatformError
 from glmaas.platform.metered import MeteredRun, start_run
@@ -48,14 +47,17 @@ async def run_chat_item(state: AppState, item: LeasedItem) -> None:
         return fail_item(state, item, from_platform(exc))
     except ApiError as exc:
         return fail_item(state, item, exc)
-    pieces: list[str] = []
+    parser = parser_of(chat, prompt)  # reasoning and tool calls, as an interactive reply has them
+    reply = ChatPiece()
     run: MeteredRun  # bound by admit(), read when the run settles
 
     def completion() -> ChatCompletion:
+        # Built as the run settles, which is when generation has ended: what the parser still
+        # holds is the reply's end. (A parser gives what it holds once.)
+        reply.extend(parser.finish())
         return ChatCompletion(
             id=dialect.completion_id(run.request_id), request_id=run.request_id, created=run.created,
-            model=chat.model, usage=UsageInfo.of(run),
-            choices=[Choice(finish_reason=run.finish_reason, message=ChatMessage(content="".join(pieces)))])
+            model=chat.model, usage=UsageInfo.of(run, parser.reasoning_tokens), choices=[reply_choice(run, reply)])
 
     def admit() -> MeteredRun:
         nonlocal run
@@ -68,7 +70,7 @@ async def run_chat_item(state: AppState, item: LeasedItem) -> None:
 
     async def work(run: MeteredRun) -> None:
         async for delta in run.generate(generate(chat, prompt, item.request_id, principal.account_id)):
-            pieces.append(delta.text)
+            reply.extend(piece_of(delta, parser))
 
     await run_in_slot(state, item, chat.model, admit, work)
     return None

@@ -2,12 +2,14 @@
 response body and stream chunks.
 
 Fields are in the order of the public docs. Both dialects share one schema: `null` means absent,
-unknown fields are ignored, and what we cannot honour (n > 1, image parts) is a clear 400. Every
-number is bounded and every id a client chooses restricted (`api/requests.py`).
+unknown fields are ignored, and a documented field we cannot honour (n > 1, image parts,
+`functions`, `audio`…) is a clear 400 that names it, never silently dropped. Every number is
+bounded and every id a client chooses restricted (`api/requests.py`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,11 +21,13 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from glmaas.api.requests import EndUserId, RequestId
 from glmaas.engines.base import OutputConstraint, TokenLogprob
 from glmaas.engines.constrained import json_schema_constraint
+from glmaas.engines.tool_calls import FunctionSpec
 from glmaas.platform.metered import MeteredRun
 
 MAX_STOP_STRINGS = 4
@@ -44,12 +48,38 @@ class ContentPart(_Lenient):
     text: str | None = None
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+
+class FunctionCall(_Lenient):
+    name: str = Field(pattern=FUNCTION_NAME)
+    # A JSON string on the wire; some clients send the object itself.
+    arguments: str | dict[str, Any] = "{}"
+
+    def arguments_object(self) -> Any:
+        """The arguments as a mapping for the chat template (a non-JSON string stays a string)."""
+        if isinstance(self.arguments, dict):
+            return self.arguments
+        try:
+            return json.loads(self.arguments or "{}")
+        except json.JSONDecodeError:
+            return self.arguments
+
+
+class ToolCallIn(_Lenient):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Lenient):
-    role: Literal["system", "user", "assistant", "tool"]
+    # `developer` is OpenAI's newer name for `system`.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None
 
     @field_validator("content")
     @classmethod
@@ -70,8 +100,56 @@ class StreamOptions(_Lenient):
     include_usage: bool | None = None
 
 
+class FunctionDefinition(_Lenient):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Lenient):
+    type: str
+    function: FunctionDefinition | None = None
+
+    @model_validator(mode="after")
+    def _functions_only(self) -> Tool:
+        if self.type != "function":
+            raise ValueError(f"tools of type {self.type!r} are not supported; only 'function' tools are")
+        if self.function is None:
+            raise ValueError("a function tool needs its 'function'")
+        return self
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class Thinking(_Lenient):
     type: Literal["enabled", "disabled"]
+    clear_thinking: bool | None = None  # GLM-4.7: false keeps past turns' reasoning in the prompt
+
+
+# Documented request fields glmaas cannot honour, with the values that ask for nothing (None:
+# none does): set to anything else, the request is refused with a 400 naming the field.
+UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "functions": ((), "the deprecated 'functions' is not supported; use 'tools'"),
+    "function_call": ((), "the deprecated 'function_call' is not supported; use 'tool_choice'"),
+    "audio": ((), "audio output is not supported"),
+    "modalities": ((["text"],), "only the 'text' modality is supported"),
+    "prediction": ((), "predicted outputs are not supported"),
+    "web_search_options": ((), "web search is not supported"),
+    "store": ((False,), "stored completions are not supported"),
+    "service_tier": (("auto", "default"), "only the 'auto' and 'default' service tiers exist here"),
+    "watermark_enabled": ((False,), "watermarking is not supported"),
+    "sensitive_word_check": (({"type": "ALL", "status": "DISABLE"},), "content review is not offered"),
+    "meta": ((), "role-play metadata ('meta', CharGLM) is not supported"),
+    "extra": ((), "code-completion context ('extra', CodeGeeX) is not supported"),
+}
 
 
 class JsonSchemaFormat(_Lenient):
@@ -115,8 +193,12 @@ class ChatCompletionRequest(_Lenient):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     n: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    tool_stream: bool | None = None
+    thinking: Thinking | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -127,7 +209,37 @@ class ChatCompletionRequest(_Lenient):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     logit_bias: dict[str, float] | None = None
-    thinking: Thinking | None = None
+    # Refused unless they ask for nothing (see UNSUPPORTED).
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    store: Any = None
+    service_tier: Any = None
+    watermark_enabled: Any = None
+    sensitive_word_check: Any = None
+    meta: Any = None
+    extra: Any = None
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _refuse_unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        accepted, why = UNSUPPORTED[info.field_name or ""]
+        if value is not None and value not in accepted:
+            raise ValueError(why)
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, value: Any, info: ValidationInfo) -> Any:
+        names = {t.function.name for t in info.data.get("tools") or () if t.function}
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
+            raise ValueError(f"it names {value.function.name!r}, which is not among the 'tools'")
+        if value == "required" and not names:
+            raise ValueError("'required' needs 'tools'")
+        return value
 
     @field_validator("logit_bias")
     @classmethod
@@ -152,9 +264,13 @@ class ChatCompletionRequest(_Lenient):
 
     @field_validator("response_format")
     @classmethod
-    def _format_complete(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+    def _format_complete(cls, value: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
         if value is not None:
             value.constraint()  # a json_schema format without its json_schema is refused here
+            choice = info.data.get("tool_choice")
+            if value.type != "text" and (choice == "required" or isinstance(choice, NamedToolChoice)):
+                raise ValueError("a required or named tool call has its own format; it cannot also "
+                                 "follow response_format")
         return value
 
     @field_validator("n")
@@ -174,7 +290,8 @@ class ChatCompletionRequest(_Lenient):
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """The canonical chat request, dialect-free."""
+    """The canonical chat request, dialect-free. Messages and tools are in the form chat
+    templates take (Hugging Face's)."""
 
     model: str
     messages: list[dict[str, Any]]
@@ -188,6 +305,14 @@ class ChatRequest:
     include_usage: bool  # the client asked for usage in the stream (a dialect may send it anyway)
     request_id: str | None
     user: str | None
+    functions: tuple[FunctionSpec, ...] = ()
+    tool_choice: Literal["auto", "none", "required", "named"] = "auto"
+    named_tool: str | None = None  # the function `tool_choice` names
+    parallel_tool_calls: bool = True
+    tool_stream: bool = False  # the client wants a call's arguments in their own delta
+    thinking: bool | None = None  # None: the model's default
+    thinking_param: str = "thinking"  # the field that set it, to name in a refusal
+    clear_thinking: bool | None = None
     constraint: OutputConstraint | None = None  # from response_format
     logprobs: int | None = None  # None: no logprobs; else how many alternatives per token
     top_k: int = 0
@@ -196,31 +321,49 @@ class ChatRequest:
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
-    # What an upstream model is asked as the client put it (local engines read `constraint`).
-    tool_choice: Any = None
+    # The response format as the client put it, for an upstream model (local engines read `constraint`).
     response_format: dict[str, Any] | None = None
-    thinking: bool | None = None  # None: the model's default
+
+
+def _message(m: Message) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    if m.name is not None:
+        msg["name"] = m.name
+    if m.tool_calls:
+        msg["tool_calls"] = [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.function.name, "arguments": c.function.arguments_object()}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        msg["tool_call_id"] = m.tool_call_id
+    if m.reasoning_content:
+        msg["reasoning_content"] = m.reasoning_content
+    return msg
+
+
+def _thinking(body: ChatCompletionRequest) -> bool | None:
+    """Zhipu's `thinking` and OpenAI's `reasoning_effort` as one switch (`none` turns it off;
+    every other effort turns it on: templates know no degrees)."""
+    if body.thinking is not None:
+        return body.thinking.type == "enabled"
+    if body.reasoning_effort is not None:
+        return body.reasoning_effort != "none"
+    return None
 
 
 def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
     """Map a parsed request onto the canonical one. `do_sample: false` means greedy."""
     greedy = body.do_sample is False
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    messages = []
-    for m in body.messages:
-        msg: dict[str, Any] = {"role": m.role, "content": m.text()}
-        if m.name is not None:
-            msg["name"] = m.name
-        if m.tool_calls:
-            msg["tool_calls"] = m.tool_calls
-        if m.tool_call_id is not None:
-            msg["tool_call_id"] = m.tool_call_id
-        messages.append(msg)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    functions = tuple(FunctionSpec(t.function.name, t.function.parameters or {})
+                      for t in body.tools or () if t.function)
+    choice = body.tool_choice
     return ChatRequest(
         model=body.model,
-        messages=messages,
-        tools=body.tools,
+        messages=[_message(m) for m in body.messages],
+        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=0.0 if greedy else (1.0 if body.temperature is None else body.temperature),
         top_p=1.0 if greedy or body.top_p is None else body.top_p,
@@ -230,6 +373,14 @@ def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
         include_usage=include_usage,
         request_id=body.request_id,
         user=body.user_id or body.user,
+        functions=functions,
+        tool_choice="named" if isinstance(choice, NamedToolChoice) else (choice or "auto"),
+        named_tool=choice.function.name if isinstance(choice, NamedToolChoice) else None,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        tool_stream=bool(body.tool_stream),
+        thinking=_thinking(body),
+        thinking_param="reasoning_effort" if body.thinking is None else "thinking",
+        clear_thinking=body.thinking.clear_thinking if body.thinking else None,
         constraint=body.response_format.constraint() if body.response_format else None,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         top_k=body.top_k or 0,
@@ -238,18 +389,28 @@ def to_canonical(body: ChatCompletionRequest) -> ChatRequest:
         presence_penalty=body.presence_penalty or 0.0,
         repetition_penalty=body.repetition_penalty or 1.0,
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
-        tool_choice=body.tool_choice,
         response_format=body.response_format.model_dump(by_alias=True, exclude_none=True)
         if body.response_format else None,
-        thinking=None if body.thinking is None else body.thinking.type == "enabled",
     )
 
 
 # Responses, in the order of the public docs.
 
 
+class _Sparse(BaseModel):
+    """A wire object whose absent (None) fields are left out, not sent as null."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
 
 
 class UsageInfo(BaseModel):
@@ -257,47 +418,42 @@ class UsageInfo(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
 
     @classmethod
-    def of(cls, run: MeteredRun) -> UsageInfo:
+    def of(cls, run: MeteredRun, reasoning_tokens: int = 0) -> UsageInfo:
         """What the client is told: the same counts the run settles."""
         return cls(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens,
                    total_tokens=run.prompt_tokens + run.completion_tokens,
-                   prompt_tokens_details=PromptTokensDetails(cached_tokens=run.cached_tokens))
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=run.cached_tokens),
+                   completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens))
 
 
-class FunctionCallOut(BaseModel):
+class FunctionCallOut(_Sparse):
     name: str | None = None
     arguments: str | None = None
 
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
 
-
-class ToolCallOut(BaseModel):
-    """A tool call in a message (whole), or in a chunk (with its `index`)."""
+class ToolCallOut(_Sparse):
+    """A tool call in a message, or its part in a stream delta (where `index` says which call
+    it belongs to, and later parts carry only more `arguments`)."""
 
     index: int | None = None
     id: str | None = None
-    type: Literal["function"] | None = "function"
+    type: Literal["function"] | None = None
     function: FunctionCallOut
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str | None
+    content: str | None  # null when the reply is only tool calls
     reasoning_content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
 
     @model_serializer(mode="wrap")
-    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # `content` stays, null beside tool calls, as both dialects send it.
-        return {k: v for k, v in handler(self).items() if v is not None or k == "content"}
+    def _content_always(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body = handler(self)
+        return {k: v for k, v in body.items() if v is not None or k == "content"}
 
 
 class TopLogprob(BaseModel):
@@ -344,17 +500,13 @@ class ChatCompletion(BaseModel):
     usage: UsageInfo
 
 
-class DeltaMessage(BaseModel):
-    """What a chunk adds; absent fields are left out of the wire form, not sent as null."""
+class DeltaMessage(_Sparse):
+    """What a chunk adds."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChunkChoice(BaseModel):
@@ -371,7 +523,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    # Only on the last chunk, and only when the dialect or the client asks for it.
+    # Only at the end, and only when the dialect or the client asks for it.
     usage: UsageInfo | None = None
 
     @model_serializer(mode="wrap")

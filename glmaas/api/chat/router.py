@@ -9,7 +9,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from glmaas.api.chat.protocol import ChatCompletion, ChatCompletionRequest, to_canonical
-from glmaas.api.chat.serving import build_prompt, complete, first_delta_ahead, generate, stream
+from glmaas.api.chat.serving import (
+    build_prompt,
+    complete,
+    first_delta_ahead,
+    generate,
+    parser_of,
+    stream,
+)
 from glmaas.api.dialects import DIALECTS, dialect_of
 from glmaas.api.metered import MeteredStream, admit
 from glmaas.api.openapi import BodyRoute
@@ -35,12 +42,13 @@ async def chat_completions(request: Request) -> Response:
                 max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream)
     # The run settles when its deltas end, however they end.
     deltas = run.generate(generate(chat, prompt, request_id, principal.account_id))
+    parser = parser_of(chat, prompt)
     headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     if chat.stream:
         if prompt.asks_in_messages:  # an upstream: it may still refuse before its first output
             deltas = await first_delta_ahead(deltas)
-        return MeteredStream(run, stream(run, deltas, chat, dialect), headers)
-    return JSONModelResponse(await complete(run, deltas, chat, dialect), headers=headers)
+        return MeteredStream(run, stream(run, deltas, chat, parser, dialect), headers)
+    return JSONModelResponse(await complete(run, deltas, chat, parser, dialect), headers=headers)
 
 
 # Plain Starlette routes: the request path needs none of FastAPI's dependency machinery, and on the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,12 @@ from glmaas.api.chat.protocol import (
     ToolCallOut,
     UsageInfo,
 )
+from glmaas.api.chat.tools import (
+    output_parser,
+    prompt_tools,
+    template_switches,
+    tool_call_constraint,
+)
 from glmaas.api.dialects import Dialect
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.metered import MeteredRun
@@ -34,12 +40,15 @@ from glmaas.engines.base import (
     EngineError,
     GenerationRequest,
     InvalidRequest,
+    OutputConstraint,
     PromptTooLong,
     SamplingParams,
     TokenLogprob,
 )
-from glmaas.engines.chat import ChatCall, ChatDelta, ChatEngine, WholeToolCall
+from glmaas.engines.chat import ChatCall, ChatDelta, ChatEngine
+from glmaas.engines.chat_output import ChatOutputParser, ChatPiece
 from glmaas.engines.constrained import ConstraintError, check
+from glmaas.engines.tool_calls import ToolCall
 from glmaas.model.chat_template import ChatTemplateError, render_chat
 from glmaas.platform.metered import GenerationTimeout
 from glmaas.platform.metering import RequestStatus
@@ -56,6 +65,7 @@ class Prompt:
     themselves: it has no token ids, and `prompt_tokens` is our estimate until it reports usage."""
 
     engine: Engine | ChatEngine
+    text: str  # the rendered prompt; empty for a chat engine
     token_ids: tuple[int, ...]
     max_tokens: int
     prompt_tokens: int
@@ -65,38 +75,50 @@ class Prompt:
         return isinstance(self.engine, ChatEngine)
 
 
-def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
-    """Render the messages with the model's chat template and tokenize them; raises `ApiError`
-    when the model is unknown, the messages cannot be rendered or the prompt does not fit."""
+def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tuple[int, ...]]:
+    """The engine of the request's model, and the prompt's text and token ids; raises
+    `ApiError` when the model is unknown or the messages cannot be rendered."""
     engine = state.registry.get(chat.model)
     if engine is None:
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {chat.model!r} does not exist.", param="model")
     info = engine.info
     if isinstance(engine, ChatEngine):
-        estimate = engine.count_prompt(chat.messages, chat.tools)
-        room = max(1, info.context_length - estimate)
-        return Prompt(engine, (), min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), estimate)
+        raise ApiError(ErrorKind.INVALID_REQUEST, f"The model {chat.model!r} is served by an upstream, which "
+                       "renders and tokenizes its own prompts.", param="model")
     try:
         text = render_chat(info.chat_template or "", chat.messages, bos_token=info.bos_token,
-                           eos_token=info.eos_token, tools=chat.tools)
+                           eos_token=info.eos_token, tools=prompt_tools(chat),
+                           switches=template_switches(info, chat))
     except ChatTemplateError as exc:
         raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid messages: {exc}", param="messages") from None
-    if chat.constraint is not None:
+    return engine, text, tuple(engine.tokenize(text))
+
+
+def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
+    """The rendered, tokenized prompt; raises `ApiError` as `render_prompt` does, when the
+    output constraint cannot be enforced, and when the prompt does not fit. A chat engine (an
+    upstream) takes the messages as they are: its prompt is our estimate of their tokens."""
+    engine = state.registry.get(chat.model)
+    if isinstance(engine, ChatEngine):
+        estimate = engine.count_prompt(chat.messages, chat.tools)
+        room = max(1, engine.info.context_length - estimate)
+        return Prompt(engine, "", (), min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), estimate)
+    engine, text, token_ids = render_prompt(state, chat)
+    constraint, param = output_constraint(chat)
+    if constraint is not None:
         try:  # refused before admission: nothing is held or billed for a schema we cannot enforce
-            check(chat.constraint)
+            check(constraint)
         except ConstraintError as exc:
-            raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid response_format: {exc}.",
-                           param="response_format") from None
-    token_ids = tuple(engine.tokenize(text))
-    room = info.context_length - len(token_ids)
+            raise ApiError(ErrorKind.INVALID_REQUEST, f"Invalid {param}: {exc}.", param=param) from None
+    room = engine.info.context_length - len(token_ids)
     if room < 1:
         raise ApiError(
             ErrorKind.PROMPT_TOO_LONG,
             f"The prompt has {len(token_ids)} tokens; {chat.model} takes at most "
-            f"{info.context_length - 1} prompt tokens.",
+            f"{engine.info.context_length - 1} prompt tokens.",
             param="messages",
         )
-    return Prompt(engine, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), len(token_ids))
+    return Prompt(engine, text, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), len(token_ids))
 
 
 def generate(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> AsyncGenerator[Delta, None]:
@@ -111,7 +133,7 @@ def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> Generat
         max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed,
         stop=chat.stop, top_k=chat.top_k, min_p=chat.min_p, frequency_penalty=chat.frequency_penalty,
         presence_penalty=chat.presence_penalty, repetition_penalty=chat.repetition_penalty,
-        logit_bias=chat.logit_bias, logprobs=chat.logprobs, constraint=chat.constraint)
+        logit_bias=chat.logit_bias, logprobs=chat.logprobs, constraint=output_constraint(chat)[0])
     return GenerationRequest(request_id, prompt.token_ids, sampling)
 
 
@@ -124,8 +146,12 @@ def call_of(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> 
                 "logit_bias": {str(token): bias for token, bias in chat.logit_bias.items()}}
     sampling = {"temperature": chat.temperature, "top_p": chat.top_p,
                 **{k: v for k, v in optional.items() if v not in (None, 0, [], {})}}
+    tool_choice: Any = None
+    if chat.tools:
+        tool_choice = ({"type": "function", "function": {"name": chat.named_tool}} if chat.tool_choice == "named"
+                       else chat.tool_choice)
     return ChatCall(request_id, _wire_messages(chat.messages), prompt.max_tokens, sampling, tools=chat.tools,
-                    tool_choice=chat.tool_choice, response_format=chat.response_format, logprobs=chat.logprobs,
+                    tool_choice=tool_choice, response_format=chat.response_format, logprobs=chat.logprobs,
                     thinking=chat.thinking, user=chat.user, tenant=tenant)
 
 
@@ -163,80 +189,140 @@ async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerat
     return chained()
 
 
-def _call_out(call: WholeToolCall, index: int | None = None) -> ToolCallOut:
-    return ToolCallOut(index=index, id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
+def parser_of(chat: ChatRequest, prompt: Prompt) -> ChatOutputParser:
+    """What reads the reply's reasoning and tool calls out of its text (a chat engine's deltas
+    carry them already: its parser passes text through)."""
+    if prompt.asks_in_messages:
+        return ChatOutputParser()
+    return output_parser(prompt.engine.info, chat, prompt.text)
+
+
+def piece_of(delta: Delta, parser: ChatOutputParser) -> ChatPiece:
+    """What a delta adds to the reply: parsed out of a local engine's text, or as a chat engine
+    structured it."""
+    if isinstance(delta, ChatDelta):
+        return ChatPiece(reasoning=delta.reasoning, content=delta.text, tool_calls=list(delta.tool_calls))
+    return parser.push(delta.text, len(delta.token_ids))
 
 
 def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
     if isinstance(exc, InvalidRequest):
         return ApiError(ErrorKind.INVALID_REQUEST, f"The request cannot be served as asked: {exc}.")
-    return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}")
+    # Tell clients whether sending it again can help, so that retrying wrappers do not multiply
+    # one deterministic failure (a timeout would time out again).
+    retry = isinstance(exc, EngineError) and exc.retryable
+    return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}",
+                    headers={"x-should-retry": "true" if retry else "false"})
+
+
+def output_constraint(chat: ChatRequest) -> tuple[OutputConstraint | None, str]:
+    """The grammar the reply must follow (a required or named tool call's, or the response
+    format's; the request schema refuses both at once) and the field that set it."""
+    forced = tool_call_constraint(chat)
+    if forced is not None:
+        return forced, "tools"
+    return chat.constraint, "response_format"
+
+
+def _finish_reason(run: MeteredRun, calls: int) -> str | None:
+    return "tool_calls" if calls and run.finish_reason == "stop" else run.finish_reason
+
+
+def _tool_call_out(call: ToolCall, index: int | None = None) -> ToolCallOut:
+    return ToolCallOut(index=index, id=call.id, type="function",
+                       function=FunctionCallOut(name=call.name, arguments=call.arguments))
 
 
 async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequest,
-                   dialect: Dialect) -> ChatCompletion:
+                   parser: ChatOutputParser, dialect: Dialect) -> ChatCompletion:
     """The whole reply as one response body."""
-    pieces: list[str] = []
-    reasoning: list[str] = []
-    calls: list[WholeToolCall] = []
+    reply = ChatPiece()
     logprobs: list[TokenLogprob] = []
     try:
         async for delta in deltas:
-            pieces.append(delta.text)
+            reply.extend(piece_of(delta, parser))
             logprobs.extend(delta.logprobs or ())
-            if isinstance(delta, ChatDelta):  # a chat engine's structure, passed through
-                reasoning.append(delta.reasoning)
-                calls.extend(delta.tool_calls)
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
     except (EngineError, GenerationTimeout) as exc:
         raise _engine_error(exc) from None
+    reply.extend(parser.finish())
     return ChatCompletion(
         id=dialect.completion_id(run.request_id),
         request_id=run.request_id,
         created=run.created,
         model=chat.model,
-        choices=[Choice(finish_reason=run.finish_reason,
-                        logprobs=ChoiceLogprobs.of(logprobs) if chat.logprobs is not None else None,
-                        message=ChatMessage(content="".join(pieces) if pieces or not calls else None,
-                                            reasoning_content="".join(reasoning) or None,
-                                            tool_calls=[_call_out(c) for c in calls] or None))],
-        usage=UsageInfo.of(run),
+        choices=[reply_choice(run, reply, ChoiceLogprobs.of(logprobs) if chat.logprobs is not None else None)],
+        usage=UsageInfo.of(run, parser.reasoning_tokens),
     )
 
 
+def reply_choice(run: MeteredRun, reply: ChatPiece, logprobs: ChoiceLogprobs | None = None) -> Choice:
+    """The choice of a whole reply: content (null beside tool calls), reasoning, calls, and
+    `tool_calls` as the finish reason of a reply that ended by calling."""
+    message = ChatMessage(
+        content=reply.content if reply.content or not reply.tool_calls else None,
+        reasoning_content=reply.reasoning or None,
+        tool_calls=[_tool_call_out(c) for c in reply.tool_calls] or None,
+    )
+    return Choice(finish_reason=_finish_reason(run, len(reply.tool_calls)), message=message, logprobs=logprobs)
+
+
 async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: ChatRequest,
-                 dialect: Dialect) -> AsyncIterator[bytes]:
-    """The reply as SSE events, ending with the finish chunk (with usage when the dialect or the
-    client wants it) and [DONE]."""
+                 parser: ChatOutputParser, dialect: Dialect) -> AsyncIterator[bytes]:
+    """The reply as SSE events: reasoning, content and tool-call deltas as the parser makes
+    them certain, the finish chunk, usage (when the dialect or the client wants it) where the
+    dialect puts it, and [DONE]."""
     chunk_id = dialect.completion_id(run.request_id)
     include_usage = dialect.always_usage or chat.include_usage
+    role = "assistant" if dialect.role_on_every_delta else None
+    whole_calls = dialect.tool_call_whole and not chat.tool_stream
+    calls = 0
 
     def chunk(delta: DeltaMessage, finish: str | None = None, usage: UsageInfo | None = None,
-              logprobs: ChoiceLogprobs | None = None) -> bytes:
+              logprobs: ChoiceLogprobs | None = None, choices: bool = True) -> bytes:
         return sse_event(ChatCompletionChunk(
             id=chunk_id, request_id=run.request_id, created=run.created, model=chat.model,
-            choices=[ChunkChoice(delta=delta, logprobs=logprobs, finish_reason=finish)], usage=usage))
+            choices=[ChunkChoice(delta=delta, logprobs=logprobs, finish_reason=finish)] if choices else [],
+            usage=usage))
 
-    def finish_chunk(reason: str) -> bytes:
-        return chunk(DeltaMessage(), reason, UsageInfo.of(run))
+    def finish_chunk(reason: str, usage: UsageInfo | None = None) -> bytes:
+        # OpenAI's finish delta is empty; Zhipu's names the role with empty content.
+        return chunk(DeltaMessage(role=role, content="" if role else None), reason, usage)
+
+    def fault_chunk(reason: str) -> bytes:
+        return finish_chunk(reason, UsageInfo.of(run, parser.reasoning_tokens))
+
+    def pieces(piece: ChatPiece, logprobs: ChoiceLogprobs | None = None) -> Iterator[bytes]:
+        """The chunks of a parsed piece. A token's logprobs go out with the first of them, or on
+        their own while the parser (or a possible stop string) still holds its text."""
+        nonlocal calls
+        if piece.reasoning:
+            yield chunk(DeltaMessage(role=role, reasoning_content=piece.reasoning), logprobs=logprobs)
+            logprobs = None
+        if piece.content or logprobs is not None:
+            yield chunk(DeltaMessage(role=role, content=piece.content), logprobs=logprobs)
+        for call in piece.tool_calls:
+            if whole_calls:
+                yield chunk(DeltaMessage(role=role, tool_calls=[_tool_call_out(call, calls)]))
+            else:
+                head = ToolCallOut(index=calls, id=call.id, type="function",
+                                   function=FunctionCallOut(name=call.name, arguments=""))
+                yield chunk(DeltaMessage(role=role, tool_calls=[head]))
+                yield chunk(DeltaMessage(role=role, tool_calls=[
+                    ToolCallOut(index=calls, function=FunctionCallOut(arguments=call.arguments))]))
+            calls += 1
 
     calls = 0
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
-            if isinstance(delta, ChatDelta) and delta.reasoning:
-                yield chunk(DeltaMessage(reasoning_content=delta.reasoning))
-            # A token's logprobs go out with it even while a possible stop string holds its text.
-            if delta.text or delta.logprobs:
-                yield chunk(DeltaMessage(content=delta.text),
-                            logprobs=ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None)
-            for call in delta.tool_calls if isinstance(delta, ChatDelta) else ():
-                yield chunk(DeltaMessage(tool_calls=[_call_out(call, calls)]))
-                calls += 1
+            for event in pieces(piece_of(delta, parser),
+                                ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None):
+                yield event
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
-        yield dialect.stream_fault(_engine_error(exc), finish_chunk)
+        yield dialect.stream_fault(_engine_error(exc), fault_chunk)
         yield SSE_DONE
         return
     except Exception:
@@ -247,11 +333,20 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: Cha
         run.settle_if_open(RequestStatus.ERROR)
         fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
                                              f"{run.request_id}); the error has been logged.")
-        yield dialect.stream_fault(fault, finish_chunk)
+        yield dialect.stream_fault(fault, fault_chunk)
         yield SSE_DONE
         return
     finally:
         # However this generator ends, the engine stops within a step.
         await deltas.aclose()
-    yield chunk(DeltaMessage(), run.finish_reason, UsageInfo.of(run) if include_usage else None)
+    for event in pieces(parser.finish()):
+        yield event
+    usage = UsageInfo.of(run, parser.reasoning_tokens) if include_usage else None
+    reason = _finish_reason(run, calls)
+    if dialect.usage_in_own_chunk:
+        yield finish_chunk(reason)
+        if usage is not None:
+            yield chunk(DeltaMessage(), usage=usage, choices=False)
+    else:
+        yield finish_chunk(reason, usage)
     yield SSE_DONE

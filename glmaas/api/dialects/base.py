@@ -17,8 +17,16 @@ class Dialect(abc.ABC):
 
     name: str
     prefix: str
-    # Whether a stream reports usage on its last chunk even when the client did not ask.
+    # Whether a stream reports usage at its end even when the client did not ask.
     always_usage: bool
+    # Whether usage comes in a chunk of its own with no choices (after the finish chunk), or on
+    # the finish chunk itself.
+    usage_in_own_chunk: bool
+    # Whether every stream delta says `"role": "assistant"`, or only the first.
+    role_on_every_delta: bool
+    # Whether a streamed tool call comes whole in one delta, or as its id and name followed by its
+    # arguments (what `tool_stream` asks of the Zhipu dialect).
+    tool_call_whole: bool
 
     def path(self, resource: str) -> str:
         """The route of `resource` (e.g. "/chat/completions") in this dialect."""

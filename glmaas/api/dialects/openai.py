@@ -1,5 +1,7 @@
 """The OpenAI dialect (`/v1`): errors as `{"error": {"message", "type", "param", "code"}}`,
-completion ids `chatcmpl-…`, usage in a stream only when `stream_options.include_usage` asks."""
+completion ids `chatcmpl-…`, usage in a stream only when `stream_options.include_usage` asks, and
+then in a last chunk of its own with `"choices": []`; the role only on a stream's first delta; a
+streamed tool call as its id and name, then its arguments."""
 
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ class OpenAIDialect(Dialect):
     name = "openai"
     prefix = "/v1"
     always_usage = False
+    usage_in_own_chunk = True
+    role_on_every_delta = False
+    tool_call_whole = False
 
     def status(self, error: ApiError) -> int:
         return error.wire.status

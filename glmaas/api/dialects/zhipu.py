@@ -1,9 +1,10 @@
 """The Zhipu BigModel v4 dialect (`/api/paas/v4`, reference zhipu-api.md §3): errors as
 `{"error": {"code": "<digits>", "message"}}` with the platform's statuses, completion ids equal
-to the request id, usage always on a stream's last chunk, and a fault mid-stream (the engine's, a
-timeout, or the server's own) told as the platform tells an inference failure: a last chunk with
-`finish_reason: network_error` and the usage so far, then `[DONE]`; no error event, which the
-Zhipu SDKs would raise without the usage."""
+to the request id, usage always on a stream's last chunk, `"role": "assistant"` on every delta, a
+streamed tool call whole in one delta (unless `tool_stream`), and a fault mid-stream (the
+engine's, a timeout, or the server's own) told as the platform tells an inference failure: a last
+chunk with `finish_reason: network_error` and the usage so far, then `[DONE]`; no error event,
+which the Zhipu SDKs would raise without the usage."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class ZhipuDialect(Dialect):
     name = "zhipu"
     prefix = "/api/paas/v4"
     always_usage = True
+    usage_in_own_chunk = False
+    role_on_every_delta = True
+    tool_call_whole = True
 
     def status(self, error: ApiError) -> int:
         return STATUSES.get(error.kind, error.wire.status)

@@ -21,7 +21,8 @@ from typing import Any
 import jwt
 
 from glmaas.engines.base import TokenLogprob, Usage
-from glmaas.engines.chat import ChatCall, ChatDelta, ToolCallPiece, WholeToolCall
+from glmaas.engines.chat import ChatCall, ChatDelta, ToolCallPiece
+from glmaas.engines.tool_calls import ToolCall
 from glmaas.engines.upstream.config import UpstreamConfig
 
 # Sampling fields passed up by name, when the client set them.
@@ -114,8 +115,9 @@ class ToolCallAssembler:
         call["name"] = piece.name or call["name"]
         call["arguments"] += piece.arguments
 
-    def calls(self) -> tuple[WholeToolCall, ...]:
-        return tuple(WholeToolCall(c["id"] or f"call_{secrets.token_hex(12)}", c["name"], c["arguments"] or "{}")
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(name=c["name"], arguments=c["arguments"] or "{}",
+                              id=c["id"] or f"call_{secrets.token_hex(12)}")
                      for _, c in sorted(self._calls.items()))
 
 
