@@ -64,6 +64,8 @@ TARGETS = [
     Target("/api/paas/v4/chat/completions", "zhipu", CHAT_TOOLS_BODY),
     Target("/api/paas/v4/tokenizer", "zhipu", TOKENIZER_BODY),
 ]
+# The plain chat route of each dialect: the routes that generate, for tests that break generation.
+CHAT_TARGETS = TARGETS[:2]
 # The default embedding model, served by `InProcessApi(..., embeddings=True)` only (it loads a model).
 EMBEDDING_MODEL = "minilm"
 EMBEDDING_BODY = {"model": EMBEDDING_MODEL, "input": "hi"}

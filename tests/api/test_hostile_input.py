@@ -59,8 +59,14 @@ def api(tmp_path_factory: pytest.TempPathFactory):
     api.close()
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.id)
-@pytest.mark.parametrize("case", list(CASES))
+# Cases that name a field only the chat routes take (the tokenizer ignores unknown fields).
+CHAT_FIELD_CASES = {"user_id with a newline", "user with a space", "negative seed", "seed past 64 bits",
+                    "max_tokens past 32 bits"}
+TARGET_CASES = [pytest.param(target, case, id=f"{case}-{target.id}") for target in TARGETS for case in CASES
+                if target.path.endswith("/chat/completions") or case not in CHAT_FIELD_CASES]
+
+
+@pytest.mark.parametrize(("target", "case"), TARGET_CASES)
 def test_hostile_input_is_a_clear_400_that_costs_nothing(api: InProcessApi, target: Target, case: str) -> None:
     body, zhipu_code, param = CASES[case]
     before = api.books()
@@ -78,6 +84,7 @@ def test_hostile_input_is_a_clear_400_that_costs_nothing(api: InProcessApi, targ
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.id)
 def test_safe_ids_pass_and_are_echoed(api: InProcessApi, target: Target) -> None:
-    r = api.post(target, _with(request_id=f"ok-{target.dialect}:1.a_b", user_id="someone@example.com"), api.auth())
+    request_id = f"ok-{TARGETS.index(target)}-{target.dialect}:1.a_b"
+    r = api.post(target, _with(request_id=request_id, user_id="someone@example.com"), api.auth())
     assert r.status_code == 200, r.text
-    assert r.headers["x-request-id"] == f"ok-{target.dialect}:1.a_b"
+    assert r.headers["x-request-id"] == request_id

@@ -12,6 +12,7 @@ from glmaas.api.chat.protocol import ChatCompletion
 from glmaas.engines.base import Delta
 from tests.fuzz_helpers import (
     CHAT_BODY,
+    CHAT_TARGETS,
     MODEL,
     TARGETS,
     InProcessApi,
@@ -19,7 +20,7 @@ from tests.fuzz_helpers import (
     assert_error_shape,
 )
 
-TARGET_IDS = [t.id for t in TARGETS]
+TARGET_IDS = [t.id for t in CHAT_TARGETS]
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def _unhandled(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("target", CHAT_TARGETS, ids=TARGET_IDS)
 def test_a_failure_between_generation_and_the_response_is_a_dialect_500_and_free(
         api: InProcessApi, target: Target, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # The reply is generated in full, then serialising it fails: no response has started.
@@ -68,7 +69,7 @@ def test_a_failure_between_generation_and_the_response_is_a_dialect_500_and_free
     assert "serialisation bug" in str(logged[0].exc_info[1])
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.id)
 def test_a_failure_before_admission_gets_a_request_id_and_costs_nothing(
         api: InProcessApi, target: Target, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     engine = api.state.registry.get(MODEL)
@@ -78,7 +79,7 @@ def test_a_failure_before_admission_gets_a_request_id_and_costs_nothing(
 
     monkeypatch.setattr(engine, "tokenize", broken)
     before = api.books()
-    r = api.post(target, json.dumps(CHAT_BODY).encode(), api.auth())
+    r = api.post(target, json.dumps(target.valid_body).encode(), api.auth())
     assert r.status_code == 500
     error = assert_error_shape(r, target.dialect)
     assert r.headers["x-request-id"] in error["message"]
@@ -88,7 +89,7 @@ def test_a_failure_before_admission_gets_a_request_id_and_costs_nothing(
 
 def test_a_delivered_reply_is_billed(api: InProcessApi) -> None:
     before = api.books()
-    r = api.post(TARGETS[0], json.dumps({**CHAT_BODY, "request_id": "delivered-1"}).encode(), api.auth())
+    r = api.post(CHAT_TARGETS[0], json.dumps({**CHAT_BODY, "request_id": "delivered-1"}).encode(), api.auth())
     assert r.status_code == 200
     usage = _usage(api, "delivered-1")
     assert usage["status"] == "ok" and usage["cost"] > 0
@@ -102,7 +103,7 @@ def _stream(api: InProcessApi, target: Target, request_id: str) -> list[str]:
         return [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("target", CHAT_TARGETS, ids=TARGET_IDS)
 def test_a_server_fault_mid_stream_is_told_in_band_and_billed_as_produced(
         api: InProcessApi, target: Target, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     engine = api.state.registry.get(MODEL)
@@ -143,7 +144,7 @@ def test_a_reply_whose_status_line_cannot_be_sent_is_free(api: InProcessApi, str
     request_id = f"no-status-line-{stream}"
     body = json.dumps({**CHAT_BODY, "stream": stream, "request_id": request_id}).encode()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": TARGETS[1].path, "raw_path": TARGETS[1].path.encode(),
+             "scheme": "http", "path": CHAT_TARGETS[1].path, "raw_path": CHAT_TARGETS[1].path.encode(),
              "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
              "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"content-type", b"application/json")]}
 
@@ -161,7 +162,7 @@ def test_a_reply_whose_status_line_cannot_be_sent_is_free(api: InProcessApi, str
     assert api.books().balance == before.balance and api.books().open_holds == 0
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("target", CHAT_TARGETS, ids=TARGET_IDS)
 def test_a_fault_in_serialising_a_chunk_is_an_error_billed_as_produced(
         api: InProcessApi, target: Target, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from glmaas.api.chat import serving

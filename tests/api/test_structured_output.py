@@ -103,7 +103,7 @@ def test_zhipu_dialect_json_mode_streamed(real_server: Server) -> None:
     jsonschema.validate(json.loads("".join(c.choices[0].delta.content or "" for c in chunks)), PERSON)
 
 
-@pytest.mark.parametrize("mode", [instructor.Mode.JSON, instructor.Mode.JSON_SCHEMA])
+@pytest.mark.parametrize("mode", [instructor.Mode.JSON, instructor.Mode.JSON_SCHEMA, instructor.Mode.TOOLS])
 def test_instructor_extracts_a_model(client: openai.OpenAI, mode: instructor.Mode) -> None:
     patched = instructor.from_openai(client, mode=mode)
     city = patched.chat.completions.create(
