@@ -2,8 +2,8 @@
 json_schema` against glmaas unconstrained, and against llama-cpp-python's server with its own
 `response_format` (the schema turned into a GBNF grammar), on the default model, in one run.
 
-Same prompts (story requests of `--input-words` words; the schema asks for a title and the story
-as JSON, so constrained replies run about as long as free ones), same max_tokens, temperature 0,
+Same prompts (story requests of `--input-words` words; the schema asks for a title and a story
+longer than max_tokens allows, so constrained replies run exactly as long as free ones), same max_tokens, temperature 0,
 streamed, at each `--concurrency`. The three contenders take turns in short alternating rounds, so
 a change in the machine's background load falls on all of them alike. Prints each contender's
 figures and the ratios the issue sets as targets:
@@ -33,7 +33,10 @@ from glmaas.engines.registry import default_model_path
 
 SCHEMA = {
     "type": "object",
-    "properties": {"title": {"type": "string", "maxLength": 80}, "story": {"type": "string"}},
+    # The story's minLength outlasts max_tokens, so every reply, constrained or not, runs to max_tokens
+    # and all three contenders decode the same number of tokens (without it the small model closes
+    # the JSON after a sentence and the figures would compare prefill, not decode).
+    "properties": {"title": {"type": "string", "maxLength": 80}, "story": {"type": "string", "minLength": 2000}},
     "required": ["title", "story"],
     "additionalProperties": False,
 }
