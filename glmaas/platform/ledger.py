@@ -176,6 +176,8 @@ class Outcome:
     # The prompt as the engine counted it; None: as admitted (the hold's count).
     prompt_tokens: int | None = None
     usage_source: UsageSource = UsageSource.EXACT
+    # The end user the request named (`user` / `user_id`), recorded for attribution only.
+    end_user: str | None = None
     # False when the client received nothing it can use: a non-streamed request that failed, or a
     # request a crash interrupted before it made anything durable (see platform.recovery).
     billable: bool = True
@@ -197,7 +199,7 @@ def settle_hold(conn: Connection, ticket: HoldTicket, facts: Outcome) -> Settlem
                       key_id=ticket.key_id, model=ticket.model, released=ticket.amount, charged=charged,
                       prompt_tokens=prompt_tokens, cached_tokens=facts.cached_tokens,
                       completion_tokens=facts.completion_tokens, status=facts.status,
-                      usage_source=facts.usage_source,
+                      usage_source=facts.usage_source, end_user=facts.end_user,
                       finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,
                       first_token_ms=facts.first_token_ms, total_ms=facts.total_ms, created_at=now,
                       day=_day(now)).scalar()
@@ -213,6 +215,7 @@ def settle_hold(conn: Connection, ticket: HoldTicket, facts: Outcome) -> Settlem
                  prompt_tokens=prompt_tokens, cached_tokens=facts.cached_tokens,
                  completion_tokens=facts.completion_tokens, cost=charged)
     run(conn, "insert_usage", request_id=ticket.request_id, status=facts.status, usage_source=facts.usage_source,
+        end_user=facts.end_user,
         finish_reason=facts.finish_reason, queue_ms=facts.queue_ms, first_token_ms=facts.first_token_ms,
         total_ms=facts.total_ms, created_at=now, **usage)
     run(conn, "add_daily", day=_day(now), **usage)

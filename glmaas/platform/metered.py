@@ -89,6 +89,8 @@ class MeteredRun:
     ended: RequestStatus | None = None
     # Written with the settlement, in its transaction: what background work makes of the result.
     finish: Finish | None = None
+    # The end user the request named, written on its usage record.
+    end_user: str | None = None
 
     @property
     def deadline(self) -> float:
@@ -185,6 +187,7 @@ class MeteredRun:
                 status=status,
                 prompt_tokens=self.prompt_tokens,
                 usage_source=UsageSource.ESTIMATED if self.usage_estimated else UsageSource.EXACT,
+                end_user=self.end_user,
                 cached_tokens=self.cached_tokens,
                 completion_tokens=self.completion_tokens,
                 finish_reason=self.finish_reason,
@@ -220,14 +223,14 @@ class MeteredRun:
 def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
               max_tokens: int, arrived: float, durable: bool, timeout_s: float,
               bills_on_delivery: bool = False, price_percent: int = 100,
-              finish: Finish | None = None) -> MeteredRun:
+              finish: Finish | None = None, end_user: str | None = None) -> MeteredRun:
     """Admit the request (limits, a hold of its worst-case cost) and start its run, or raise the
     platform's refusal (`PlatformError`). `durable`: progress is saved before tokens are
     delivered (streams), so that a crash bills what was delivered. `bills_on_delivery`: the run
     answers a client, and is billed only once `deliver` says its response started.
     `price_percent`: sold at that share of the model's prices (batch lines). `finish`: a write
     that commits with the settlement (see `Finish`), so a result and its bill exist together or
-    not at all."""
+    not at all. `end_user`: who the caller says the request is for, written on its usage record."""
     admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens, price_percent=price_percent)
     return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s,
-                      bills_on_delivery=bills_on_delivery, finish=finish)
+                      bills_on_delivery=bills_on_delivery, finish=finish, end_user=end_user)

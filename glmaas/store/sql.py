@@ -38,9 +38,9 @@ STATEMENTS = {
                   "WHERE account_id = :account_id AND request_id = :request_id AND state = 'open'",
     "insert_usage": "INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, "
                     "cached_tokens, completion_tokens, status, finish_reason, queue_ms, first_token_ms, "
-                    "total_ms, created_at, cost, usage_source) VALUES (:request_id, :account_id, :key_id, "
+                    "total_ms, created_at, cost, usage_source, end_user) VALUES (:request_id, :account_id, :key_id, "
                     ":model, :prompt_tokens, :cached_tokens, :completion_tokens, :status, :finish_reason, "
-                    ":queue_ms, :first_token_ms, :total_ms, :created_at, :cost, :usage_source)",
+                    ":queue_ms, :first_token_ms, :total_ms, :created_at, :cost, :usage_source, :end_user)",
     "add_daily": "INSERT INTO usage_daily (day, account_id, key_id, model, requests, prompt_tokens, "
                  "cached_tokens, completion_tokens, cost) VALUES (:day, :account_id, :key_id, :model, 1, "
                  ":prompt_tokens, :cached_tokens, :completion_tokens, :cost) "
@@ -83,11 +83,11 @@ PG_STATEMENTS = {
         "  WHERE id = :key_id AND EXISTS (SELECT 1 FROM claim) AND (:released)::bigint > 0), "
         "usage AS (INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, "
         "  cached_tokens, completion_tokens, status, finish_reason, queue_ms, first_token_ms, total_ms, "
-        "  created_at, cost, usage_source) SELECT :request_id::varchar, :account_id::varchar, "
+        "  created_at, cost, usage_source, end_user) SELECT :request_id::varchar, :account_id::varchar, "
         "  :key_id::varchar, :model::varchar, :prompt_tokens::int, :cached_tokens::int, "
         "  :completion_tokens::int, :status::varchar, :finish_reason::varchar, :queue_ms::float8, "
         "  :first_token_ms::float8, :total_ms::float8, :created_at::float8, (:charged)::bigint, "
-        "  :usage_source::varchar FROM claim), "
+        "  :usage_source::varchar, :end_user::varchar FROM claim), "
         "daily AS (INSERT INTO usage_daily (day, account_id, key_id, model, requests, prompt_tokens, "
         "  cached_tokens, completion_tokens, cost) SELECT :day::varchar, :account_id::varchar, "
         "  :key_id::varchar, :model::varchar, 1, :prompt_tokens::bigint, :cached_tokens::bigint, "

@@ -81,6 +81,8 @@ class UsageRecord(Base):
     cost: Mapped[int] = mapped_column(BigInteger, default=0)
     # exact | estimated: whether the counts are the engine's or our estimate (see UsageSource).
     usage_source: Mapped[str] = mapped_column(String(16), default="exact", server_default="exact")
+    # The end user the caller named (`user` / `user_id`), for attributing abuse; None when not named.
+    end_user: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class Price(Base):

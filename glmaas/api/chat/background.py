@@ -65,7 +65,7 @@ async def run_chat_item(state: AppState, item: LeasedItem) -> None:
                         max_tokens=prompt.max_tokens, arrived=arrived, durable=False,
                         timeout_s=state.request_timeout,
                         price_percent=state.batch_price_percent if item.kind is ItemKind.BATCH_LINE else 100,
-                        finish=finish_with(item, completion))
+                        finish=finish_with(item, completion), end_user=chat.user)
         return run
 
     async def work(run: MeteredRun) -> None:

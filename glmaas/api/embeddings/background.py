@@ -39,7 +39,8 @@ async def run_embedding_item(state: AppState, item: LeasedItem) -> None:
         # An embedding sells its input only: nothing is generated, so nothing more is held.
         return start_run(state.meter, principal, req.model, item.request_id, prompt_tokens=inputs.prompt_tokens,
                          max_tokens=0, arrived=arrived, durable=False, timeout_s=state.request_timeout,
-                         price_percent=state.batch_price_percent, finish=finish_with(item, response))
+                         price_percent=state.batch_price_percent, finish=finish_with(item, response),
+                         end_user=req.user)
 
     async def vectors() -> Vectors:
         computed.append(await inputs.model.embed(inputs.framed))
