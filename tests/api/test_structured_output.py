@@ -81,6 +81,18 @@ def test_openai_parse_returns_the_pydantic_model(client: openai.OpenAI) -> None:
     assert isinstance(city, City) and city.country in {"France", "Italy", "Norway"}
 
 
+# LangChain's two methods that carry the schema to the server, which then guarantees it; its
+# json_mode leaves the schema to the prompt, more than a 135M model reliably follows.
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_langchain_with_structured_output(real_server: Server, client: openai.OpenAI, method: str) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=MODEL, api_key=client.api_key, base_url=real_server.openai_url, max_retries=0,
+                     temperature=0, max_tokens=60)
+    city = llm.with_structured_output(City, method=method).invoke("Name a city in Italy.")
+    assert isinstance(city, City) and city.country in {"France", "Italy", "Norway"}
+
+
 def test_json_object_mode_returns_an_object(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Describe a dog in JSON."}],
