@@ -39,6 +39,7 @@ class ChatCall:
     thinking: bool | None = None  # reasoning on/off where the model has the switch; None: its default
     user: str | None = None
     tenant: str | None = None  # the account asking: an upstream may keep its prefix cache apart per tenant
+    stream: bool = True  # False: the client waits for the whole reply, so an upstream is asked for it whole
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """An OpenAI-compatible server that answers every chat request with the same scripted stream:
-reasoning, then a tool call in two pieces, a field no dialect knows, and usage. It echoes what it
+reasoning, then a tool call in two pieces, a field no dialect knows, and usage (or, asked
+unstreamed, the same reply whole). It echoes what it
 was asked in a header-free way: the last request body is served at GET /last.
 
     python tests/api/scripted_upstream.py PORT
@@ -26,12 +27,19 @@ SCRIPT = [
 ]
 USAGE = {"prompt_tokens": 31, "completion_tokens": 17, "total_tokens": 48,
          "prompt_tokens_details": {"cached_tokens": 11}}
+WHOLE = {"role": "assistant", "reasoning_content": "The user wants the weather.", "content": None,
+         "tool_calls": [{"id": "call_w1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{\"city\": \"Beijing\"}"}}]}
 last: dict = {}
 
 
-async def chat(request: Request) -> StreamingResponse:
+async def chat(request: Request) -> StreamingResponse | JSONResponse:
     last.clear()
     last.update(await request.json())
+    if not last.get("stream"):
+        return JSONResponse({"id": "x", "object": "chat.completion", "secret_vendor_field": "must not reach clients",
+                             "choices": [{"index": 0, "message": WHOLE, "finish_reason": "tool_calls"}],
+                             "usage": USAGE})
 
     async def events():  # type: ignore[no-untyped-def]
         for step in SCRIPT:

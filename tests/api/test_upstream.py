@@ -142,6 +142,19 @@ def test_llama_cpp_upstream_without_usage_is_billed_as_estimated(front: Server) 
     assert record["cost"] == expected_cost(usage.prompt_tokens, usage.completion_tokens)
 
 
+def test_a_non_streamed_request_to_llama_cpp_is_billed_from_its_exact_usage(front: Server) -> None:
+    key = funded_key(front, "llama-whole", "1")
+    client = openai.OpenAI(base_url=front.openai_url, api_key=key, max_retries=0)
+    reply = client.chat.completions.with_raw_response.create(model="smol", messages=HI, max_tokens=5, temperature=0)
+    body = reply.parse()
+    assert body.choices[0].message.content.strip() and 1 <= body.usage.completion_tokens <= 5
+    record = _record(front, reply.headers["x-request-id"])
+    # Asked unstreamed, llama_cpp.server reports its usage: billed exactly, and the client told the same.
+    assert record["usage_source"] == "exact"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (body.usage.prompt_tokens,
+                                                                     body.usage.completion_tokens)
+
+
 def test_an_upstream_refusal_is_a_4xx_in_the_callers_dialect_and_costs_nothing(front: Server) -> None:
     key = funded_key(front, "refused", "1")
     long = [{"role": "user", "content": "x" * 200}]  # beyond the upstream model's 64-token context
@@ -217,7 +230,8 @@ def test_tool_calls_and_reasoning_pass_through_to_an_openai_client(front: Server
     assert asked["tools"] == WEATHER and asked["tool_choice"] == "auto"
     assert (asked["temperature"], asked["presence_penalty"], asked["response_format"]) == (
         0.3, 0.5, {"type": "json_object"})
-    assert asked["model"] == "scripted" and asked["stream"] is True
+    # The client did not stream, so neither was the upstream asked to.
+    assert asked["model"] == "scripted" and "stream" not in asked
 
 
 def test_a_tool_result_turn_reaches_the_upstream_in_wire_form(front: Server, scripted: str) -> None:

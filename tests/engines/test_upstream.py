@@ -235,3 +235,51 @@ def test_a_stream_idle_past_its_timeout_ends_as_a_fault() -> None:
         return got
 
     assert asyncio.run(run()) == ["Hi"]
+
+
+def _whole(usage: dict | None = None):  # type: ignore[no-untyped-def]
+    """An upstream that answers non-streamed requests whole (with `usage`, when given) and
+    refuses streamed ones, so that a test sees which it was asked."""
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        if body.get("stream"):
+            return httpx.Response(400, json={"error": {"message": "asked to stream"}})
+        reply = {"choices": [{"index": 0, "finish_reason": "stop",
+                              "message": {"role": "assistant", "content": "Hello there",
+                                          "reasoning_content": "think"}}]}
+        if usage is not None:
+            reply["usage"] = usage
+        return httpx.Response(200, json=reply)
+
+    return handler, seen
+
+
+def test_a_client_that_does_not_stream_is_billed_from_the_upstreams_whole_reply() -> None:
+    handler, seen = _whole({"prompt_tokens": 11, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 3}})
+    deltas = asyncio.run(_collect(_engine(handler), dataclasses.replace(CALL, stream=False)))
+    assert "stream" not in seen[0] and "stream_options" not in seen[0]
+    assert "".join(d.text for d in deltas) == "Hello there" and "".join(d.reasoning for d in deltas) == "think"
+    usage = deltas[-1].usage
+    assert (deltas[-1].finish_reason, usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens,
+            usage.estimated) == ("stop", 11, 5, 3, False)
+
+
+def test_a_whole_reply_without_usage_is_estimated_and_failover_still_applies() -> None:
+    handler, seen = _whole(None)
+    engine = _engine(lambda r: httpx.Response(502), handler)
+    deltas = asyncio.run(_collect(engine, dataclasses.replace(CALL, stream=False)))
+    assert engine.members[0].failures == 1 and len(seen) == 1
+    usage = deltas[-1].usage
+    # Our estimate: the prompt by its messages, the reply by its text (bytes / 3 without a tokenizer).
+    assert usage.estimated and usage.prompt_tokens == TokenCounter().messages(CALL.messages)
+    assert usage.completion_tokens == TokenCounter().text("Hello there" + "think")
+
+
+def test_a_whole_reply_that_is_not_json_goes_to_the_next_upstream() -> None:
+    handler, _ = _whole({"prompt_tokens": 2, "completion_tokens": 1})
+    engine = _engine(lambda r: httpx.Response(200, content=b"<html>"), handler)
+    deltas = asyncio.run(_collect(engine, dataclasses.replace(CALL, stream=False)))
+    assert deltas[-1].usage.prompt_tokens == 2 and engine.members[0].failures == 1

@@ -152,7 +152,7 @@ def call_of(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> 
                        else chat.tool_choice)
     return ChatCall(request_id, _wire_messages(chat.messages), prompt.max_tokens, sampling, tools=chat.tools,
                     tool_choice=tool_choice, response_format=chat.response_format, logprobs=chat.logprobs,
-                    thinking=chat.thinking, user=chat.user, tenant=tenant)
+                    thinking=chat.thinking, user=chat.user, tenant=tenant, stream=chat.stream)
 
 
 def _wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

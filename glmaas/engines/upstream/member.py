@@ -19,7 +19,7 @@ import httpx
 
 from glmaas.engines.chat import ChatCall
 from glmaas.engines.upstream.config import UpstreamConfig
-from glmaas.engines.upstream.wire import authorization, request_body
+from glmaas.engines.upstream.wire import as_chunk, authorization, request_body
 
 
 class Unavailable(Exception):
@@ -121,6 +121,35 @@ class Member:
                     yield chunk
         finally:
             await response.aclose()
+
+    async def whole(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST the chat request unstreamed and yield its whole reply as one stream chunk
+        (`wire.as_chunk`). The reply must come within `first_token_timeout` (servers send nothing
+        before the end of a non-streamed reply). Raises `Unavailable` or `Refused`; closing the
+        iterator while it waits closes the connection."""
+        if self.state == "half_open":
+            self._probing = True
+        request = self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+        try:
+            async with asyncio.timeout(self.config.first_token_timeout):
+                response = await self.client.send(request, stream=True)
+                try:
+                    if response.status_code >= 400:
+                        await self._refusal(response)
+                    raw = await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            self.failed(eject=isinstance(exc, httpx.ConnectError))
+            raise Unavailable(f"{self.config.describe()}: {type(exc).__name__}") from None
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            self.failed()
+            raise Unavailable(f"{self.config.describe()}: a reply that is not a JSON object")
+        yield as_chunk(reply)
 
     async def _refusal(self, response: httpx.Response) -> None:
         raw = await response.aread()

@@ -4,7 +4,9 @@ Choice: the best (lowest) priority that has an available member, and within it t
 with the fewest outstanding requests per unit of weight. Failover: a request that fails before
 it has yielded anything (no connection, a 5xx, a timeout, the upstream dying before its first
 output) is sent to the next member; once output has been yielded, it reached the client, and a
-failure ends the stream as an engine fault. Active health checks run every `health_interval`
+failure ends the stream as an engine fault. A client that does not stream gets its upstream
+asked unstreamed (`Member.whole`): the whole reply, with its exact usage, read as one chunk; any
+failure there comes before output, so it fails over the same way. Active health checks run every `health_interval`
 seconds and re-admit an ejected member once it answers again.
 """
 
@@ -57,7 +59,8 @@ class UpstreamEngine:
             tried.append(member)
             yielded = False
             member.outstanding += 1
-            chunks = member.stream(member.body(call, self.info.model_id))
+            body = member.body(call, self.info.model_id)
+            chunks = member.stream(body) if call.stream else member.whole(body)
             try:
                 async for delta in self._relay(chunks, call):
                     yielded = True
@@ -96,7 +99,7 @@ class UpstreamEngine:
             arguments = "".join(p.arguments for p in chunk.tool_pieces)
             if chunk.delta is not None or chunk.tool_pieces:
                 delta = chunk.delta or ChatDelta()
-                tokens = self._count(delta.text + delta.reasoning + arguments)
+                tokens = self._count(delta.text + delta.reasoning + arguments, whole=not call.stream)
                 produced += tokens
                 yield ChatDelta(text=delta.text, reasoning=delta.reasoning, logprobs=delta.logprobs, tokens=tokens)
         if finish is None:
@@ -119,8 +122,8 @@ class UpstreamEngine:
             if not finished():
                 raise
 
-    def _count(self, text: str) -> int:
-        if not self._exact_pieces:
+    def _count(self, text: str, *, whole: bool = False) -> int:
+        if not self._exact_pieces and not whole:
             return 1  # streaming servers send about one token per chunk
         return max(1, self.counter.text(text))
 

@@ -39,9 +39,13 @@ class UpstreamFault(Exception):
 
 
 def request_body(config: UpstreamConfig, call: ChatCall, model: str, key: str | None = None) -> dict[str, Any]:
-    """The streaming chat request for this upstream (`key`: its API key, which keys the cache salt)."""
+    """The chat request for this upstream (`key`: its API key, which keys the cache salt): streamed
+    when the client streams; otherwise asked whole, since a whole reply carries the upstream's exact
+    usage where some servers (llama.cpp's) send none in a stream."""
     body: dict[str, Any] = {"model": config.model or model, "messages": call.messages,
-                            "max_tokens": call.max_tokens, "stream": True}
+                            "max_tokens": call.max_tokens}
+    if call.stream:
+        body["stream"] = True
     for name in ("tools", "tool_choice", "response_format"):
         value = getattr(call, name)
         if value is not None:
@@ -59,7 +63,8 @@ def request_body(config: UpstreamConfig, call: ChatCall, model: str, key: str | 
             body["thinking"] = {"type": "enabled" if call.thinking else "disabled"}
         return body
     body.update({k: v for k, v in call.sampling.items() if k in OPENAI_SAMPLING})
-    body["stream_options"] = {"include_usage": True}
+    if call.stream:
+        body["stream_options"] = {"include_usage": True}
     if config.cache_salt and call.tenant:
         body["cache_salt"] = cache_salt(call.tenant, key)
     if call.logprobs is not None:
@@ -141,6 +146,18 @@ def read_chunk(chunk: dict[str, Any]) -> Chunk:
     logprobs = _logprobs(choice.get("logprobs"))
     output = ChatDelta(text=text, reasoning=reasoning, logprobs=logprobs) if text or reasoning or logprobs else None
     return Chunk(output, pieces, usage, finish)
+
+
+def as_chunk(reply: dict[str, Any]) -> dict[str, Any]:
+    """A whole (non-streamed) reply in the shape of one stream chunk that holds all of it, so that
+    it is read like a stream: its message as the delta, its finish reason and usage."""
+    if "error" in reply:
+        return reply
+    choices = reply.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    return {"choices": [{"index": 0, "delta": choice.get("message") or {}, "logprobs": choice.get("logprobs"),
+                         "finish_reason": choice.get("finish_reason")}],
+            "usage": reply.get("usage")}
 
 
 def read_usage(raw: Any) -> Usage | None:
