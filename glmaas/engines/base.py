@@ -69,6 +69,7 @@ class Usage:
     completion_tokens: int
     cached_prompt_tokens: int = 0
     estimated: bool = False
+    reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning (an upstream's report)
 
     @property
     def total_tokens(self) -> int:

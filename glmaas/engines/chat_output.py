@@ -41,10 +41,18 @@ class ChatOutputParser:
         self._tools = tools
         self._max_calls = max_calls
         self.calls = 0
+        self._reported: int | None = None
 
     @property
     def reasoning_tokens(self) -> int:
+        if self._reported is not None:
+            return self._reported
         return self._reasoning.reasoning_tokens if self._reasoning else 0
+
+    def report_reasoning_tokens(self, tokens: int) -> None:
+        """The reasoning tokens an engine that structures its own reply counted (an upstream's
+        usage): they are what the client is told."""
+        self._reported = tokens
 
     def push(self, text: str, tokens: int = 0) -> ChatPiece:
         if self._reasoning is None:

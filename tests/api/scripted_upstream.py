@@ -26,7 +26,7 @@ SCRIPT = [
     {"delta": {}, "finish_reason": "tool_calls"},
 ]
 USAGE = {"prompt_tokens": 31, "completion_tokens": 17, "total_tokens": 48,
-         "prompt_tokens_details": {"cached_tokens": 11}}
+         "prompt_tokens_details": {"cached_tokens": 11}, "completion_tokens_details": {"reasoning_tokens": 6}}
 WHOLE = {"role": "assistant", "reasoning_content": "The user wants the weather.", "content": None,
          "tool_calls": [{"id": "call_w1", "type": "function",
                          "function": {"name": "get_weather", "arguments": "{\"city\": \"Beijing\"}"}}]}

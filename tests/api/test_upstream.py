@@ -223,6 +223,8 @@ def test_tool_calls_and_reasoning_pass_through_to_an_openai_client(front: Server
     assert (body.usage.prompt_tokens, body.usage.completion_tokens) == (31, 17)
     # The upstream's cached prompt tokens are passed through, and billed at the cached price.
     assert body.usage.prompt_tokens_details.cached_tokens == 11
+    # Its reasoning tokens too: a part of the 17 completion tokens billed.
+    assert body.usage.completion_tokens_details.reasoning_tokens == 6
     record = _record(front, raw.headers["x-request-id"])
     assert record["cached_tokens"] == 11
     assert record["cost"] == (31 - 11) * INPUT + 11 * CACHED + 17 * OUTPUT
@@ -258,6 +260,7 @@ def test_an_openai_upstream_answers_a_zhipu_client_in_zhipu_shape(front: Server,
     assert reasoning == "The user wants the weather."
     assert [(t.function.name, json.loads(t.function.arguments)) for t in calls] == [("get_weather", {"city": "Beijing"})]
     assert chunks[-1].choices[0].finish_reason == "tool_calls" and chunks[-1].usage.completion_tokens == 17
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 6
     asked = httpx.get(f"{scripted}/last").json()
     # Zhipu's greedy switch became the OpenAI form; Zhipu-only fields did not travel.
     assert asked["temperature"] == 0 and "do_sample" not in asked and "request_id" not in asked

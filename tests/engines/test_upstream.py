@@ -283,3 +283,26 @@ def test_a_whole_reply_that_is_not_json_goes_to_the_next_upstream() -> None:
     engine = _engine(lambda r: httpx.Response(200, content=b"<html>"), handler)
     deltas = asyncio.run(_collect(engine, dataclasses.replace(CALL, stream=False)))
     assert deltas[-1].usage.prompt_tokens == 2 and engine.members[0].failures == 1
+
+
+def test_the_upstreams_reasoning_tokens_come_with_its_usage_in_both_modes() -> None:
+    reported = {"prompt_tokens": 11, "completion_tokens": 9, "completion_tokens_details": {"reasoning_tokens": 4}}
+
+    def streamed(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=_sse(_choice({"reasoning_content": "hm"}), _choice({"content": "ok"}, "stop"),
+                                                {"choices": [], "usage": reported}))
+
+    whole, _ = _whole(reported)
+    for handler, call in ((streamed, CALL), (whole, dataclasses.replace(CALL, stream=False))):
+        usage = asyncio.run(_collect(_engine(handler), call))[-1].usage
+        assert (usage.completion_tokens, usage.reasoning_tokens, usage.estimated) == (9, 4, False)
+    # More reasoning than completion cannot be: capped, so the parts add up to what is billed.
+    capped = {**reported, "completion_tokens_details": {"reasoning_tokens": 50}}
+    usage = asyncio.run(_collect(_engine(_whole(capped)[0]), dataclasses.replace(CALL, stream=False)))[-1].usage
+    assert usage.reasoning_tokens == 9
+
+
+def test_without_the_upstreams_usage_reasoning_tokens_are_estimated_too() -> None:
+    deltas = asyncio.run(_collect(_engine(_whole(None)[0]), dataclasses.replace(CALL, stream=False)))
+    usage = deltas[-1].usage
+    assert usage.estimated and usage.reasoning_tokens == TokenCounter().text("think") <= usage.completion_tokens

@@ -201,6 +201,8 @@ def piece_of(delta: Delta, parser: ChatOutputParser) -> ChatPiece:
     """What a delta adds to the reply: parsed out of a local engine's text, or as a chat engine
     structured it."""
     if isinstance(delta, ChatDelta):
+        if delta.usage is not None:
+            parser.report_reasoning_tokens(delta.usage.reasoning_tokens)
         return ChatPiece(reasoning=delta.reasoning, content=delta.text, tool_calls=list(delta.tool_calls))
     return parser.push(delta.text, len(delta.token_ids))
 

@@ -88,7 +88,7 @@ class UpstreamEngine:
         once the stream has ended (their pieces are counted as they come)."""
         usage: Usage | None = None
         finish: str | None = None
-        produced = 0
+        produced = reasoned = 0
         calls = ToolCallAssembler()
         async for raw in self._until_cut(chunks, lambda: finish is not None):
             chunk = read_chunk(raw)
@@ -101,13 +101,16 @@ class UpstreamEngine:
                 delta = chunk.delta or ChatDelta()
                 tokens = self._count(delta.text + delta.reasoning + arguments, whole=not call.stream)
                 produced += tokens
+                if delta.reasoning:
+                    reasoned += tokens if not (delta.text or arguments) else self._count(delta.reasoning, whole=True)
                 yield ChatDelta(text=delta.text, reasoning=delta.reasoning, logprobs=delta.logprobs, tokens=tokens)
         if finish is None:
             raise UpstreamFault("the upstream's stream ended without a finish reason")
         if whole := calls.calls():
             yield ChatDelta(tool_calls=whole)
         if usage is None:
-            usage = Usage(self.count_prompt(call.messages, call.tools), produced, estimated=True)
+            usage = Usage(self.count_prompt(call.messages, call.tools), produced, estimated=True,
+                          reasoning_tokens=min(reasoned, produced))
         yield ChatDelta(finish_reason=finish if finish in ("stop", "length", "tool_calls") else "stop",  # type: ignore[arg-type]
                         usage=usage)
 

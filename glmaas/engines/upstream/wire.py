@@ -164,8 +164,13 @@ def read_usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict) or "prompt_tokens" not in raw:
         return None
     details = raw.get("prompt_tokens_details") or {}
-    return Usage(prompt_tokens=int(raw["prompt_tokens"]), completion_tokens=int(raw.get("completion_tokens") or 0),
-                 cached_prompt_tokens=int(details.get("cached_tokens") or 0))
+    completion = int(raw.get("completion_tokens") or 0)
+    reasoning = int((raw.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    # Reasoning tokens are a part of the completion: never more than it, so that what the
+    # client is told adds up with what is billed.
+    return Usage(prompt_tokens=int(raw["prompt_tokens"]), completion_tokens=completion,
+                 cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+                 reasoning_tokens=min(max(reasoning, 0), completion))
 
 
 def _tool_call(position: int, raw: dict[str, Any]) -> ToolCallPiece:
