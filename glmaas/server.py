@@ -36,6 +36,7 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     from glmaas.api.state import AppState
     from glmaas.engines.registry import ModelRegistry
     from glmaas.jobs.gate import SlotGate
+    from glmaas.platform import upstream_keys
     from glmaas.platform.admin_token import load_admin_token
     from glmaas.platform.auth import Authenticator
     from glmaas.platform.metering import Meter
@@ -51,7 +52,7 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     if recovered:
         log.warning("settled %d requests left open by a replica that stopped", recovered)
     registry = ModelRegistry.from_options(settings.models, with_default=settings.default_model,
-                                          files=settings.model_files)
+                                          files=settings.model_files, stored_keys=upstream_keys.opener(db.session, box))
     meter = Meter(db.engine, db.session, limiter, owner)
 
     def slots_of(model: str) -> int | None:

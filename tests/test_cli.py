@@ -17,6 +17,7 @@ from tests.conftest import ROOT, Server, run_cli
 
 VERB_GROUPS = (["serve"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"], ["accounts", "create"],
                ["accounts", "topup"], ["accounts", "adjust"], ["accounts", "show"], ["accounts", "limits"],
+               ["upstream-keys", "set"], ["upstream-keys", "list"], ["upstream-keys", "delete"],
                ["prices", "set"], ["prices", "list"], ["usage"], ["train"], ["generate"], ["experiment"],
                ["bench", "serve"])
 
@@ -29,7 +30,7 @@ def glmaas(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_verb_group() -> None:
     r = glmaas("--help")
     assert r.returncode == 0
-    for group in ("serve", "accounts", "keys", "prices", "usage", "train", "generate", "experiment", "bench"):
+    for group in ("serve", "accounts", "keys", "upstream-keys", "prices", "usage", "train", "generate", "experiment", "bench"):
         assert group in r.stdout
 
 

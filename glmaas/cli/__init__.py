@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from glmaas.cli import accounts, bench, keys, prices, serve, train, usage
+from glmaas.cli import accounts, bench, keys, prices, serve, train, upstream_keys, usage
 
 # In the order `glmaas --help` lists them.
-VERB_GROUPS = (serve, accounts, keys, prices, usage, train, bench)
+VERB_GROUPS = (serve, accounts, keys, upstream_keys, prices, usage, train, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,10 +126,15 @@ def _upstream_config(spec: str):  # type: ignore[no-untyped-def]
         raise SpecError(str(exc)) from None
 
 
-def _upstreams(model_id: str, specs: list[str]) -> Engine:
-    from glmaas.engines.upstream import UpstreamEngine
+def _upstreams(model_id: str, specs: list[str],
+               stored_keys: Callable[[str], str | None] | None = None) -> Engine:
+    from glmaas.engines.upstream import UpstreamConfigError, UpstreamEngine
 
-    return UpstreamEngine(model_id, [_upstream_config(spec) for spec in specs])  # type: ignore[return-value]
+    configs = [_upstream_config(spec) for spec in specs]
+    try:
+        return UpstreamEngine(model_id, configs, stored_keys)  # type: ignore[return-value]
+    except UpstreamConfigError as exc:  # a key that cannot be had
+        raise SpecError(f"model {model_id!r}: {exc}") from None
 
 
 def is_upstream(spec: str) -> bool:
@@ -173,10 +178,11 @@ class ModelRegistry:
                 self._engines[model_id] = served
 
     @classmethod
-    def from_options(cls, options: list[str], *, with_default: bool = True,
-                     files: list[Path] | None = None) -> ModelRegistry:
+    def from_options(cls, options: list[str], *, with_default: bool = True, files: list[Path] | None = None,
+                     stored_keys: Callable[[str], str | None] | None = None) -> ModelRegistry:
         """The models of `--model ID=SPEC` options and `--models FILE.toml` files, plus (unless
-        `with_default` is false) the embedded default chat model and default embedding model."""
+        `with_default` is false) the embedded default chat model and default embedding model.
+        `stored_keys` opens the sealed upstream keys that specs name with `key_secret=`."""
         specs: dict[str, list[str]] = {}
         pairs = [parse_model_option(o) for o in options]
         for file in files or []:
@@ -189,10 +195,10 @@ class ModelRegistry:
             specs = {mid: [spec()] for mid, spec in defaults.items() if mid not in specs} | specs
         served: dict[str, Served] = {}
         for model_id, given in specs.items():
-            if len(given) == 1:
+            if all(is_upstream(spec) for spec in given):
+                served[model_id] = _upstreams(model_id, given, stored_keys)
+            elif len(given) == 1:
                 served[model_id] = build_engine(model_id, given[0])
-            elif all(is_upstream(spec) for spec in given):
-                served[model_id] = _upstreams(model_id, given)
             else:
                 raise SpecError(f"model {model_id!r} is given {len(given)} times; only upstreams form a pool")
         return cls(served)

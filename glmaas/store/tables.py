@@ -259,3 +259,14 @@ class WorkItem(Base):
     result: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the output or error line
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UpstreamKey(Base):
+    """An upstream server's API key, stored for `key_secret=NAME` in an upstream spec: sealed
+    under the master key (AES-GCM, the name as associated data), never kept in clear."""
+
+    __tablename__ = "upstream_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -69,13 +70,17 @@ def front(tmp_path_factory: pytest.TempPathFactory, llama: str, upstream: tuple[
     back, key = upstream
     gguf = default_model_path()
     up = f"key_env={UPSTREAM_KEY_ENV}"
+    data_dir = tmp_path_factory.mktemp("front")
+    # The Zhipu upstream's key comes from the sealed store instead, set the operator's way (stdin).
+    subprocess.run([sys.executable, "-m", "glmaas", "upstream-keys", "set", "back", "--data-dir", str(data_dir)],
+                   input=key + "\n", capture_output=True, text=True, check=True, timeout=120)
     server = start_server(
-        tmp_path_factory.mktemp("front"), "--no-default-model",
+        data_dir, "--no-default-model",
         "--model", f"smol=openai+{llama},model=smollm2-135m-instruct,tokenizer={gguf}",
         "--model", f"mock-up=openai+{back.openai_url},model=mock,{up}",
         "--model", f"slow-up=openai+{back.openai_url},model=slow,{up}",
         "--model", f"small-up=openai+{back.openai_url},model=small,{up}",
-        "--model", f"zhipu-up=zhipu+{back.zhipu_url},model=mock,{up},auth=jwt",
+        "--model", f"zhipu-up=zhipu+{back.zhipu_url},model=mock,key_secret=back,auth=jwt",
         "--model", f"tools-up=openai+{scripted}/v1,model=scripted",
         env={UPSTREAM_KEY_ENV: key})
     price_all(server, "smol", "mock-up", "slow-up", "zhipu-up", "tools-up")
@@ -118,6 +123,7 @@ def test_openai_sdk_stream_reports_the_usage_it_is_billed(front: Server) -> None
 
 
 def test_zhipu_sdk_through_a_zhipu_upstream_signed_with_jwt(front: Server) -> None:
+    # Signed with the key sealed in the front's store (`key_secret=back`): the upstream let it in.
     key = funded_key(front, "zhipu", "1")
     client = zhipuai.ZhipuAI(api_key=key, base_url=front.zhipu_url, max_retries=0)
     body = client.chat.completions.create(model="zhipu-up", messages=HI, max_tokens=10)
@@ -199,6 +205,9 @@ def test_the_upstreams_key_is_never_shown(front: Server, upstream: tuple[Server,
     models = httpx.get(f"{front.openai_url}/models", headers={"Authorization": f"Bearer {funded_key(front, 'k', '0')}"})
     assert models.status_code == 200 and upstream_key not in models.text
     assert upstream_key.split(".")[1] not in front.log.read_text()
+    # Sealed at rest too: no file of the front's data dir (its database included) holds the key.
+    secret = upstream_key.split(".")[1].encode()
+    assert not any(secret in p.read_bytes() for p in front.data_dir.rglob("*") if p.is_file())
 
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",

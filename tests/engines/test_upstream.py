@@ -306,3 +306,50 @@ def test_without_the_upstreams_usage_reasoning_tokens_are_estimated_too() -> Non
     deltas = asyncio.run(_collect(_engine(_whole(None)[0]), dataclasses.replace(CALL, stream=False)))
     usage = deltas[-1].usage
     assert usage.estimated and usage.reasoning_tokens == TokenCounter().text("think") <= usage.completion_tokens
+
+
+def test_a_key_sealed_in_the_store_is_the_upstreams_authorization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from glmaas.cli import main
+    from glmaas.config import Settings
+    from glmaas.platform import upstream_keys
+    from glmaas.server import open_platform
+
+    monkeypatch.delenv("GLMAAS_MASTER_KEY", raising=False)
+    key = "sk-upstream-" + "7f3a9c" * 6
+    monkeypatch.setattr("sys.stdin", io.StringIO(key + "\n"))
+    assert main(["upstream-keys", "set", "vllm", "--data-dir", str(tmp_path)]) == 0
+    assert main(["upstream-keys", "list", "--data-dir", str(tmp_path)]) == 0
+    assert key not in capsys.readouterr().out  # never printed
+    # Sealed at rest: no file of the data dir (the database, its journal, the master key) holds it.
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files and not any(key.encode() in p.read_bytes() for p in files)
+
+    db, box = open_platform(Settings(data_dir=tmp_path))
+    try:
+        stored = upstream_keys.opener(db.session, box)
+        registry = ModelRegistry.from_options(["m=openai+http://up.test/v1,key_secret=vllm"], with_default=False,
+                                              stored_keys=stored)
+        with pytest.raises(SpecError, match="no upstream key named 'other'"):
+            ModelRegistry.from_options(["m=openai+http://up.test/v1,key_secret=other"], with_default=False,
+                                       stored_keys=stored)
+    finally:
+        db.dispose()
+    with pytest.raises(SpecError, match="not both"):
+        ModelRegistry.from_options(["m=openai+http://h:1/v1,key_secret=a,key_env=B"], with_default=False)
+
+    engine = registry.get("m")
+    member = engine.members[0]
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return _ok(request)
+
+    member.client = httpx.AsyncClient(base_url=member.config.base_url, headers=member.client.headers,
+                                      transport=httpx.MockTransport(handler))
+    assert "".join(d.text for d in asyncio.run(_collect(engine))) == "Hello"
+    assert seen == [f"Bearer {key}"]
+    assert key not in repr(member) and key not in repr(member.config)

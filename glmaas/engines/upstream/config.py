@@ -1,10 +1,11 @@
 """One upstream's settings, read from a `--model` spec or a `[[models]]` table of `--models FILE.toml`.
 
-    openai+http://host:port/v1[,model=UPSTREAM_ID][,key_env=VAR][,opt=v...]
+    openai+http://host:port/v1[,model=UPSTREAM_ID][,key_env=VAR|key_secret=NAME][,opt=v...]
     zhipu+https://open.bigmodel.cn/api/paas/v4[,key_env=VAR][,auth=jwt|key][,opt=v...]
 
 Options: `model` (the upstream's model id; default: ours), `key_env` (the environment variable
-holding the upstream's API key; read at start, never logged), `auth` (Zhipu only: `key` sends
+holding the upstream's API key; read at start, never logged), `key_secret` (instead: the name of
+a key sealed in the deployment's secret store by `glmaas upstream-keys set NAME`), `auth` (Zhipu only: `key` sends
 the raw key, `jwt` signs a short-lived token with it), `weight`, `priority` (lower is preferred),
 `tokenizer` (a tokenizer.json or GGUF file to estimate usage with), `context` (the context
 length /models reports), `connect_timeout`, `first_token_timeout`, `idle_timeout` (seconds),
@@ -16,6 +17,7 @@ prefix cache's timing).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +37,7 @@ class UpstreamConfig:
     base_url: str  # without a trailing slash, e.g. http://127.0.0.1:8080/v1
     model: str | None = None
     key_env: str | None = None
+    key_secret: str | None = None
     auth: Literal["key", "jwt"] = "key"
     weight: float = 1.0
     priority: int = 0
@@ -49,8 +52,18 @@ class UpstreamConfig:
     cooldown: float = 5.0
     cache_salt: bool = False
 
-    def api_key(self) -> str | None:
-        """The upstream's key from the environment (None when none is configured)."""
+    def api_key(self, stored: Callable[[str], str | None] | None = None) -> str | None:
+        """The upstream's key from the environment, or from the secret store (`stored` opens a
+        sealed key by name); None when none is configured."""
+        if self.key_secret is not None:
+            if stored is None:
+                raise UpstreamConfigError(f"key_secret={self.key_secret} needs the deployment's secret store "
+                                          "(given to `glmaas serve`)")
+            key = stored(self.key_secret)
+            if not key:
+                raise UpstreamConfigError(f"no upstream key named {self.key_secret!r} is stored; "
+                                          f"set it with `glmaas upstream-keys set {self.key_secret}`")
+            return key
         if self.key_env is None:
             return None
         key = os.environ.get(self.key_env)
@@ -65,7 +78,7 @@ class UpstreamConfig:
 
 _FLOATS = {"weight", "connect_timeout", "first_token_timeout", "idle_timeout", "health_interval", "cooldown"}
 _INTS = {"priority", "max_connections", "fail_threshold"}
-_STRINGS = {"model", "key_env", "tokenizer"}
+_STRINGS = {"model", "key_env", "key_secret", "tokenizer"}
 
 
 def parse_upstream(dialect: str, rest: str) -> UpstreamConfig:
@@ -82,6 +95,8 @@ def parse_upstream(dialect: str, rest: str) -> UpstreamConfig:
         if not sep or not value:
             raise UpstreamConfigError(f"upstream option {item!r} is not key=value")
         options.update(_option(key, value))
+    if "key_env" in options and "key_secret" in options:
+        raise UpstreamConfigError("an upstream takes its key from key_env or key_secret, not both")
     return UpstreamConfig(dialect, url.rstrip("/"), **options)  # type: ignore[arg-type]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -38,9 +38,10 @@ class Refused(Exception):
 class Member:
     """An upstream server and its circuit breaker."""
 
-    def __init__(self, config: UpstreamConfig, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: UpstreamConfig, clock=time.monotonic,  # type: ignore[no-untyped-def]
+                 stored_keys: Callable[[str], str | None] | None = None) -> None:
         self.config = config
-        self._key = config.api_key()  # kept here only: never logged, never in an error
+        self._key = config.api_key(stored_keys)  # kept here only: never logged, never in an error
         self._clock = clock
         self.client = httpx.AsyncClient(
             base_url=config.base_url,

@@ -32,8 +32,10 @@ log = logging.getLogger("glmaas.upstream")
 class UpstreamEngine:
     """A `ChatEngine` in front of one or more upstream servers; see the module docstring."""
 
-    def __init__(self, model_id: str, configs: list[UpstreamConfig]) -> None:
-        self.members = [Member(c) for c in configs]
+    def __init__(self, model_id: str, configs: list[UpstreamConfig],
+                 stored_keys: Callable[[str], str | None] | None = None) -> None:
+        # `stored_keys` opens the sealed keys that specs name with `key_secret=`.
+        self.members = [Member(c, stored_keys=stored_keys) for c in configs]
         tokenizer = next((c.tokenizer for c in configs if c.tokenizer), None)
         self.counter = TokenCounter(tokenizer)
         self._exact_pieces = tokenizer is not None
