@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+from sqlalchemy import update
 
 from glmaas.jobs import batches, leases
 from glmaas.jobs.leases import ItemState
@@ -16,7 +17,7 @@ from glmaas.platform.accounts import create_account
 from glmaas.platform.files import file_content, upload
 from glmaas.store.blobs import FolderBlobs
 from glmaas.store.db import Database, sqlite_url
-from glmaas.store.tables import WorkItem
+from glmaas.store.tables import Batch, WorkItem
 
 
 def line(custom_id: str) -> str:
@@ -188,3 +189,33 @@ def test_a_line_put_back_before_it_started_keeps_its_attempts(store) -> None:  #
         leases.give_back(db.engine, item, started=False)
     leases.give_back(db.engine, leases.take(db.engine, "a", 60, max_attempts=1))  # this one started
     assert leases.take(db.engine, "a", 60, max_attempts=1).exhausted
+
+
+def test_batches_page_in_sql_with_ties_and_other_accounts(store) -> None:  # type: ignore[no-untyped-def]
+    db, blobs, account_id, first_id = store
+    with db.session() as session, session.begin():
+        other = create_account(session, "other")
+        ids = [first_id]
+        for owner in (account_id, account_id, other.id, account_id):
+            info = upload(session, blobs, account_id=owner, purpose="batch", filename="in.jsonl",
+                          data=line("x").encode())
+            batch = batches.create_batch(session, blobs, account_id=owner, key_id="k", dialect="openai",
+                                         input_file_id=info.id, endpoint="/v1/chat/completions",
+                                         completion_window="24h", metadata=None)
+            if owner == account_id:
+                ids.append(batch.id)
+            else:
+                theirs = batch.id
+        session.flush()
+        # Two created in the same instant: the id breaks the tie, so no page skips or repeats one.
+        session.execute(update(Batch).where(Batch.id.in_(ids[1:3])).values(created_at=12345.0))
+    with db.session() as session:
+        every = [b.id for b in batches.list_batches(session, account_id, limit=100, after=None)[0]]
+        assert sorted(every) == sorted(ids) and theirs not in every
+        seen, after, more = [], None, True
+        while more:
+            rows, more = batches.list_batches(session, account_id, limit=1, after=after)
+            seen += [b.id for b in rows]
+            after = rows[-1].id
+        assert seen == every
+        assert batches.list_batches(session, account_id, limit=5, after=theirs) == ([], False)
