@@ -5,6 +5,7 @@ error file exactly once."""
 from __future__ import annotations
 
 import io
+import sqlite3
 
 import httpx
 import openai
@@ -205,3 +206,24 @@ def test_lists_page_with_a_cursor_and_show_only_the_callers_objects(server: Serv
     r = httpx.get(f"{server.zhipu_url}/batches", params={"limit": 1, "after": created[2]},
                   headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200 and [b["id"] for b in r.json()["data"]] == [created[1]] and r.json()["has_more"]
+
+
+def test_a_line_out_of_attempts_ends_in_the_error_file_unbilled(server: Server) -> None:
+    client = client_of(server, funded_key(server, "batch-attempts", "1"))
+    lines = [chat_line(f"slow-{i}", model="slow") for i in range(6)]
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(batch_file(lines))), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    # The last line has had its three attempts already, each cut short (recovery put it back).
+    con = sqlite3.connect(server.data_dir / "glmaas.db", timeout=10)
+    with con:
+        changed = con.execute("UPDATE work_items SET attempts = 3 WHERE id = ? AND state = 'pending'",
+                              (f"{batch.id}:6",)).rowcount
+    con.close()
+    assert changed == 1, "the line had started before the test could mark it"
+    batch = wait_until(lambda: client.batches.retrieve(batch.id), finished)
+    assert (batch.status, batch.request_counts.completed, batch.request_counts.failed) == ("completed", 5, 1)
+    [error] = jsonl(client.files.content(batch.error_file_id).read())
+    assert error["custom_id"] == "slow-5" and error["error"]["code"] == "max_attempts_exceeded"
+    assert "3 times" in error["error"]["message"]
+    billed = query(server, "SELECT request_id FROM usage_records WHERE request_id LIKE ?", f"{batch.id}:%")
+    assert sorted(r["request_id"] for r in billed) == sorted(f"{batch.id}:{n}~1" for n in range(1, 6))
