@@ -22,6 +22,7 @@ DEFAULT_BATCH_WORKERS = 2  # background workers per replica (batch lines, async 
 DEFAULT_BATCH_SLOT_SHARE = 0.5  # the most of a model's engine slots background work may take
 DEFAULT_BATCH_PRICE_PERCENT = 50  # batch lines sell at this share of the model's prices
 DEFAULT_BATCH_LEASE_S = 30.0  # a dead replica's background work is taken over after this
+DEFAULT_BATCH_MAX_ATTEMPTS = 3  # a background item whose attempts keep dying fails after this many
 
 
 def resolve_data_dir(option: str | None) -> Path:
@@ -46,6 +47,7 @@ class Settings:
     batch_slot_share: float = DEFAULT_BATCH_SLOT_SHARE
     batch_price_percent: int = DEFAULT_BATCH_PRICE_PERCENT
     batch_lease_s: float = DEFAULT_BATCH_LEASE_S
+    batch_max_attempts: int = DEFAULT_BATCH_MAX_ATTEMPTS
 
     def db_url(self) -> str:
         from glmaas.store.db import sqlite_url

@@ -74,6 +74,7 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
         batch_workers=settings.batch_workers,
         batch_price_percent=settings.batch_price_percent,
         batch_lease_s=settings.batch_lease_s,
+        batch_max_attempts=settings.batch_max_attempts,
     )
 
 

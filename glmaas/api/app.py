@@ -38,7 +38,7 @@ from glmaas.api.openapi import openapi_schema
 from glmaas.api.state import AppState
 from glmaas.api.tokenizer.router import body_routes as tokenizer_body_routes
 from glmaas.api.tokenizer.router import routes as tokenizer_routes
-from glmaas.api.work import Runner, runner_for
+from glmaas.api.work import Runner, fail_exhausted, runner_for
 from glmaas.jobs.worker import Workers
 
 # The resources that run in the background (batch lines, async tasks), by the endpoint they call.
@@ -92,7 +92,9 @@ def create_app(state: AppState) -> FastAPI:
         if state.batch_workers > 0:
             run_item = runner_for(BACKGROUND_RUNNERS)
             workers = Workers(state.db, state.blobs, state.meter.owner, lambda item: run_item(state, item),
-                              count=state.batch_workers, lease_s=state.batch_lease_s)
+                              count=state.batch_workers, lease_s=state.batch_lease_s,
+                              max_attempts=state.batch_max_attempts,
+                              exhausted=lambda item: fail_exhausted(state, item))
             background = asyncio.create_task(workers.run())
         yield
         housekeeping.cancel()

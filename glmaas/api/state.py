@@ -32,4 +32,5 @@ class AppState:
     batch_workers: int = config.DEFAULT_BATCH_WORKERS
     batch_price_percent: int = config.DEFAULT_BATCH_PRICE_PERCENT
     batch_lease_s: float = config.DEFAULT_BATCH_LEASE_S
+    batch_max_attempts: int = config.DEFAULT_BATCH_MAX_ATTEMPTS
     started_at: float = field(default_factory=time.time)

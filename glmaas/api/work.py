@@ -29,6 +29,8 @@ M = TypeVar("M", bound=BaseModel)
 Runner = Callable[[AppState, LeasedItem], Awaitable[None]]
 # A rate-limited item waits at least this long before it is offered again.
 MIN_RETRY_S = 1.0
+# The code of a batch line's error when its attempts ran out.
+ATTEMPTS_EXHAUSTED = "max_attempts_exceeded"
 DIALECT_BY_NAME: dict[str, Dialect] = {d.name: d for d in DIALECTS}
 
 
@@ -36,9 +38,10 @@ def dialect_of_item(item: LeasedItem) -> Dialect:
     return DIALECT_BY_NAME.get(item.dialect, OPENAI)
 
 
-def result_line(item: LeasedItem, *, response: BaseModel | None = None, error: ApiError | None = None) -> str:
-    """The item's result as stored: a batch line as a line of OpenAI's output or error file, an
-    async task as its response body or its error body."""
+def result_line(item: LeasedItem, *, response: BaseModel | None = None, error: ApiError | None = None,
+                code: str | None = None) -> str:
+    """The item's result as stored: a batch line as a line of OpenAI's output or error file (its
+    error's `code` the dialect's unless given), an async task as its response body or its error body."""
     dialect = dialect_of_item(item)
     if item.kind is ItemKind.ASYNC_CHAT:
         return response.model_dump_json() if response is not None else json.dumps(dialect.error_body(error))
@@ -48,15 +51,25 @@ def result_line(item: LeasedItem, *, response: BaseModel | None = None, error: A
     else:
         body = dialect.error_body(error)
         answer = {"status_code": dialect.status(error), "request_id": item.request_id, "body": body}
-        failure = {"code": body["error"]["code"], "message": error.message}
+        failure = {"code": code or body["error"]["code"], "message": error.message}
     return json.dumps({"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": item.custom_id,
                        "response": answer, "error": failure}, ensure_ascii=False)
 
 
-def fail_item(state: AppState, item: LeasedItem, error: ApiError) -> None:
+def fail_item(state: AppState, item: LeasedItem, error: ApiError, *, code: str | None = None) -> None:
     """End the item with `error`, unbilled (it was refused before admission)."""
     with state.db.engine.begin() as conn:
-        leases.finish(conn, item, ItemState.FAILED, result_line(item, error=error))
+        leases.finish(conn, item, ItemState.FAILED, result_line(item, error=error, code=code))
+
+
+async def fail_exhausted(state: AppState, item: LeasedItem) -> None:
+    """End an item whose attempts ran out (each died before it could finish: its replica went
+    down, or its run kept failing). Unbilled: attempts cut short settle unbilled, and this take
+    admits nothing."""
+    tries = item.max_attempts or item.attempt - 1
+    fail_item(state, item, ApiError(
+        ErrorKind.ENGINE_ERROR, f"The request was attempted {tries} time{'s' if tries != 1 else ''} "
+        "and never completed; it will not be tried again."), code=ATTEMPTS_EXHAUSTED)
 
 
 def runner_for(runners: dict[str, Runner]) -> Callable[[AppState, LeasedItem], Awaitable[None]]:
@@ -110,7 +123,7 @@ async def run_in_slot(state: AppState, item: LeasedItem, model: str, admit: Call
         try:
             run = admit()
         except RateLimited as exc:
-            leases.give_back(state.db.engine, item)
+            leases.give_back(state.db.engine, item, started=False)
             retry_after = max(MIN_RETRY_S, exc.retry_after)
         except PlatformError as exc:
             return fail_item(state, item, from_platform(exc))

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="batch lines are sold at this percent of the model's prices")
     p.add_argument("--batch-lease-s", type=float, default=config.DEFAULT_BATCH_LEASE_S,
                    help="seconds before another replica takes over the work of one that died")
+    p.add_argument("--batch-max-attempts", type=_positive, default=config.DEFAULT_BATCH_MAX_ATTEMPTS,
+                   help="attempts a batch line or async task may take before it fails")
     p.set_defaults(func=serve)
 
 
@@ -47,6 +49,13 @@ def _share(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError("a share is above 0 and at most 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
     return value
 
 
@@ -74,6 +83,7 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
         batch_slot_share=args.batch_slot_share,
         batch_price_percent=args.batch_price_percent,
         batch_lease_s=args.batch_lease_s,
+        batch_max_attempts=args.batch_max_attempts,
     )
 
 

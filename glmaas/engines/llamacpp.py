@@ -67,6 +67,18 @@ def init_backend() -> None:
         _backend_ready = True
 
 
+def tokenize_text(vocab: llama_cpp.llama_vocab_p, text: str, *, special: bool) -> list[int]:
+    """Token ids of `text` in `vocab`; special-token markup parsed only when `special`; no BOS."""
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    while True:
+        out = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), out, cap, False, special)
+        if n >= 0:
+            return list(out[:n])
+        cap = -n  # too small: llama.cpp says how many it needs
+
+
 def _meta(model: llama_cpp.llama_model_p, key: str) -> str | None:
     """A GGUF metadata value as text, or None when the key is absent."""
     size = 1 << 12
@@ -156,14 +168,7 @@ class LlamaCppEngine:
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Token ids of `text`; special tokens parsed when `special`; never adds BOS."""
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        while True:
-            out = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, cap, False, special)
-            if n >= 0:
-                return list(out[:n])
-            cap = -n
+        return tokenize_text(self._vocab, text, special=special)
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes a token stands for; special tokens (e.g. `<|im_end|>`) render as their text."""

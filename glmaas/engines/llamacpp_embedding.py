@@ -21,7 +21,7 @@ import numpy as np
 
 from glmaas.engines.base import EngineError, ModelInfo
 from glmaas.engines.embedding import DynamicBatcher, Vectors
-from glmaas.engines.llamacpp import init_backend
+from glmaas.engines.llamacpp import init_backend, tokenize_text
 from glmaas.engines.llamacpp_batch import _Batch
 
 POOLINGS = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
@@ -88,15 +88,8 @@ class LlamaCppEmbedder:
         return cls(model_id, path, pooling=pooling, threads=threads, input_tokens=input_tokens)
 
     def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        while True:
-            out = (llama_cpp.llama_token * cap)()
-            # Text is text: special-token markup in an input is not parsed as control tokens.
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, cap, False, False)
-            if n >= 0:
-                return list(out[:n])
-            cap = -n
+        # Text is text: special-token markup in an input is not parsed as control tokens.
+        return tokenize_text(self._vocab, text, special=False)
 
     def frame(self, token_ids: Sequence[int]) -> tuple[int, ...]:
         return (*self._prefix, *token_ids, *self._suffix)

@@ -25,6 +25,7 @@ from glmaas.jobs.leases import ItemKind, ItemState
 from glmaas.platform.errors import Conflict, NotFound, PlatformError
 from glmaas.platform.files import BATCH_OUTPUT, file_content, parse_jsonl, store_file
 from glmaas.store.blobs import BlobStore
+from glmaas.store.paging import page
 from glmaas.store.tables import Batch, WorkItem
 
 COMPLETION_WINDOWS = {"24h": 24 * 3600.0}
@@ -128,13 +129,8 @@ def get_batch(session: Session, account_id: str, batch_id: str) -> Batch:
 
 
 def list_batches(session: Session, account_id: str, *, limit: int, after: str | None) -> tuple[list[Batch], bool]:
-    """The account's batches, newest first, and whether more follow."""
-    rows = list(session.scalars(select(Batch).where(Batch.account_id == account_id)
-                                .order_by(Batch.created_at.desc(), Batch.id.desc())))
-    if after:
-        ids = [b.id for b in rows]
-        rows = rows[ids.index(after) + 1:] if after in ids else []
-    return rows[:limit], len(rows) > limit
+    """The account's batches, newest first, and whether more follow; paged in SQL."""
+    return page(session, Batch, [Batch.account_id == account_id], after=after, limit=limit)
 
 
 def request_counts(session: Session, batch: Batch) -> RequestCounts:

@@ -7,6 +7,10 @@ on SQLite every write transaction takes the database's write lock first (`BEGIN 
 serialises the same statement. Each take is a new attempt. An attempt ends with `finish`, a
 conditional update that only the lease's holder of that attempt can make: the item's result is
 written once, by one attempt.
+
+Attempts are capped: an item whose attempts keep dying (its lease lapses because it takes its
+replica down, or its run keeps raising) is not run again once it has had `max_attempts`; the
+take after the last one (`LeasedItem.exhausted`) is only there to end it as failed.
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ class LeasedItem:
     body: str
     attempt: int
     owner: str
+    max_attempts: int | None = None  # None: no cap
+
+    @property
+    def exhausted(self) -> bool:
+        """This take follows the last attempt allowed: the item is to be failed, not run."""
+        return self.max_attempts is not None and self.attempt > self.max_attempts
 
     @property
     def request_id(self) -> str:
@@ -71,8 +81,9 @@ RETURNING id, kind, batch_id, account_id, key_id, dialect, endpoint, custom_id, 
 """
 
 
-def take(engine: Engine, owner: str, lease_s: float) -> LeasedItem | None:
-    """Lease the next item for `lease_s` seconds, or None when there is no work."""
+def take(engine: Engine, owner: str, lease_s: float, max_attempts: int | None = None) -> LeasedItem | None:
+    """Lease the next item for `lease_s` seconds, or None when there is no work. With
+    `max_attempts`, an item taken past it comes back `exhausted`."""
     now = time.time()
     lock = "FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
     with engine.begin() as conn:
@@ -81,7 +92,7 @@ def take(engine: Engine, owner: str, lease_s: float) -> LeasedItem | None:
     if row is None:
         return None
     return LeasedItem(row.id, ItemKind(row.kind), row.batch_id, row.account_id, row.key_id, row.dialect,
-                      row.endpoint, row.custom_id, row.body, row.attempts, owner)
+                      row.endpoint, row.custom_id, row.body, row.attempts, owner, max_attempts)
 
 
 def renew(engine: Engine, owner: str, lease_s: float) -> None:
@@ -113,10 +124,12 @@ def release_stopped(session: Session, me: str) -> int:
                            .values(state=ItemState.PENDING, owner=None, lease_until=0.0)).rowcount
 
 
-def give_back(engine: Engine, item: LeasedItem) -> None:
-    """Return the item to the queue for a later attempt (it could not start now, or its attempt
-    failed before it could finish the item)."""
+def give_back(engine: Engine, item: LeasedItem, *, started: bool = True) -> None:
+    """Return the item to the queue for a later attempt: its attempt failed before it could finish
+    the item, or (`started=False`) it could not start now, in which case the attempt is not
+    counted against the cap (nothing of it was admitted, so its request id is unused)."""
+    refund = "" if started else ", attempts = attempts - 1"
     with engine.begin() as conn:
-        conn.execute(text("UPDATE work_items SET state = 'pending', owner = NULL, lease_until = 0 "
+        conn.execute(text(f"UPDATE work_items SET state = 'pending', owner = NULL, lease_until = 0{refund} "
                           "WHERE id = :id AND owner = :owner AND attempts = :attempt AND state = 'running'"),
                      {"id": item.id, "owner": item.owner, "attempt": item.attempt})

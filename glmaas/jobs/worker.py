@@ -2,7 +2,9 @@
 item to the API's handler (which runs it as a metered request), and, when it was a batch line,
 finalizes the batch if it was the last. A renewer keeps this replica's leases alive; a replica
 that dies stops renewing, and its items are taken over when their leases lapse, or sooner when
-the sweep sees the replica stopped (its heartbeat stale, or its process gone from this host)."""
+the sweep sees the replica stopped (its heartbeat stale, or its process gone from this host).
+An item that has had `max_attempts` without ending is handed to `exhausted` instead, which fails
+it (unbilled: that take admits nothing)."""
 
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ SWEEP_EVERY_S = 5.0
 
 class Workers:
     def __init__(self, db: Database, blobs: BlobStore, owner: str, handler: Handler, *, count: int,
-                 lease_s: float) -> None:
+                 lease_s: float, max_attempts: int | None = None, exhausted: Handler | None = None) -> None:
         self.db, self.blobs, self.owner, self.handler = db, blobs, owner, handler
         self.count, self.lease_s = count, lease_s
+        self.max_attempts, self.exhausted = (max_attempts, exhausted) if exhausted else (None, None)
 
     async def run(self) -> None:
         """Runs until cancelled."""
@@ -38,14 +41,15 @@ class Workers:
         idle = IDLE_S
         while True:
             try:
-                item = leases.take(self.db.engine, self.owner, self.lease_s)
+                item = leases.take(self.db.engine, self.owner, self.lease_s, self.max_attempts)
                 if item is None:
                     await asyncio.sleep(idle)
                     idle = min(MAX_IDLE_S, idle * 2)
                     continue
                 idle = IDLE_S
                 try:
-                    await self.handler(item)
+                    run = self.exhausted if item.exhausted and self.exhausted else self.handler
+                    await run(item)
                 except Exception:
                     # This replica would renew the lease forever: the item goes back to the queue
                     # for another attempt (under a new request id) instead.

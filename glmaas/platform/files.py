@@ -12,11 +12,11 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from glmaas.platform.errors import NotFound, PlatformError
 from glmaas.store.blobs import BlobStore
+from glmaas.store.paging import page
 from glmaas.store.tables import StoredFile
 
 UPLOAD_PURPOSES = ("batch", "fine-tune")
@@ -146,17 +146,12 @@ def file_content(session: Session, blobs: BlobStore, account_id: str, file_id: s
 
 def list_files(session: Session, account_id: str, *, purpose: str | None = None, limit: int = MAX_LIST,
                after: str | None = None, newest_first: bool = True) -> tuple[list[FileInfo], bool]:
-    """The account's files (newest first unless asked), and whether more follow."""
-    query = select(StoredFile).where(StoredFile.account_id == account_id)
+    """The account's files (newest first unless asked), and whether more follow; paged in SQL."""
+    where = [StoredFile.account_id == account_id]
     if purpose:
-        query = query.where(StoredFile.purpose == purpose)
-    order = (StoredFile.created_at.desc(), StoredFile.id.desc()) if newest_first else (
-        StoredFile.created_at, StoredFile.id)
-    rows = list(session.scalars(query.order_by(*order)))
-    if after:
-        ids = [r.id for r in rows]
-        rows = rows[ids.index(after) + 1:] if after in ids else []
-    return [_info(r) for r in rows[:limit]], len(rows) > limit
+        where.append(StoredFile.purpose == purpose)
+    rows, more = page(session, StoredFile, where, after=after, limit=limit, newest_first=newest_first)
+    return [_info(r) for r in rows], more
 
 
 def delete_file(session: Session, blobs: BlobStore, account_id: str, file_id: str) -> None:

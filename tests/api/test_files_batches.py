@@ -5,6 +5,7 @@ error file exactly once."""
 from __future__ import annotations
 
 import io
+import sqlite3
 
 import httpx
 import openai
@@ -169,3 +170,60 @@ def test_an_embeddings_line_on_a_chat_model_fails_on_its_own(server: Server) -> 
     (err,) = jsonl(client.files.content(batch.error_file_id).read())
     assert err["custom_id"] == "e1" and err["response"]["status_code"] == 404
     assert "not an embedding model" in err["error"]["message"]
+
+
+def test_lists_page_with_a_cursor_and_show_only_the_callers_objects(server: Server) -> None:
+    key = funded_key(server, "lists-owner", "1")
+    owner = client_of(server, key)
+    other = client_of(server, funded_key(server, "lists-other", "1"))
+    theirs = other.files.create(file=("x.jsonl", io.BytesIO(batch_file([chat_line("x")]))), purpose="batch")
+    other_batch = other.batches.create(input_file_id=theirs.id, endpoint="/v1/chat/completions",
+                                       completion_window="24h")
+    made = [owner.files.create(file=(f"in{i}.jsonl", io.BytesIO(batch_file([chat_line(f"c{i}")]))),
+                               purpose="batch") for i in range(5)]
+    newest_first = [f.id for f in reversed(made)]
+
+    first = owner.files.list(limit=2)
+    assert [f.id for f in first.data] == newest_first[:2] and first.has_more
+    assert [f.id for f in owner.files.list(limit=2)] == newest_first  # the SDK follows `after`
+    assert [f.id for f in owner.files.list(limit=2, order="asc")] == list(reversed(newest_first))
+    last = owner.files.list(limit=2, after=newest_first[3])
+    assert [f.id for f in last.data] == newest_first[4:] and not last.has_more
+    assert owner.files.list(after=theirs.id).data == []  # another account's id is no cursor
+    r = httpx.get(f"{server.zhipu_url}/files", params={"limit": 3, "after": newest_first[0]},
+                  headers={"Authorization": f"Bearer {key}"})
+    body = r.json()
+    assert r.status_code == 200 and [f["id"] for f in body["data"]] == newest_first[1:4]
+    assert (body["has_more"], body["first_id"], body["last_id"]) == (True, newest_first[1], newest_first[3])
+
+    created = [owner.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                    completion_window="24h").id for f in made[:3]]
+    page = owner.batches.list(limit=2)
+    assert [b.id for b in page.data] == created[::-1][:2] and page.has_more
+    assert [b.id for b in owner.batches.list(limit=2)] == created[::-1]
+    assert other_batch.id not in [b.id for b in owner.batches.list(limit=1)]
+    assert owner.batches.list(after=other_batch.id).data == []
+    r = httpx.get(f"{server.zhipu_url}/batches", params={"limit": 1, "after": created[2]},
+                  headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and [b["id"] for b in r.json()["data"]] == [created[1]] and r.json()["has_more"]
+
+
+def test_a_line_out_of_attempts_ends_in_the_error_file_unbilled(server: Server) -> None:
+    client = client_of(server, funded_key(server, "batch-attempts", "1"))
+    lines = [chat_line(f"slow-{i}", model="slow") for i in range(6)]
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(batch_file(lines))), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    # The last line has had its three attempts already, each cut short (recovery put it back).
+    con = sqlite3.connect(server.data_dir / "glmaas.db", timeout=10)
+    with con:
+        changed = con.execute("UPDATE work_items SET attempts = 3 WHERE id = ? AND state = 'pending'",
+                              (f"{batch.id}:6",)).rowcount
+    con.close()
+    assert changed == 1, "the line had started before the test could mark it"
+    batch = wait_until(lambda: client.batches.retrieve(batch.id), finished)
+    assert (batch.status, batch.request_counts.completed, batch.request_counts.failed) == ("completed", 5, 1)
+    [error] = jsonl(client.files.content(batch.error_file_id).read())
+    assert error["custom_id"] == "slow-5" and error["error"]["code"] == "max_attempts_exceeded"
+    assert "3 times" in error["error"]["message"]
+    billed = query(server, "SELECT request_id FROM usage_records WHERE request_id LIKE ?", f"{batch.id}:%")
+    assert sorted(r["request_id"] for r in billed) == sorted(f"{batch.id}:{n}~1" for n in range(1, 6))

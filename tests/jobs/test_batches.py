@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+from sqlalchemy import update
 
 from glmaas.jobs import batches, leases
 from glmaas.jobs.leases import ItemState
@@ -16,7 +17,7 @@ from glmaas.platform.accounts import create_account
 from glmaas.platform.files import file_content, upload
 from glmaas.store.blobs import FolderBlobs
 from glmaas.store.db import Database, sqlite_url
-from glmaas.store.tables import WorkItem
+from glmaas.store.tables import Batch, WorkItem
 
 
 def line(custom_id: str) -> str:
@@ -127,3 +128,94 @@ def test_an_attempt_that_fails_goes_back_to_the_queue(store) -> None:  # type: i
     asyncio.run(run_until_done())
     assert attempts[0] == ("c0", 1) and ("c0", 2) in attempts
     assert sorted(custom_id for custom_id, _ in attempts) == ["c0", "c0", "c1", "c2"]
+
+
+def lapse(db, item_id: str) -> None:  # type: ignore[no-untyped-def]
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE work_items SET lease_until = 0 WHERE id = '{item_id}'")
+
+
+def test_a_line_whose_attempts_keep_dying_fails_once_after_the_cap(store) -> None:  # type: ignore[no-untyped-def]
+    db, blobs, account_id, batch_id = store
+    first = leases.take(db.engine, "a", 60, max_attempts=3)
+    for attempt in (1, 2, 3):  # each attempt's replica dies: its lease lapses
+        assert not first.exhausted
+        lapse(db, first.id)
+        again = leases.take(db.engine, "b", 60, max_attempts=3)
+        assert (again.id, again.attempt) == (first.id, attempt + 1)
+        first = again
+    assert first.exhausted  # the fourth take only ends it
+    lapse(db, first.id)
+    ran: list[str] = []
+    ended: list[tuple[str, int]] = []
+
+    async def handler(item: leases.LeasedItem) -> None:
+        ran.append(item.custom_id)
+        with db.engine.begin() as conn:
+            leases.finish(conn, item, ItemState.DONE, json.dumps({"custom_id": item.custom_id}))
+
+    async def exhausted(item: leases.LeasedItem) -> None:
+        ended.append((item.custom_id, item.attempt))
+        with db.engine.begin() as conn:
+            leases.finish(conn, item, ItemState.FAILED, json.dumps({"custom_id": item.custom_id,
+                                                                    "error": {"code": "max_attempts_exceeded"}}))
+
+    async def run_until_done() -> None:
+        workers = Workers(db, blobs, "me", handler, count=1, lease_s=60, max_attempts=3, exhausted=exhausted)
+        worker = asyncio.create_task(workers._work())
+        try:
+            for _ in range(100):
+                with db.session() as session:
+                    if batches.get_batch(session, account_id, batch_id).status == "completed":
+                        return
+                await asyncio.sleep(0.05)
+        finally:
+            worker.cancel()
+
+    asyncio.run(run_until_done())
+    assert ended == [("c0", 5)] and sorted(ran) == ["c1", "c2"]  # ended once, never run again
+    with db.session() as session:
+        batch = batches.get_batch(session, account_id, batch_id)
+        assert batches.request_counts(session, batch).failed == 1
+        errors = file_content(session, blobs, account_id, batch.error_file_id).decode().splitlines()
+    assert [json.loads(e)["custom_id"] for e in errors] == ["c0"]
+
+
+def test_a_line_put_back_before_it_started_keeps_its_attempts(store) -> None:  # type: ignore[no-untyped-def]
+    db, _, _, _ = store
+    for _ in range(5):  # e.g. rate limited again and again: not an attempt that died
+        item = leases.take(db.engine, "a", 60, max_attempts=1)
+        assert (item.custom_id, item.attempt, item.exhausted) == ("c0", 1, False)
+        leases.give_back(db.engine, item, started=False)
+    leases.give_back(db.engine, leases.take(db.engine, "a", 60, max_attempts=1))  # this one started
+    assert leases.take(db.engine, "a", 60, max_attempts=1).exhausted
+
+
+def test_batches_page_in_sql_with_ties_and_other_accounts(store) -> None:  # type: ignore[no-untyped-def]
+    db, blobs, account_id, first_id = store
+    with db.session() as session, session.begin():
+        other = create_account(session, "other")
+        ids = [first_id]
+        for owner in (account_id, account_id, other.id, account_id):
+            info = upload(session, blobs, account_id=owner, purpose="batch", filename="in.jsonl",
+                          data=line("x").encode())
+            batch = batches.create_batch(session, blobs, account_id=owner, key_id="k", dialect="openai",
+                                         input_file_id=info.id, endpoint="/v1/chat/completions",
+                                         completion_window="24h", metadata=None)
+            if owner == account_id:
+                ids.append(batch.id)
+            else:
+                theirs = batch.id
+        session.flush()
+        # Two created in the same instant: the id breaks the tie, so no page skips or repeats one.
+        session.execute(update(Batch).where(Batch.id.in_(ids[1:3])).values(created_at=12345.0))
+    with db.session() as session:
+        every = [b.id for b in batches.list_batches(session, account_id, limit=100, after=None)[0]]
+        assert sorted(every) == sorted(ids) and theirs not in every
+        seen, after, more = [], None, True
+        while more:
+            rows, more = batches.list_batches(session, account_id, limit=1, after=after)
+            seen += [b.id for b in rows]
+            after = rows[-1].id
+        assert seen == every
+        assert batches.list_batches(session, account_id, limit=5, after=theirs) == ([], False)
