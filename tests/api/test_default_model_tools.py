@@ -70,6 +70,8 @@ def test_named_call_validates_against_its_schema(client: openai.OpenAI) -> None:
 def test_required_call_names_a_declared_function(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, max_tokens=64, seed=3,
                                           tool_choice="required")
+    assert resp.choices[0].finish_reason == "tool_calls"
     [call] = resp.choices[0].message.tool_calls
-    schema = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}[call.function.name]
-    jsonschema.validate(json.loads(call.function.arguments), schema)
+    declared = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    assert call.function.name in declared, call.function.name
+    jsonschema.validate(json.loads(call.function.arguments), declared[call.function.name])
