@@ -67,6 +67,17 @@ def init_backend() -> None:
         _backend_ready = True
 
 
+def load_model(model_id: str, path: Path) -> llama_cpp.llama_model_p:
+    """The GGUF file at `path`, loaded for the CPU, or an `EngineError` that names it."""
+    init_backend()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+    if not model:
+        raise EngineError(f"model {model_id!r}: llama.cpp could not load {path.name}")
+    return model
+
+
 def tokenize_text(vocab: llama_cpp.llama_vocab_p, text: str, *, special: bool) -> list[int]:
     """Token ids of `text` in `vocab`; special-token markup parsed only when `special`; no BOS."""
     data = text.encode("utf-8")
@@ -106,13 +117,7 @@ class LlamaCppEngine:
         chunk: int = DEFAULT_CHUNK,
         tool_parser: str | None = None,
     ) -> None:
-        init_backend()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            raise EngineError(f"model {model_id!r}: llama.cpp could not load {path.name}")
-        self._model = model
+        model = self._model = load_model(model_id, path)
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
         per_slot = slot_context or min(DEFAULT_SLOT_CONTEXT, n_ctx_train)

@@ -21,7 +21,7 @@ import numpy as np
 
 from glmaas.engines.base import EngineError, ModelInfo
 from glmaas.engines.embedding import DynamicBatcher, Vectors
-from glmaas.engines.llamacpp import init_backend, tokenize_text
+from glmaas.engines.llamacpp import load_model, tokenize_text
 from glmaas.engines.llamacpp_batch import _Batch
 
 POOLINGS = {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
@@ -35,13 +35,7 @@ class LlamaCppEmbedder:
 
     def __init__(self, model_id: str, path: Path, *, pooling: str = "mean", threads: int | None = None,
                  input_tokens: int | None = None) -> None:
-        init_backend()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            raise EngineError(f"model {model_id!r}: llama.cpp could not load {path.name}")
-        self._model = model
+        model = self._model = load_model(model_id, path)
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         per_input = min(input_tokens or DEFAULT_INPUT_TOKENS, llama_cpp.llama_model_n_ctx_train(model))
         # One pass holds at least one longest input, and up to MAX_ROWS short ones.

@@ -88,15 +88,12 @@ class Member:
         """POST the chat request and yield its stream's chunks as JSON objects. Raises
         `Unavailable` or `Refused` before the first chunk; closing the iterator closes the
         connection, so the upstream sees the client leave at once."""
-        if self.state == "half_open":
-            self._probing = True
-        request = self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+        request = self._chat_request(body)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 response = await self.client.send(request, stream=True)
         except (httpx.HTTPError, TimeoutError) as exc:
-            self.failed(eject=isinstance(exc, httpx.ConnectError))
-            raise Unavailable(f"{self.config.describe()}: {type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
         try:
             if response.status_code >= 400:
                 await self._refusal(response)
@@ -128,9 +125,7 @@ class Member:
         (`wire.as_chunk`). The reply must come within `first_token_timeout` (servers send nothing
         before the end of a non-streamed reply). Raises `Unavailable` or `Refused`; closing the
         iterator while it waits closes the connection."""
-        if self.state == "half_open":
-            self._probing = True
-        request = self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+        request = self._chat_request(body)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 response = await self.client.send(request, stream=True)
@@ -141,8 +136,7 @@ class Member:
                 finally:
                     await response.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
-            self.failed(eject=isinstance(exc, httpx.ConnectError))
-            raise Unavailable(f"{self.config.describe()}: {type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
         try:
             reply = json.loads(raw)
         except ValueError:
@@ -151,6 +145,17 @@ class Member:
             self.failed()
             raise Unavailable(f"{self.config.describe()}: a reply that is not a JSON object")
         yield as_chunk(reply)
+
+    def _chat_request(self, body: dict[str, Any]) -> httpx.Request:
+        if self.state == "half_open":
+            self._probing = True  # this request is the breaker's one probe
+        return self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+
+    def _unreachable(self, exc: Exception) -> Unavailable:
+        """A failure to reach the upstream or to hear from it in time: counted against it (a
+        refused connection ejects it at once)."""
+        self.failed(eject=isinstance(exc, httpx.ConnectError))
+        return Unavailable(f"{self.config.describe()}: {type(exc).__name__}")
 
     async def _refusal(self, response: httpx.Response) -> None:
         raw = await response.aread()
