@@ -20,8 +20,10 @@ token inputs was even too); ONNX Runtime wins for a lone short input, by a few m
 does not pay for an export step and a second runtime (onnxruntime, onnx and protobuf at install
 time), so the forward pass is PyTorch. (A first run on the process's main thread, at load
 average 7, had PyTorch with two threads 2-4× slower than ONNX Runtime: OpenMP threads fighting
-other work there; see docs/performance.md.) Measure again on a quiet machine before changing;
-the benchmark is `bench/embeddings.py`.
+other work there; see docs/performance.md.) These figures come from a one-off script that is not
+in the repository, so no committed command reproduces them: take them as a reason, not a result.
+Measure again on a quiet machine before changing; `bench/embeddings.py` measures the served path
+against sentence-transformers and infinity-emb, not against ONNX Runtime.
 """
 
 from __future__ import annotations
