@@ -69,6 +69,8 @@ class Prompt:
     token_ids: tuple[int, ...]
     max_tokens: int
     prompt_tokens: int
+    # The grammar the reply must follow (`output_constraint`), checked before admission.
+    constraint: OutputConstraint | None = None
 
     @property
     def asks_in_messages(self) -> bool:
@@ -118,7 +120,8 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
             f"{engine.info.context_length - 1} prompt tokens.",
             param="messages",
         )
-    return Prompt(engine, text, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), len(token_ids))
+    return Prompt(engine, text, token_ids, min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), len(token_ids),
+                  constraint)
 
 
 def generate(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> AsyncGenerator[Delta, None]:
@@ -133,7 +136,7 @@ def generation_of(chat: ChatRequest, prompt: Prompt, request_id: str) -> Generat
         max_tokens=prompt.max_tokens, temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed,
         stop=chat.stop, top_k=chat.top_k, min_p=chat.min_p, frequency_penalty=chat.frequency_penalty,
         presence_penalty=chat.presence_penalty, repetition_penalty=chat.repetition_penalty,
-        logit_bias=chat.logit_bias, logprobs=chat.logprobs, constraint=output_constraint(chat)[0])
+        logit_bias=chat.logit_bias, logprobs=chat.logprobs, constraint=prompt.constraint)
     return GenerationRequest(request_id, prompt.token_ids, sampling)
 
 
@@ -315,7 +318,6 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: Cha
                     ToolCallOut(index=calls, function=FunctionCallOut(arguments=call.arguments))]))
             calls += 1
 
-    calls = 0
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
