@@ -23,6 +23,9 @@ DEFAULT_BATCH_SLOT_SHARE = 0.5  # the most of a model's engine slots background 
 DEFAULT_BATCH_PRICE_PERCENT = 50  # batch lines sell at this share of the model's prices
 DEFAULT_BATCH_LEASE_S = 30.0  # a dead replica's background work is taken over after this
 DEFAULT_BATCH_MAX_ATTEMPTS = 3  # a background item whose attempts keep dying fails after this many
+DEFAULT_DRAIN_TIMEOUT = 30.0  # seconds a shutdown waits for requests in flight before cutting them
+DEFAULT_METRICS_HOST = "127.0.0.1"  # where --metrics-port listens (no credential asked there)
+LOG_FORMATS = ("text", "json")
 
 
 def resolve_data_dir(option: str | None) -> Path:
@@ -48,6 +51,11 @@ class Settings:
     batch_price_percent: int = DEFAULT_BATCH_PRICE_PERCENT
     batch_lease_s: float = DEFAULT_BATCH_LEASE_S
     batch_max_attempts: int = DEFAULT_BATCH_MAX_ATTEMPTS
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    metrics_port: int | None = None  # serve /metrics there too, without the admin token
+    metrics_host: str = DEFAULT_METRICS_HOST
+    log_format: str = "text"
+    log_content: bool = False  # request and response bodies in the request log lines
 
     def db_url(self) -> str:
         from glmaas.store.db import sqlite_url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 from glmaas.config import Settings
@@ -75,19 +76,48 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
         batch_price_percent=settings.batch_price_percent,
         batch_lease_s=settings.batch_lease_s,
         batch_max_attempts=settings.batch_max_attempts,
+        redis=getattr(limiter, "client", None),
+        drain_timeout=settings.drain_timeout,
+        log_content=settings.log_content,
     )
+
+
+def configure_logging(log_format: str) -> None:
+    """Log lines as text, or (`json`) one JSON object per line, uvicorn's own lines included."""
+    from glmaas.api.operations.request_log import JsonLines
+
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
 
 
 def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
     import uvicorn
+    from prometheus_client import start_http_server
 
     from glmaas.api.app import create_app
+    from glmaas.api.operations.server import DRAIN_AFTERMATH_S, DrainingServer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    app = create_app(state)
+    operations = app.state.operations
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=operations.metrics.registry)
     models = ", ".join(info.model_id for info in state.registry.models())
-    print(f"glmaas: serving {models} on http://{host}:{port}  (data dir {settings.data_dir})", flush=True)
+    say = log.info if settings.log_format == "json" else partial(print, flush=True)
+    say(f"glmaas: serving {models} on http://{host}:{port}  (data dir {settings.data_dir})")
+    if settings.metrics_port is not None:
+        say(f"glmaas: metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     script = Path(sys.executable).parent / "glmaas"
     command = str(script) if script.exists() else "glmaas"
-    print(f"glmaas: get an API key with: {command} keys create --data-dir {settings.data_dir}", flush=True)
-    uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False)
+    say(f"glmaas: get an API key with: {command} keys create --data-dir {settings.data_dir}")
+    # uvicorn's own loggers go through the handler above (log_config=None).
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, log_config=None,
+                            timeout_graceful_shutdown=DRAIN_AFTERMATH_S)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    DrainingServer(config, operations.drain).run()

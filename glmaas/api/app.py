@@ -1,7 +1,8 @@
 """The FastAPI application: routes of every resource, error handling in the caller's dialect,
 and the middleware around them, outermost first: `ServerFaults` (any escaped exception → a
 dialect-shaped 500, logged once), `MeteredRequests` (a run is billed only once its response
-starts), `BodySizeLimit`. Background work (batch lines, async chat) runs in workers the lifespan starts."""
+starts; each request's record goes to its metrics and log line), the shutdown drain's gate
+(`api/operations`), `BodySizeLimit`. Background work (batch lines, async chat) runs in workers the lifespan starts."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.metered import MeteredRequests
 from glmaas.api.models.router import router as models_router
 from glmaas.api.openapi import openapi_schema
+from glmaas.api.operations import Operations
 from glmaas.api.state import AppState
 from glmaas.api.tokenizer.router import body_routes as tokenizer_body_routes
 from glmaas.api.tokenizer.router import routes as tokenizer_routes
@@ -115,7 +117,9 @@ def create_app(state: AppState) -> FastAPI:
     # Each add goes outside the ones before it.
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes,
                        upload_limit=max(state.max_body_bytes, state.max_file_bytes + MULTIPART_OVERHEAD_BYTES))
-    app.add_middleware(MeteredRequests)
+    operations = Operations(state)  # metrics, probes, the shutdown drain, the request log
+    operations.install(app)
+    app.add_middleware(MeteredRequests, observe=operations.observe)
     app.add_middleware(ServerFaults)
 
     @app.exception_handler(ApiError)
@@ -131,10 +135,6 @@ def create_app(state: AppState) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
         return response_for(request, ApiError(ErrorKind.INVALID_REQUEST, "Invalid request."))
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict:
-        return {"status": "ok"}
 
     schemas: dict[bool, dict] = {}
 

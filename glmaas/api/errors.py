@@ -41,6 +41,7 @@ class ErrorKind(enum.StrEnum):
     CONFLICT = "conflict"
     ENGINE_ERROR = "engine_error"
     INTERNAL = "internal"
+    SHUTTING_DOWN = "shutting_down"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ ERROR_KINDS: dict[ErrorKind, KindOnWire] = {
     ErrorKind.CONFLICT: KindOnWire(409, False),
     ErrorKind.ENGINE_ERROR: KindOnWire(500),
     ErrorKind.INTERNAL: KindOnWire(500),
+    ErrorKind.SHUTTING_DOWN: KindOnWire(503, True),
 }
 
 

@@ -16,8 +16,12 @@ status line costs the client nothing, and no admitted request leaves without its
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,66 +33,111 @@ from glmaas.platform.errors import PlatformError
 from glmaas.platform.metered import MeteredRun, start_run
 from glmaas.platform.metering import RequestStatus
 
-__all__ = ["MeteredRequests", "MeteredRun", "MeteredStream", "admit"]
+__all__ = ["MeteredRequests", "MeteredRun", "MeteredStream", "RequestRecord", "admit", "current_record"]
 
-# The runs admitted while serving the current HTTP request (set by `MeteredRequests`). A context
-# variable, so that `admit` needs no request: the list object is shared with the tasks that
-# Starlette starts for a response, which copy the context.
-_request_runs: ContextVar[list[MeteredRun] | None] = ContextVar("glmaas_request_runs", default=None)
+log = logging.getLogger("glmaas.api")
+
+
+@dataclass(eq=False)
+class RequestRecord:
+    """One HTTP request as it is served: the runs it admitted (billed once its response starts),
+    the model it asked for and how it was answered; what its log line and its metrics are made of.
+    The request id, the caller and the error sent are read from the request's state, where the
+    route (`take_request_id`, `authenticate`) and the error handlers (`response_for`) leave them."""
+
+    scope: Scope
+    started: float = field(default_factory=time.monotonic)
+    runs: list[MeteredRun] = field(default_factory=list)
+    model: str | None = None
+    status: int = 0  # the HTTP status sent; 0 while none was
+    ended: float | None = None
+
+    def noted(self, name: str) -> Any:
+        """What serving the request left in its state under `name` (None if nothing)."""
+        return self.scope.get("state", {}).get(name)
+
+
+# The request being served (set by `MeteredRequests`). A context variable, so that `admit` needs
+# no request: the record is shared with the tasks that Starlette starts for a response, which copy
+# the context.
+_current: ContextVar[RequestRecord | None] = ContextVar("glmaas_request", default=None)
+
+
+def current_record() -> RequestRecord | None:
+    """The record of the HTTP request being served, if any."""
+    return _current.get()
 
 
 def admit(state: AppState, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
           max_tokens: int, arrived: float, stream: bool, end_user: str | None = None) -> MeteredRun:
     """Take the request into the books and start its run, or raise the refusal as an `ApiError`.
     The run is billed only once its response starts (`MeteredRequests`)."""
-    runs = _request_runs.get()
+    record = _current.get()
+    if record is not None:
+        record.model = model
     try:
         # Outside a request served through `MeteredRequests` nothing would deliver the run, so
         # it is billed as background work is.
         run = start_run(state.meter, principal, model, request_id, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, arrived=arrived, durable=stream,
-                        timeout_s=state.request_timeout, bills_on_delivery=runs is not None, end_user=end_user)
+                        timeout_s=state.request_timeout, bills_on_delivery=record is not None,
+                        end_user=end_user)
     except PlatformError as exc:
         raise from_platform(exc) from None
-    if runs is not None:
-        runs.append(run)
+    if record is not None:
+        record.runs.append(run)
     return run
 
 
 class MeteredRequests:
     """Delivery and the last settlement of the runs a request admitted: each is told when a 2xx
     response starts, and one whose response never started is settled, unbilled, when the request
-    ends if it is still open."""
+    ends if it is still open. Then the request's record goes to `observe` (its log line and
+    metrics), once, however the request ended."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, observe: Callable[[RequestRecord], None] | None = None) -> None:
         self.app = app
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        runs: list[MeteredRun] = []
-        token = _request_runs.set(runs)
+        record = RequestRecord(scope)
+        runs = record.runs
+        token = _current.set(record)
 
         async def delivering(message: Message) -> None:
             await send(message)
             # After the send: a status line that could not go out delivered nothing. The body
             # follows only after this returns, so the settlement is written before the client
             # can read the reply.
-            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
-                for run in runs:
-                    run.deliver()
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                if 200 <= message["status"] < 300:
+                    for run in runs:
+                        run.deliver()
 
         try:
             await self.app(scope, receive, delivering)
+        except BaseException:
+            # `ServerFaults` answers an escaped error with a 500 (when no response had started).
+            record.status = record.status or 500
+            raise
         finally:
-            _request_runs.reset(token)
+            _current.reset(token)
             # A run whose response never started is settled here, unbilled, if nothing settled it
             # (a fault between admission and the status line). A delivered one settles by its own
             # lifecycle, which may outlast the request (work handed to a background task).
             for run in runs:
                 if not run.delivered:
                     run.settle_if_open(RequestStatus.ERROR)
+            record.ended = time.monotonic()
+            if self.observe is not None:
+                try:
+                    self.observe(record)
+                except Exception:  # the request is served; its record must not fail it
+                    log.exception("the record of a request could not be written")
 
 
 class MeteredStream(StreamingResponse):

@@ -81,10 +81,13 @@ def refusals_on_wire() -> Iterator[None]:
 
 
 def authenticate(request: Request) -> Principal:
+    """The caller of `request`, kept on its state for its log line (`api/operations`)."""
     try:
-        return app_state(request).authenticator.authenticate(request.headers.get("authorization"))
+        principal = app_state(request).authenticator.authenticate(request.headers.get("authorization"))
     except AuthError as exc:
         raise from_platform(exc) from None
+    request.state.principal = principal
+    return principal
 
 
 async def parse_body(request: Request, schema: type[M]) -> M:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from glmaas import config
 from glmaas.engines.registry import ModelRegistry
@@ -33,4 +34,9 @@ class AppState:
     batch_price_percent: int = config.DEFAULT_BATCH_PRICE_PERCENT
     batch_lease_s: float = config.DEFAULT_BATCH_LEASE_S
     batch_max_attempts: int = config.DEFAULT_BATCH_MAX_ATTEMPTS
+    # The Redis client when limits are shared through Redis (the readiness probe pings it).
+    redis: Any = None
+    drain_timeout: float = config.DEFAULT_DRAIN_TIMEOUT
+    # Whether request log lines carry the request and response bodies (`--log-content`).
+    log_content: bool = False
     started_at: float = field(default_factory=time.time)

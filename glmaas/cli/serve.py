@@ -42,6 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds before another replica takes over the work of one that died")
     p.add_argument("--batch-max-attempts", type=_positive, default=config.DEFAULT_BATCH_MAX_ATTEMPTS,
                    help="attempts a batch line or async task may take before it fails")
+    p.add_argument("--drain-timeout", type=_seconds, default=config.DEFAULT_DRAIN_TIMEOUT,
+                   help="on SIGTERM, seconds to let requests in flight finish before they are cut short")
+    p.add_argument("--metrics-port", type=int,
+                   help="also serve /metrics on this port, without the admin token (see --metrics-host)")
+    p.add_argument("--metrics-host", default=config.DEFAULT_METRICS_HOST,
+                   help="the address --metrics-port listens on")
+    p.add_argument("--log-format", choices=config.LOG_FORMATS, default="text",
+                   help="text, or json: one JSON object per line (a request's line holds its fields)")
+    p.add_argument("--log-content", action="store_true",
+                   help="log the request and response bodies (prompts and outputs) with each request")
     p.set_defaults(func=serve)
 
 
@@ -49,6 +59,13 @@ def _share(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError("a share is above 0 and at most 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("seconds are 0 or more")
     return value
 
 
@@ -84,12 +101,18 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
         batch_price_percent=args.batch_price_percent,
         batch_lease_s=args.batch_lease_s,
         batch_max_attempts=args.batch_max_attempts,
+        drain_timeout=args.drain_timeout,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        log_format=args.log_format,
+        log_content=args.log_content,
     )
 
 
 def serve(args: argparse.Namespace) -> int:
-    from glmaas.server import build_state, run
+    from glmaas.server import build_state, configure_logging, run
 
     settings = settings_from(args)
+    configure_logging(settings.log_format)
     run(build_state(settings), settings, host=args.host, port=args.port)
     return 0

@@ -28,6 +28,7 @@ import llama_cpp
 from glmaas.engines.base import (
     Delta,
     EngineError,
+    EngineLoad,
     GenerationRequest,
     InvalidRequest,
     ModelInfo,
@@ -191,6 +192,10 @@ class LlamaCppEngine:
     def active_sequences(self) -> int:
         """Requests holding a slot or waiting for one (for tests and metrics)."""
         return self._loop.active_sequences()
+
+    def load(self) -> EngineLoad:
+        """Slots busy, requests waiting, KV cells used (`DecodeLoop.load`)."""
+        return self._loop.load()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream the continuation of the prompt; see `Engine.generate`."""

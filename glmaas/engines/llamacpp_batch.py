@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from glmaas.engines.base import Delta, EngineError, FinishReason, TokenLogprob, Usage
+from glmaas.engines.base import Delta, EngineError, EngineLoad, FinishReason, TokenLogprob, Usage
 from glmaas.engines.constrained import GrammarMatcher
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
@@ -214,6 +214,16 @@ class DecodeLoop:
     def active_sequences(self) -> int:
         with self._cv:
             return len(self._inbox) + len(self._waiting) + len(self._running)
+
+    def load(self) -> EngineLoad:
+        """Slots in use, sequences waiting and KV cells holding tokens. Read without the loop's
+        lock (the decode thread never waits for a scrape): lengths of lists it replaces whole or
+        appends to, each consistent on its own."""
+        slots = self._slots
+        return EngineLoad(busy=sum(1 for s in slots if s.owner is not None),
+                          waiting=len(self._inbox) + len(self._waiting),
+                          slots=len(slots), kv_cells=len(slots) * self.slot_context,
+                          kv_cells_used=sum(len(s.tokens) for s in slots))
 
     def close(self) -> None:
         with self._cv:

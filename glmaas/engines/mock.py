@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from glmaas.engines.base import (
     Delta,
     EngineError,
+    EngineLoad,
     GenerationRequest,
     InvalidRequest,
     ModelInfo,
@@ -64,6 +65,7 @@ class MockEngine:
         self.delay = delay
         # Raise an engine fault after this many tokens, to test what a fault costs.
         self.fail_after = fail_after
+        self._generating = 0
 
     @classmethod
     def from_spec(cls, model_id: str, options: dict[str, str]) -> MockEngine:
@@ -105,7 +107,19 @@ class MockEngine:
             out += SPECIALS[t].encode() if t < len(SPECIALS) else bytes([t - len(SPECIALS)])
         return bytes(out)
 
+    def load(self) -> EngineLoad:
+        """Requests generating now; the mock has no slots to wait for."""
+        return EngineLoad(busy=self._generating, waiting=0)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self._generating += 1
+        try:
+            async for delta in self._generate(request):
+                yield delta
+        finally:
+            self._generating -= 1
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self.last_request = request
         n_prompt = len(request.prompt_token_ids)
         if n_prompt + 1 > self.info.context_length:

@@ -84,7 +84,7 @@ class RedisLimiter:
     """Limits shared through Redis; same interface as `LocalLimiter`."""
 
     def __init__(self, client: redis.Redis, prefix: str = "glmaas:limits") -> None:
-        self._client = client
+        self.client = client  # also pinged by the readiness probe
         self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)

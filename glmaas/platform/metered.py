@@ -35,6 +35,12 @@ class GenerationTimeout(Exception):
     """The request ran past the server's time limit; it is stopped and billed as produced."""
 
 
+class ShutdownCut(GenerationTimeout):
+    """The server is shutting down and its drain time ran out before the run ended. A limit of
+    the server's like a timeout, so every resource ends it as it ends one (a stream is told
+    in-band, as of an engine fault; billed as produced); its usage record says `error`."""
+
+
 class _UsageShape(Protocol):
     @property
     def prompt_tokens(self) -> int: ...
@@ -91,6 +97,8 @@ class MeteredRun:
     finish: Finish | None = None
     # The end user the request named, written on its usage record.
     end_user: str | None = None
+    # Set by the server's shutdown when its drain runs out (`cut_short`); read at each delta.
+    cut: bool = False
 
     @property
     def deadline(self) -> float:
@@ -121,11 +129,14 @@ class MeteredRun:
                 elif now > self.deadline:
                     status = RequestStatus.TIMEOUT
                     raise GenerationTimeout(f"generation passed the server's limit of {self.timeout_s:g} s")
+                elif self.cut:
+                    status = RequestStatus.ERROR
+                    raise ShutdownCut("the server is shutting down; send the request again")
                 if self.durable and self.admission.needs_progress(self.completion_tokens):
                     self.meter.progress(self.admission, self.completion_tokens, self.cached_tokens)
                 yield delta
-        except GenerationTimeout:
-            self.finish_reason = "timeout"
+        except GenerationTimeout as exc:
+            self.finish_reason = "error" if isinstance(exc, ShutdownCut) else "timeout"
             raise
         except Exception:
             # Engine faults and bugs alike; a disconnect (cancellation) stays aborted.
@@ -144,6 +155,10 @@ class MeteredRun:
         self.ended = status
         if not (status is RequestStatus.OK and self.bills_on_delivery and not self.delivered):
             self.settle(status)
+
+    def cut_short(self) -> None:
+        """Stop the run at its next delta, as an engine fault would (the server's drain ran out)."""
+        self.cut = True
 
     def deliver(self) -> None:
         """The response that carries this run's output has started (a 2xx status line went out):

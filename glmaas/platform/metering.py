@@ -26,6 +26,7 @@ from glmaas.platform.ledger import (
     HoldTicket,
     Outcome,
     RequestStatus,
+    Settlement,
     UsageSource,
     place_hold,
     record_progress,
@@ -41,12 +42,17 @@ from glmaas.platform.limits import (
 from glmaas.platform.pricing import PriceSheet, discounted, price_of
 from glmaas.store.tables import AccountModelLimit
 
-__all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus", "SettledElsewhere", "UsageSource"]
+__all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus", "SettleObserver", "SettledElsewhere",
+           "UsageSource"]
 
 # A write that must commit together with a request's settlement, in its transaction (a batch
 # line's result). It returns False when the work is no longer the request's to finish (its
 # lease passed to another worker): the request is then settled unbilled.
 Finish = Callable[[Connection, Outcome], bool]
+# Told of every settlement once it has committed: the hold, how the request ended, and what was
+# charged (None when another replica's recovery had settled it first). Called on the request's
+# path, so it must be cheap and must not raise (the server's metrics, `api/operations`).
+SettleObserver = Callable[[HoldTicket, Outcome, Settlement | None], None]
 
 # Progress is made durable at the first token and then every this many tokens.
 DURABILITY_STEP = 16
@@ -111,6 +117,7 @@ class Meter:
         # Requests of this process admitted and not yet settled, by model: background work reads
         # it to leave engine slots to interactive requests.
         self.open_by_model: Counter[str] = Counter()
+        self.observers: list[SettleObserver] = []
 
     def admit(self, principal: Principal, model: str, request_id: str, prompt_tokens: int,
               max_tokens: int, *, price_percent: int = 100) -> Admission:
@@ -157,11 +164,14 @@ class Meter:
             with self._step(single_statement=finish is None) as conn:
                 if finish is not None and not finish(conn, outcome):
                     outcome = replace(outcome, billable=False)
-                if settle_hold(conn, admission.ticket, outcome) is None and finish is not None:
+                settlement = settle_hold(conn, admission.ticket, outcome)
+                if settlement is None and finish is not None:
                     # Recovery settled the hold already (this replica was taken for dead): the
                     # result must not stand without its bill, so it is rolled back, and the
                     # caller puts the work back to run again.
                     raise SettledElsewhere(f"request {admission.ticket.request_id} was settled by recovery")
+            for observe in self.observers:
+                observe(admission.ticket, outcome, settlement)
         finally:
             self.open_by_model[model] -= 1
             if self.open_by_model[model] <= 0:

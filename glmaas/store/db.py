@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,6 +54,24 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def schema_heads() -> frozenset[str]:
+    """The newest migration this code knows (one head; a set, as Alembic has it)."""
+    return frozenset(ScriptDirectory(str(MIGRATIONS)).get_heads())
+
+
+def schema_revisions(engine: Engine) -> frozenset[str]:
+    """The migration the database is at. A plain read on a connection of the pool, without a
+    transaction (on SQLite a transaction here would take the write lock); raises when the
+    database cannot be reached."""
+    conn = engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT version_num FROM alembic_version")
+        return frozenset(row[0] for row in cursor.fetchall())
+    finally:
+        conn.close()
+
+
 class Database:
     """The engine and a session factory; one per process."""
 
@@ -70,4 +89,4 @@ def open_database(url: str) -> Database:
     return Database(url)
 
 
-__all__ = ["Database", "Session", "open_database", "sqlite_url"]
+__all__ = ["Database", "Session", "open_database", "schema_heads", "schema_revisions", "sqlite_url"]

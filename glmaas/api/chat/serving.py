@@ -50,7 +50,7 @@ from glmaas.engines.chat_output import ChatOutputParser, ChatPiece
 from glmaas.engines.constrained import ConstraintError, check
 from glmaas.engines.tool_calls import ToolCall
 from glmaas.model.chat_template import ChatTemplateError, render_chat
-from glmaas.platform.metered import GenerationTimeout
+from glmaas.platform.metered import GenerationTimeout, ShutdownCut
 from glmaas.platform.metering import RequestStatus
 
 log = logging.getLogger("glmaas.api")
@@ -215,7 +215,7 @@ def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
         return ApiError(ErrorKind.INVALID_REQUEST, f"The request cannot be served as asked: {exc}.")
     # Tell clients whether sending it again can help, so that retrying wrappers do not multiply
     # one deterministic failure (a timeout would time out again).
-    retry = isinstance(exc, EngineError) and exc.retryable
+    retry = (isinstance(exc, EngineError) and exc.retryable) or isinstance(exc, ShutdownCut)
     return ApiError(ErrorKind.ENGINE_ERROR, f"The model failed: {exc}",
                     headers={"x-should-retry": "true" if retry else "false"})
 

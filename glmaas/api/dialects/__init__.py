@@ -21,5 +21,7 @@ def dialect_of(path: str) -> Dialect:
 
 
 def response_for(request: Request, error: ApiError) -> JSONResponse:
-    """`error` as the response to `request`, in the request's dialect."""
+    """`error` as the response to `request`, in the request's dialect; its kind is kept on the
+    request's state for its log line and metrics."""
+    request.state.error_kind = error.kind
     return dialect_of(request.url.path).error_response(error, getattr(request.state, "request_id", None))

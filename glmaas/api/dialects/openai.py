@@ -37,6 +37,7 @@ TYPES: dict[ErrorKind, tuple[str, str | None]] = {
     ErrorKind.CONFLICT: ("invalid_request_error", "conflict"),
     ErrorKind.ENGINE_ERROR: ("server_error", "engine_error"),
     ErrorKind.INTERNAL: ("server_error", None),
+    ErrorKind.SHUTTING_DOWN: ("server_error", "service_unavailable"),
 }
 
 

@@ -39,6 +39,7 @@ CODES: dict[ErrorKind, str] = {
     ErrorKind.CONFLICT: "1214",
     ErrorKind.ENGINE_ERROR: "1234",
     ErrorKind.INTERNAL: "500",
+    ErrorKind.SHUTTING_DOWN: "1305",  # "model overloaded, retry later"; the SDKs retry a 503
 }
 
 # Where the Zhipu platform answers with another status than OpenAI's.

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from glmaas.engines.base import EngineError, InvalidRequest, ModelInfo, Usage
+from glmaas.engines.base import EngineError, EngineLoad, InvalidRequest, ModelInfo, Usage
 from glmaas.engines.chat import ChatCall, ChatDelta
 from glmaas.engines.upstream.config import UpstreamConfig
 from glmaas.engines.upstream.member import Member, Refused, Unavailable
@@ -42,6 +42,10 @@ class UpstreamEngine:
         self.info = ModelInfo(model_id=model_id, context_length=min(c.context_length for c in configs),
                               chat_template=None)
         self._health: asyncio.Task[None] | None = None
+
+    def load(self) -> EngineLoad:
+        """Requests in flight to the members (an upstream's own slots are its own business)."""
+        return EngineLoad(busy=sum(m.outstanding for m in self.members), waiting=0)
 
     def count_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
         return self.counter.messages(messages, tools)
