@@ -251,3 +251,21 @@ def test_batched_outputs_match_unbatched_at_temperature_0(engine) -> None:
         return await asyncio.gather(*(collect(engine, p, max_tokens=12) for p in prompts))
 
     assert [token_ids(d) for d in asyncio.run(together())] == alone
+
+
+def test_load_reports_busy_slots_and_the_kv_cells_a_request_leaves(engine) -> None:
+    async def scenario() -> tuple[object, object]:
+        prompt = chat(engine, "Name three colours.")
+        stream = engine.generate(GenerationRequest("t", tuple(prompt), SamplingParams(50, temperature=0.0)))
+        await anext(stream)
+        during = engine.load()
+        await stream.aclose()
+        while engine.active_sequences():
+            await asyncio.sleep(0.002)
+        return during, engine.load()
+
+    during, after = asyncio.run(scenario())
+    assert (during.busy, during.waiting, during.slots) == (1, 0, SLOTS)
+    assert during.kv_cells == SLOTS * 256 and during.kv_cells_used >= len(chat(engine, "Name three colours."))
+    # The slot is free again, and keeps its cells for the next request's shared prefix.
+    assert after.busy == 0 and after.kv_cells_used >= during.kv_cells_used
