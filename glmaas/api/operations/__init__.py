@@ -18,7 +18,7 @@ from glmaas.api.metered import RequestRecord
 from glmaas.api.operations.drain import UNGATED_PATHS, Drain, DrainGate
 from glmaas.api.operations.metrics import ServerMetrics
 from glmaas.api.operations.probes import healthz, readyz
-from glmaas.api.operations.request_log import ContentCapture, request_fields, write_line
+from glmaas.api.operations.request_log import ContentCapture, write_line
 from glmaas.api.state import AppState
 
 __all__ = ["Drain", "Operations"]
@@ -77,4 +77,4 @@ class Operations:
         endpoint = self._endpoint(scope, dialect)
         error = record.noted("error_kind")
         self.metrics.observe_request(endpoint, dialect, record.model or "", record.status, error)
-        write_line(request_fields(record, endpoint, dialect))
+        write_line(record, endpoint, dialect)

@@ -16,6 +16,8 @@ apart); no multi-process aggregation is needed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -75,35 +77,67 @@ class ServerMetrics:
         self.money = Counter("glmaas_settled_micro_units", "Money charged by settlements, in micro-units of the "
                              "deployment's currency", ["model"], registry=r)
         r.register(ServerCollector(state, drain))
+        self._by_model: dict[str, _ModelSeries] = {}
+        self._requests_by_labels: dict[tuple[str, str, str, int], Any] = {}
         state.meter.observers.append(self.observe_settlement)
 
     def observe_settlement(self, ticket: HoldTicket, outcome: Outcome, settlement: Settlement | None) -> None:
         """One settlement's measurements (a `Meter` observer: on the request's path, so a few
-        counter and histogram updates, nothing more)."""
-        model = ticket.model
-        self.settled.labels(model, outcome.status).inc()
+        updates of series looked up once per model, nothing more)."""
+        series = self._by_model.get(ticket.model) or self._series_of(ticket.model)
+        settled = series.settled.get(outcome.status)
+        if settled is None:
+            settled = series.settled[outcome.status] = self.settled.labels(ticket.model, outcome.status)
+        settled.inc()
         if outcome.status is RequestStatus.RECOVERED:
             return  # no timings: settled from a dead replica's books
-        self.latency.labels(model).observe(outcome.total_ms / 1000)
-        self.queue.labels(model).observe(outcome.queue_ms / 1000)
+        series.latency.observe(outcome.total_ms / 1000)
+        series.queue.observe(outcome.queue_ms / 1000)
         if outcome.first_token_ms is not None:
-            self.first_token.labels(model).observe(outcome.first_token_ms / 1000)
+            series.first_token.observe(outcome.first_token_ms / 1000)
             if outcome.completion_tokens > 1:
                 decode_ms = outcome.total_ms - outcome.first_token_ms
-                self.per_token.labels(model).observe(decode_ms / 1000 / (outcome.completion_tokens - 1))
-        prompt = outcome.prompt_tokens if outcome.prompt_tokens is not None else ticket.prompt_tokens
-        self.prompt_tokens.labels(model).inc(prompt)
-        self.cached_tokens.labels(model).inc(outcome.cached_tokens)
-        self.completion_tokens.labels(model).inc(outcome.completion_tokens)
+                series.per_token.observe(decode_ms / 1000 / (outcome.completion_tokens - 1))
+        series.prompt_tokens.inc(outcome.prompt_tokens if outcome.prompt_tokens is not None else ticket.prompt_tokens)
+        series.cached_tokens.inc(outcome.cached_tokens)
+        series.completion_tokens.inc(outcome.completion_tokens)
         if settlement is not None and settlement.cost:
-            self.money.labels(model).inc(settlement.cost)
+            series.money.inc(settlement.cost)
+
+    def _series_of(self, model: str) -> _ModelSeries:
+        series = _ModelSeries(
+            settled={}, latency=self.latency.labels(model), queue=self.queue.labels(model),
+            first_token=self.first_token.labels(model), per_token=self.per_token.labels(model),
+            prompt_tokens=self.prompt_tokens.labels(model), cached_tokens=self.cached_tokens.labels(model),
+            completion_tokens=self.completion_tokens.labels(model), money=self.money.labels(model))
+        self._by_model[model] = series
+        return series
 
     def observe_request(self, endpoint: str, dialect: str, model: str, status: int,
                         error: ErrorKind | None) -> None:
         """One HTTP request's measurements."""
-        self.requests.labels(endpoint, dialect, model, str(status)).inc()
+        labels = (endpoint, dialect, model, status)
+        counter = self._requests_by_labels.get(labels)
+        if counter is None:
+            counter = self._requests_by_labels[labels] = self.requests.labels(endpoint, dialect, model, str(status))
+        counter.inc()
         if error in REFUSAL_KINDS:
             self.refusals.labels(str(error)).inc()
+
+
+@dataclass
+class _ModelSeries:
+    """One model's series of the settlement metrics (`labels()` is looked up once, not per request)."""
+
+    settled: dict[RequestStatus, Any]
+    latency: Any
+    queue: Any
+    first_token: Any
+    per_token: Any
+    prompt_tokens: Any
+    cached_tokens: Any
+    completion_tokens: Any
+    money: Any
 
 
 class ServerCollector(Collector):

@@ -59,9 +59,11 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def write_line(fields: dict[str, Any]) -> None:
-    """Log one request: its fields ride on the record for `JsonLines`; the message is their text form."""
+def write_line(record: RequestRecord, endpoint: str, dialect: str) -> None:
+    """Log one request: its fields ride on the log record for `JsonLines`; the message is their
+    text form. Nothing is built when the line would not be written."""
     if log.isEnabledFor(logging.INFO):
+        fields = request_fields(record, endpoint, dialect)
         text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and not k.endswith("_body"))
         log.info("%s", text, extra={"fields": fields})
 
