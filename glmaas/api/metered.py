@@ -49,13 +49,17 @@ class RequestRecord:
     started: float = field(default_factory=time.monotonic)
     runs: list[MeteredRun] = field(default_factory=list)
     model: str | None = None
-    status: int = 0  # the HTTP status sent; 0 while none was
+    status: int = 0  # the HTTP status sent; 0 while none was (`CLIENT_CLOSED` if none ever was)
     ended: float | None = None
 
     def noted(self, name: str) -> Any:
         """What serving the request left in its state under `name` (None if nothing)."""
         return self.scope.get("state", {}).get(name)
 
+
+# The status a request's record holds when its client went away before any response was sent
+# (nginx's convention; nothing is sent with it).
+CLIENT_CLOSED = 499
 
 # The request being served (set by `MeteredRequests`). A context variable, so that `admit` needs
 # no request: the record is shared with the tasks that Starlette starts for a response, which copy
@@ -120,11 +124,13 @@ class MeteredRequests:
 
         try:
             await self.app(scope, receive, delivering)
-        except BaseException:
+        except Exception:
             # `ServerFaults` answers an escaped error with a 500 (when no response had started).
             record.status = record.status or 500
             raise
         finally:
+            if not record.status:
+                record.status = CLIENT_CLOSED  # cancelled: the client left before any response
             _current.reset(token)
             # A run whose response never started is settled here, unbilled, if nothing settled it
             # (a fault between admission and the status line). A delivered one settles by its own

@@ -56,11 +56,13 @@ class Operations:
         if handler is None:
             return UNMATCHED
         key = (handler, dialect)
-        if key not in self._templates:
+        template = self._templates.get(key)
+        if template is None:  # first seen: read the app's routes (a mount has no template)
             for route in scope["app"].routes:
                 if hasattr(route, "endpoint"):
                     self._templates.setdefault((route.endpoint, dialect_of(route.path).name), route.path)
-        return self._templates.get(key, UNMATCHED)
+            template = self._templates.setdefault(key, UNMATCHED)
+        return template
 
     async def serve_metrics(self, request: Request) -> Response:
         """The metrics, to the admin token's bearer (`--metrics-port` serves them without one)."""

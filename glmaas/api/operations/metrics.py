@@ -152,7 +152,8 @@ class ServerCollector(Collector):
         state = self.state
         holds = GaugeMetricFamily("glmaas_open_holds", "Requests of this replica admitted and not yet settled",
                                   labels=["model"])
-        for model, n in sorted(state.meter.open_by_model.items()):
+        # A copy in one step: a scrape on --metrics-port runs on another thread than the requests.
+        for model, n in sorted(dict(state.meter.open_by_model).items()):
             holds.add_metric([model], n)
         yield holds
         yield from _engine_gauges(state)

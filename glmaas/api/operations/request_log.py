@@ -43,6 +43,7 @@ def request_fields(record: RequestRecord, endpoint: str, dialect: str) -> dict[s
         "cached_tokens": sum(r.cached_tokens for r in runs),
         "completion_tokens": sum(r.completion_tokens for r in runs),
         "finish_reason": first.finish_reason if first is not None else None,
+        "outcome": str(first.ended) if first is not None and first.ended is not None else None,
         "queue_ms": _ms(first.admission.admitted_at - first.arrived) if first is not None else None,
         "first_token_ms": (_ms(first.first_token_at - first.arrived)
                            if first is not None and first.first_token_at is not None else None),
