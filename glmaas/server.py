@@ -95,6 +95,7 @@ def configure_logging(log_format: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step, every start
 
 
 def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
@@ -119,5 +120,4 @@ def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ig
     # uvicorn's own loggers go through the handler above (log_config=None).
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, log_config=None,
                             timeout_graceful_shutdown=DRAIN_AFTERMATH_S)
-    logging.getLogger("uvicorn").setLevel(logging.WARNING)
     DrainingServer(config, operations.drain).run()

@@ -12,6 +12,10 @@ response starts (`MeteredRun.deliver`: a whole reply settles then, a stream's to
 billable), and when the request's ASGI call ends, however it ends, settles every run whose
 response never started and that is still open, unbilled. So a fault between generation and the
 status line costs the client nothing, and no admitted request leaves without its settlement.
+
+`MeteredRequests` keeps a `RequestRecord` of each request (its runs, the model asked, the status
+sent) and hands it, once the request has ended, to an observer: the app's metrics and request
+log line (`glmaas.api.operations`).
 """
 
 from __future__ import annotations

@@ -88,6 +88,24 @@ def test_requests_tokens_latency_and_money_move_with_each_request(server: AppSer
     assert value(after, "glmaas_open_holds", model="mock") == 0
 
 
+def test_a_resource_that_generates_no_tokens_is_measured_by_the_same_settlement(server: AppServer) -> None:
+    key = funded_key(server, "tokenizer-metrics", "10")
+    before = scrape(server)
+    with server.client() as client:
+        r = client.post(f"{server.zhipu_url}/tokenizer", headers={"Authorization": f"Bearer {key}"},
+                        json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    after = scrape(server)
+    tokenizer = {"endpoint": "/api/paas/v4/tokenizer", "dialect": "zhipu", "model": "mock", "status": "200"}
+    assert value(after, "glmaas_requests_total", **tokenizer) - value(before, "glmaas_requests_total", **tokenizer) == 1
+    for name in ("glmaas_settled_requests_total", "glmaas_request_duration_seconds_count"):
+        labels = {"model": "mock", "status": "ok"} if name.startswith("glmaas_settled") else {"model": "mock"}
+        assert value(after, name, **labels) - value(before, name, **labels) == 1, name
+    # No token was generated: no first token, and nothing per output token.
+    for name in ("glmaas_time_to_first_token_seconds_count", "glmaas_time_per_output_token_seconds_count"):
+        assert value(after, name, model="mock") == value(before, name, model="mock"), name
+
+
 def test_each_refusal_is_counted_by_its_code(server: AppServer) -> None:
     before = scrape(server)
     limited = funded_key(server, "rpm-metrics", "0", rpm=1)

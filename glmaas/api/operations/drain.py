@@ -55,7 +55,7 @@ class Drain:
         """Drain: wait for the requests in flight, up to `timeout_s`; then cut the runs still
         going and give them `CUT_GRACE_S` to end as cut."""
         self.begin()
-        log.warning("draining: %d requests in flight, waiting up to %g s", self.in_flight, self.timeout_s)
+        log.info("draining: %d requests in flight, waiting up to %g s", self.in_flight, self.timeout_s)
         if await self._settle_down(self.timeout_s):
             return
         cut = [run for record in self._serving for run in record.runs if not run.admission.settled]
