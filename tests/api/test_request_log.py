@@ -82,7 +82,8 @@ def test_log_content_puts_the_bodies_in_the_lines(tmp_path: Path) -> None:
         log = _stopped_log(server)
     finally:
         server.stop()
-    whole = next(json.loads(line) for line in log.splitlines() if '"glmaas.requests"' in line)
+    lines = [json.loads(line) for line in log.splitlines() if '"glmaas.requests"' in line]
+    whole = next(line for line in lines if line["request_id"] == answers[0].headers["x-request-id"])
     assert PROMPT in whole["request_body"]
     assert answers[0].json()["choices"][0]["message"]["content"] in json.loads(whole["response_body"])[
         "choices"][0]["message"]["content"]
