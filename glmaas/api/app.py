@@ -96,7 +96,8 @@ def create_app(state: AppState) -> FastAPI:
             workers = Workers(state.db, state.blobs, state.meter.owner, lambda item: run_item(state, item),
                               count=state.batch_workers, lease_s=state.batch_lease_s,
                               max_attempts=state.batch_max_attempts,
-                              exhausted=lambda item: fail_exhausted(state, item))
+                              exhausted=lambda item: fail_exhausted(state, item),
+                              stopping=lambda: operations.drain.draining)
             background = asyncio.create_task(workers.run())
         yield
         housekeeping.cancel()

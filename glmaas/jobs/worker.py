@@ -28,10 +28,14 @@ SWEEP_EVERY_S = 5.0
 
 class Workers:
     def __init__(self, db: Database, blobs: BlobStore, owner: str, handler: Handler, *, count: int,
-                 lease_s: float, max_attempts: int | None = None, exhausted: Handler | None = None) -> None:
+                 lease_s: float, max_attempts: int | None = None, exhausted: Handler | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        """`stopping`: once it says so (the replica's shutdown drain), no new item is taken; the
+        other replicas take the queue."""
         self.db, self.blobs, self.owner, self.handler = db, blobs, owner, handler
         self.count, self.lease_s = count, lease_s
         self.max_attempts, self.exhausted = (max_attempts, exhausted) if exhausted else (None, None)
+        self.stopping = stopping
 
     async def run(self) -> None:
         """Runs until cancelled."""
@@ -41,7 +45,8 @@ class Workers:
         idle = IDLE_S
         while True:
             try:
-                item = leases.take(self.db.engine, self.owner, self.lease_s, self.max_attempts)
+                item = None if self.stopping() else leases.take(self.db.engine, self.owner, self.lease_s,
+                                                                 self.max_attempts)
                 if item is None:
                     await asyncio.sleep(idle)
                     idle = min(MAX_IDLE_S, idle * 2)

@@ -130,6 +130,24 @@ def test_an_attempt_that_fails_goes_back_to_the_queue(store) -> None:  # type: i
     assert sorted(custom_id for custom_id, _ in attempts) == ["c0", "c0", "c1", "c2"]
 
 
+def test_a_stopping_replica_takes_no_new_line(store) -> None:  # type: ignore[no-untyped-def]
+    db, blobs, _, _ = store
+    taken: list[str] = []
+
+    async def handler(item: leases.LeasedItem) -> None:
+        taken.append(item.custom_id)
+
+    async def run_a_while() -> None:
+        worker = asyncio.create_task(Workers(db, blobs, "me", handler, count=1, lease_s=60,
+                                             stopping=lambda: True)._work())
+        await asyncio.sleep(0.5)
+        worker.cancel()
+
+    asyncio.run(run_a_while())
+    assert taken == []
+    assert leases.take(db.engine, "another", 60) is not None  # the queue is left to the others
+
+
 def lapse(db, item_id: str) -> None:  # type: ignore[no-untyped-def]
     with db.engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE work_items SET lease_until = 0 WHERE id = '{item_id}'")
