@@ -89,8 +89,6 @@ class ServerMetrics:
         if settled is None:
             settled = series.settled[outcome.status] = self.settled.labels(ticket.model, outcome.status)
         settled.inc()
-        if outcome.status is RequestStatus.RECOVERED:
-            return  # no timings: settled from a dead replica's books
         series.latency.observe(outcome.total_ms / 1000)
         series.queue.observe(outcome.queue_ms / 1000)
         if outcome.first_token_ms is not None:
