@@ -13,6 +13,7 @@ from sqlalchemy import create_engine
 
 from glmaas.benchmarks.harness import free_port
 from glmaas.store.db import Database
+from tests.api.billing_helpers import admin
 from tests.inprocess import AppServer
 
 
@@ -92,8 +93,12 @@ def test_a_draining_replica_is_not_ready_and_refuses_new_requests_in_both_dialec
             alive = client.get("/healthz").status_code
             openai = client.post("/v1/chat/completions", json=body)
             zhipu = client.post("/api/paas/v4/chat/completions", json=body)
+        with admin(server) as client:  # scrapes are answered while draining
+            metrics = client.get("/metrics")
     finally:
         drain.draining = False
+    assert 'glmaas_refusals_total{code="shutting_down"} 2.0' in metrics.text
+    assert "glmaas_draining 1.0" in metrics.text
     assert status == 503 and ready["failing"] == ["shutdown"] and ready["parts"]["shutdown"] == "draining"
     assert alive == 200
     for refused in (openai, zhipu):
