@@ -21,10 +21,10 @@ from glmaas.api.async_chat.router import body_routes as async_chat_body_routes
 from glmaas.api.async_chat.router import routes as async_chat_routes
 from glmaas.api.batches.router import body_routes as batch_body_routes
 from glmaas.api.batches.router import routes as batch_routes
-from glmaas.api.console.app import CONSOLE_PREFIX, create_console
 from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import body_routes as chat_body_routes
 from glmaas.api.chat.router import routes as chat_routes
+from glmaas.api.console.app import CONSOLE_PREFIX, create_console
 from glmaas.api.dialects import response_for
 from glmaas.api.embeddings.background import run_embedding_item
 from glmaas.api.embeddings.router import body_routes as embedding_body_routes

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from glmaas.api.console.session import ConsoleSession, Role, admin_fingerprint, read_session
 from glmaas.api.requests import app_state
 from glmaas.platform.errors import AuthError
 from glmaas.platform.keys import key_view
-from glmaas.api.console.session import ConsoleSession, Role, admin_fingerprint, read_session
 
 CSRF_FIELD = "csrf"
 
