@@ -5,6 +5,7 @@ transaction."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import func, select
@@ -97,11 +98,14 @@ def accounts_overview(session: Session) -> list[dict]:
             for a in session.scalars(select(Account).order_by(Account.name))]
 
 
-def ledger_entries(session: Session, name: str, limit: int = 100) -> list[dict]:
-    """The account's latest ledger entries, newest first."""
+def ledger_entries(session: Session, name: str, limit: int = 100,
+                   kinds: Collection[str] | None = None) -> list[dict]:
+    """The account's latest ledger entries (of `kinds`, or all), newest first."""
     account = get_account(session, name)
-    rows = session.scalars(select(LedgerEntry).where(LedgerEntry.account_id == account.id)
-                           .order_by(LedgerEntry.id.desc()).limit(limit))
+    query = select(LedgerEntry).where(LedgerEntry.account_id == account.id)
+    if kinds is not None:
+        query = query.where(LedgerEntry.kind.in_(list(kinds)))
+    rows = session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit))
     return [{"id": r.id, "kind": r.kind, "amount": format_amount(r.amount), "amount_micro": r.amount,
              "request_id": r.request_id, "key_id": r.key_id, "note": r.note, "created_at": r.created_at}
             for r in rows]

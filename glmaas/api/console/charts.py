@@ -14,6 +14,7 @@ from glmaas.platform.pricing import MICRO
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 OTHER_COLOUR = "#999999"
 MAX_DAYS = 31
+MIN_DAYS = 7  # a week at least, so one day's usage is a bar among days, not the whole width
 METRICS = {"tokens": "total_tokens", "requests": "requests", "cost": "cost_micro"}
 
 WIDTH, HEIGHT = 760, 260
@@ -77,13 +78,14 @@ def _nice_step(top: float, ticks: int = 4) -> float:
 
 def _days(first: str, last: str) -> list[str]:
     start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
-    start = max(start, end - dt.timedelta(days=MAX_DAYS - 1))
+    start = min(max(start, end - dt.timedelta(days=MAX_DAYS - 1)), end - dt.timedelta(days=MIN_DAYS - 1))
     return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
 def stacked_by_day(rows: list[dict], series: str, metric: str = "tokens") -> Chart:
     """Rows of a usage report grouped by day and `series` ('model' or 'account'), as stacked bars of
-    `metric` ('tokens', 'requests' or 'cost') over the last `MAX_DAYS` days that have usage."""
+    `metric` ('tokens', 'requests' or 'cost') over the days from the first with usage to the last
+(`MIN_DAYS` to `MAX_DAYS` of them)."""
     column = METRICS[metric]
     if not rows:
         return Chart(metric)

@@ -19,10 +19,13 @@ from glmaas.api.console.guard import operator_of
 from glmaas.api.requests import app_state
 from glmaas.platform import admin
 from glmaas.platform.keys import revoke_key
+from glmaas.platform.ledger import EntryKind
 from glmaas.platform.pricing import PriceSheet
 
 router = APIRouter()
 LEDGER_ROWS = 100
+# A request's hold and release cancel out once it settles: the ledger shows them on demand.
+MONEY_KINDS = (EntryKind.TOPUP, EntryKind.ADJUSTMENT, EntryKind.REFUND, EntryKind.SETTLEMENT)
 # Where a form may send the operator back to (a revoke button sits on two pages).
 _BACK = re.compile(r"/keys|/accounts/[A-Za-z0-9._-]{1,128}")
 
@@ -63,9 +66,11 @@ async def account(request: Request, name: str) -> Response:
 def account_page(request: Request, name: str, error: str = "", status: int = 200, new_key: str = "") -> Response:
     operator_of(request)
     state = app_state(request)
+    every_entry = request.query_params.get("entries") == "all"
 
     def read(s: Any) -> dict:
-        return {"account": admin.account_summary(s, name), "entries": admin.ledger_entries(s, name, LEDGER_ROWS),
+        return {"account": admin.account_summary(s, name),
+                "entries": admin.ledger_entries(s, name, LEDGER_ROWS, None if every_entry else MONEY_KINDS),
                 "keys": admin.keys_with_limits(s, name),
                 "key_usage": {r["key"]: r for r in admin.usage_report(s, ("key",), name)},
                 "chart": stacked_by_day(admin.usage_report(s, ("day", "model"), name), "model")}
@@ -75,6 +80,7 @@ def account_page(request: Request, name: str, error: str = "", status: int = 200
     except FormError as exc:
         return render(request, "error.html", exc.status, message=str(exc))
     return render(request, "account.html", status, error=error, new_key=new_key, back=f"/accounts/{name}",
+                  every_entry=every_entry,
                   models=[m.model_id for m in state.registry.models()], **page)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from contextlib import closing
 
 import httpx
@@ -144,3 +145,23 @@ def test_security_headers_on_every_response(server: GlmaasProcess) -> None:
         page = client.get("/accounts").text
         assert "<script>" not in page and not re.search(r"<script(?![^>]*\bsrc=)", page)
         assert not re.search(r"\son[a-z]+=", page) and "style=" not in page
+
+
+def test_signing_out_ends_the_session(server: GlmaasProcess) -> None:
+    client, csrf = signed_in(server, ADMIN_TOKEN)
+    with closing(client):
+        r = client.post("/logout", data={"csrf": csrf})
+        assert r.status_code == 303 and "max-age=0" in r.headers["set-cookie"].lower()
+        assert client.get("/accounts").status_code == 303
+
+
+def test_revoking_a_tenants_key_ends_its_session(server: GlmaasProcess) -> None:
+    key = funded_account(server, "revoked-co")
+    client, _ = signed_in(server, key)
+    with closing(client), httpx.Client(base_url=server.base_url,
+                                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as api:
+        assert client.get("/account").status_code == 200
+        assert api.delete(f"/admin/keys/{key.split('.')[0]}").status_code == 200
+        time.sleep(1.1)  # the key cache's lifetime
+        r = client.get("/account")
+        assert r.status_code == 303 and r.headers["location"] == "/console/login"
