@@ -12,11 +12,12 @@ from starlette.datastructures import FormData
 
 from glmaas.api.state import AppState
 from glmaas.platform import admin
-from glmaas.platform.errors import Conflict, NotFound, PlatformError
+from glmaas.platform.errors import PlatformError, Refusal
 from glmaas.platform.pricing import parse_amount
 
-MAX_TEXT = 128  # key names, notes' first line: the columns they land in
+MAX_TEXT = 128  # key and model names: the width of the columns they are stored in
 T = TypeVar("T")
+_STATUS = {Refusal.NOT_FOUND: 404, Refusal.CONFLICT: 409}  # any other refusal: 400
 
 
 class FormError(ValueError):
@@ -33,11 +34,9 @@ def transact(state: AppState, action: Callable[[Session], T]) -> T:
     try:
         with state.db.session() as session, session.begin():
             return action(session)
-    except NotFound as exc:
-        raise FormError(str(exc), 404) from None
-    except Conflict as exc:
-        raise FormError(str(exc), 409) from None
-    except (PlatformError, ValueError) as exc:
+    except PlatformError as exc:
+        raise FormError(str(exc), _STATUS.get(exc.kind, 400)) from None
+    except ValueError as exc:
         raise FormError(str(exc)) from None
 
 

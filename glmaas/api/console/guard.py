@@ -19,14 +19,10 @@ CSRF_FIELD = "csrf"
 
 
 class Denied(Exception):
-    """A console request refused: shown as an HTML page with `status` (or, for `SignInRequired`,
-    a redirect to the sign-in page)."""
+    """A console request refused: shown as an HTML page with `status` (or, for `SignInRequired`
+    on a GET, a redirect to the sign-in page)."""
 
     status = 403
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status or self.status
 
 
 class SignInRequired(Denied):

@@ -165,3 +165,23 @@ def test_revoking_a_tenants_key_ends_its_session(server: GlmaasProcess) -> None:
         time.sleep(1.1)  # the key cache's lifetime
         r = client.get("/account")
         assert r.status_code == 303 and r.headers["location"] == "/console/login"
+
+
+def test_a_refused_form_says_why_on_the_page(server: GlmaasProcess) -> None:
+    client, csrf = signed_in(server, ADMIN_TOKEN)
+    with closing(client):
+        assert client.post("/accounts", data={"csrf": csrf, "name": "forms-co"}).status_code == 303
+        cases = [("/accounts", {"name": "forms-co"}, 409, "already exists"),
+                 ("/accounts", {"name": "no spaces"}, 400, "an account name is"),
+                 ("/accounts/forms-co/topup", {"amount": "1.1234567"}, 400, "at most 6 decimals"),
+                 ("/accounts/forms-co/topup", {"amount": "-1"}, 400, "must be positive"),
+                 ("/accounts/forms-co/adjust", {"amount": "1"}, 400, "Note is required"),
+                 ("/accounts/nobody/topup", {"amount": "1"}, 404, "no account named"),
+                 ("/accounts/forms-co/keys", {"rpm": "-1"}, 400, "rpm must be a whole number"),
+                 ("/accounts/forms-co/keys", {"expires": "tomorrow"}, 400, "Expiry is a date"),
+                 ("/prices", {"model": "m", "input": "x", "output": "1"}, 400, "not an amount")]
+        for path, data, status, message in cases:
+            r = client.post(path, data={**data, "csrf": csrf})
+            assert (r.status_code, message in r.text) == (status, True), (path, data, r.status_code)
+        assert "0.00" in client.get("/accounts/forms-co").text
+        assert client.get("/accounts/nobody").status_code == 404
