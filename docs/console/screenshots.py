@@ -11,6 +11,7 @@ the console's browser tests drive it (`glmaas.benchmarks.browser`).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -104,6 +105,7 @@ def take(out: Path) -> None:
             print(out / "tenant.png")
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def main() -> None:

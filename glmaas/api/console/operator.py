@@ -24,6 +24,7 @@ from glmaas.platform.pricing import PriceSheet
 
 router = APIRouter()
 LEDGER_ROWS = 100
+USAGE_ROWS = 500
 # A request's hold and release cancel out once it settles: the ledger shows them on demand.
 MONEY_KINDS = (EntryKind.TOPUP, EntryKind.ADJUSTMENT, EntryKind.REFUND, EntryKind.SETTLEMENT)
 # Where a form may send the operator back to (a revoke button sits on two pages).
@@ -225,8 +226,8 @@ async def usage_page(request: Request, account: str = "", series: str = "model",
 
     page = transact(app_state(request), read)
     return render(request, "usage.html", chart=stacked_by_day(page["rows"], series, metric),
-                  rows=list(reversed(page["rows"])), accounts=page["accounts"], account=account, series=series,
-                  metric=metric, metrics=list(METRICS))
+                  rows=page["rows"][::-1][:USAGE_ROWS], total_rows=len(page["rows"]), accounts=page["accounts"],
+                  account=account, series=series, metric=metric, metrics=list(METRICS))
 
 
 @router.get("/models")
