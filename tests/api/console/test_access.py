@@ -8,6 +8,7 @@ import base64
 import re
 import time
 from contextlib import closing
+from pathlib import Path
 
 import httpx
 import openai
@@ -16,7 +17,7 @@ from starlette.routing import Route
 
 from glmaas.api.console import operator
 from glmaas.api.console.app import CONTENT_SECURITY_POLICY
-from glmaas.benchmarks.harness import GlmaasProcess
+from glmaas.benchmarks.harness import GlmaasProcess, start_glmaas
 from tests.api.console.conftest import ADMIN_TOKEN, csrf_of, funded_account, signed_in
 
 
@@ -185,3 +186,23 @@ def test_a_refused_form_says_why_on_the_page(server: GlmaasProcess) -> None:
             assert (r.status_code, message in r.text) == (status, True), (path, data, r.status_code)
         assert "0.00" in client.get("/accounts/forms-co").text
         assert client.get("/accounts/nobody").status_code == 404
+
+
+def test_sessions_outlive_a_restart_but_not_a_new_admin_token(tmp_path: Path) -> None:
+    """Sessions are kept by the browser, sealed under the master key: a restarted replica (or
+    another one) honours them; a new admin token ends every operator's."""
+    args = ("--no-default-model", "--model", "mock=mock")
+    with start_glmaas(tmp_path, *args, env={"GLMAAS_ADMIN_TOKEN": ADMIN_TOKEN}) as first:
+        tenant_key = funded_account(first, "restart-co")
+        operator, _ = signed_in(first, ADMIN_TOKEN)
+        tenant, _ = signed_in(first, tenant_key)
+        cookies = {"operator": operator.cookies["glmaas_console"], "tenant": tenant.cookies["glmaas_console"]}
+        operator.close()
+        tenant.close()
+    for token, expected in ((ADMIN_TOKEN, {"operator": 200, "tenant": 200}),
+                            (ADMIN_TOKEN + "-rotated", {"operator": 303, "tenant": 200})):
+        with start_glmaas(tmp_path, *args, env={"GLMAAS_ADMIN_TOKEN": token}) as server:
+            for role, path in (("operator", "/accounts"), ("tenant", "/account")):
+                with httpx.Client(base_url=f"{server.base_url}/console",
+                                  headers={"Cookie": f"glmaas_console={cookies[role]}"}) as client:
+                    assert client.get(path).status_code == expected[role], (token, role)
