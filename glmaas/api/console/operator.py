@@ -11,11 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from glmaas.api.console import forms
-from glmaas.api.console.app import render, see_other
 from glmaas.api.console.charts import METRICS, stacked_by_day
 from glmaas.api.console.engines import served_models
 from glmaas.api.console.forms import FormError, transact
 from glmaas.api.console.guard import operator_of
+from glmaas.api.console.pages import render, see_other
 from glmaas.api.requests import app_state
 from glmaas.platform import admin
 from glmaas.platform.keys import revoke_key

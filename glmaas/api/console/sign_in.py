@@ -7,8 +7,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from glmaas.api.console.app import render, see_other
 from glmaas.api.console.guard import session_of
+from glmaas.api.console.pages import render, see_other
 from glmaas.api.console.session import Role, admin_fingerprint, clear_session, write_session
 from glmaas.api.requests import app_state
 from glmaas.platform.admin_token import is_admin

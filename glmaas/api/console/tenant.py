@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from glmaas.api.console import forms
-from glmaas.api.console.app import render, see_other
 from glmaas.api.console.charts import stacked_by_day
 from glmaas.api.console.forms import FormError, transact
 from glmaas.api.console.guard import Tenant, tenant_of
+from glmaas.api.console.pages import render, see_other
 from glmaas.api.requests import app_state
 from glmaas.platform import admin
 from glmaas.platform.errors import NotFound
