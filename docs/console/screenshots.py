@@ -21,7 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from glmaas.benchmarks.browser import chromium  # noqa: E402
+from glmaas.benchmarks.browser import chromium, follow  # noqa: E402
 from glmaas.benchmarks.harness import GlmaasProcess, start_glmaas  # noqa: E402
 
 ADMIN_TOKEN = "glmaas-admin-screenshots"
@@ -78,12 +78,12 @@ def take(out: Path) -> None:
             page.goto(f"{console}/login")
             shot("login")
             page.fill("#credential", ADMIN_TOKEN)
-            page.click("form[action='/console/login'] button")
+            follow(page, "form[action='/console/login'] button")
             shot("accounts")
             page.goto(f"{console}/accounts/acme-labs")
             page.fill("#topup-amount", "25")
             page.fill("#topup-note", "invoice 2026-0042")
-            page.click("#topup-form button")
+            follow(page, "#topup-form button")
             shot("account")
             page.goto(f"{console}/keys")
             page.select_option("#key-account", "northwind")
@@ -91,7 +91,7 @@ def take(out: Path) -> None:
             page.fill("#key-models", "glm-4-flash")
             page.fill("#key-rpm", "60")
             page.fill("#key-budget", "10")
-            page.click("#key-form button")
+            follow(page, "#key-form button")
             shot("keys")
             page.goto(f"{console}/usage?series=model&metric=tokens")
             shot("usage")
@@ -100,7 +100,7 @@ def take(out: Path) -> None:
             tenant = browser.new_page(viewport={"width": 1280, "height": 800})
             tenant.goto(f"{console}/login")
             tenant.fill("#credential", keys["acme-labs"])
-            tenant.click("form[action='/console/login'] button")
+            follow(tenant, "form[action='/console/login'] button")
             tenant.screenshot(path=str(out / "tenant.png"), full_page=True)
             print(out / "tenant.png")
     finally:

@@ -38,3 +38,10 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+def follow(page, selector: str) -> None:  # type: ignore[no-untyped-def]
+    """Click the link or form button `selector` and return once the page it leads to has loaded
+    (a bare click returns as soon as the navigation starts: the old page may still be read)."""
+    with page.expect_navigation():
+        page.click(selector)

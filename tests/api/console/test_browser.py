@@ -10,6 +10,7 @@ from decimal import Decimal
 import openai
 import pytest
 
+from glmaas.benchmarks.browser import follow
 from glmaas.benchmarks.harness import GlmaasProcess
 from tests.api.console.conftest import ADMIN_TOKEN, funded_account
 
@@ -25,7 +26,7 @@ HOSTILE = [
 def _sign_in(page, server: GlmaasProcess, credential: str) -> None:  # type: ignore[no-untyped-def]
     page.goto(f"{server.base_url}/console/login")
     page.fill("#credential", credential)
-    page.click("form[action='/console/login'] button")
+    follow(page, "form[action='/console/login'] button")
 
 
 def _chat(key: str, server: GlmaasProcess) -> openai.types.chat.ChatCompletion:
@@ -38,7 +39,7 @@ def _chat(key: str, server: GlmaasProcess) -> openai.types.chat.ChatCompletion:
 def page(browser):  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(20_000)  # generous: the machine may be busy
     yield page
     context.close()
 
@@ -47,26 +48,26 @@ def test_an_operator_funds_an_account_and_sees_its_usage(server: GlmaasProcess, 
     _sign_in(page, server, ADMIN_TOKEN)
     assert page.url.endswith("/console/accounts")
 
-    page.click("a[href='/console/prices']")
+    follow(page, "a[href='/console/prices']")
     page.fill("#price-model", "mock")
     page.fill("#price-input", "1000")
     page.fill("#price-output", "2000")
-    page.click("#price-form button")
+    follow(page, "#price-form button")
     assert page.locator("table").inner_text().count("1000.000000") == 2
 
-    page.click("a[href='/console/accounts']")
+    follow(page, "a[href='/console/accounts']")
     page.fill("#account-name", "browser-co")
-    page.click("text=Create account")
+    follow(page, "text=Create account")
     page.fill("#topup-amount", "5")
     page.fill("#topup-note", "invoice 1")
-    page.click("#topup-form button")
+    follow(page, "#topup-form button")
     assert page.inner_text("#balance") == "5.00"
     assert "invoice 1" in page.inner_text("table.ledger")
 
     page.click("text=New key for this account")
     page.fill("#key-name", "ci")
     page.fill("#key-models", "mock")
-    page.click("#key-form button")
+    follow(page, "#key-form button")
     key = page.input_value("#new-key")
     assert key.count(".") == 1 and len(key) == 65
     page.click("button[data-copy]")
@@ -117,7 +118,7 @@ def test_a_tenant_sees_its_account_and_manages_its_keys(server: GlmaasProcess, p
 
     page.click("text=New key")
     page.fill("#key-name", "second")
-    page.click("#key-form button")
+    follow(page, "#key-form button")
     second = page.input_value("#new-key")
     assert _chat(second, server).choices
     page.on("dialog", lambda dialog: dialog.accept())
@@ -135,20 +136,20 @@ def test_hostile_names_are_shown_as_text(server: GlmaasProcess, page) -> None:  
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     _sign_in(page, server, ADMIN_TOKEN)
     page.fill("#account-name", "hostile-co")
-    page.click("text=Create account")
+    follow(page, "text=Create account")
     for name in HOSTILE:
         page.click("text=New key for this account")
         page.fill("#key-name", name)
         page.fill("#key-models", name.replace(" ", ""))
-        page.click("#key-form button")
+        follow(page, "#key-form button")
         page.fill("#topup-amount", "1")
         page.fill("#topup-note", name)
-        page.click("#topup-form button")
+        follow(page, "#topup-form button")
     page.goto(f"{server.base_url}/console/prices")
     page.fill("#price-model", HOSTILE[0])
     page.fill("#price-input", "1")
     page.fill("#price-output", "1")
-    page.click("#price-form button")
+    follow(page, "#price-form button")
 
     for path in ["/accounts/hostile-co", "/keys", "/prices"]:
         page.goto(f"{server.base_url}/console{path}")
