@@ -172,3 +172,14 @@ def _wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-un
     while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         time.sleep(0.02)
+
+
+def test_endpoints_are_route_templates_so_paths_cannot_make_new_series(server: AppServer) -> None:
+    with admin(server) as client:
+        for path in ("/admin/accounts/no-such-1", "/admin/accounts/no-such-2", "/v1/files/file-a",
+                     "/v1/files/file-b", "/console/login", "/console/static/console.css", "/no/such/route"):
+            client.get(path)
+    endpoints = {dict(labels)["endpoint"] for name, labels in scrape(server) if name == "glmaas_requests_total"}
+    assert {"/admin/accounts/{name}", "/v1/files/{file_id}", "/console/login", "/console/static",
+            "unmatched"} <= endpoints
+    assert not any("no-such" in e or "file-a" in e or "console.css" in e or "/no/such" in e for e in endpoints)

@@ -4,6 +4,8 @@ probes (`probes`), the shutdown drain (`drain`) and one log line per request (`r
 
 from __future__ import annotations
 
+import inspect
+
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -50,17 +52,26 @@ class Operations:
         app.add_middleware(DrainGate, drain=self.drain)
 
     def _endpoint(self, scope: Scope, dialect: str) -> str:
-        """The path template of the route that served the request (one function may serve a path
-        in each dialect)."""
+        """The path template of the route that served the request. FastAPI's routes leave
+        themselves in the scope; Starlette's leave their endpoint, looked up once in the routes of
+        the app that served it (one function may serve a path in each dialect; a mount's endpoint
+        is the app it mounts, told by its mount path). A mounted app (the console) leaves its mount path in `root_path`."""
+        prefix = scope.get("root_path", "")
+        route = scope.get("route")
+        if getattr(route, "path", None):
+            return prefix + route.path
         handler = scope.get("endpoint")
         if handler is None:
             return UNMATCHED
+        if not (inspect.isfunction(handler) or inspect.ismethod(handler)):
+            return prefix or UNMATCHED  # a mounted app (static files): its mount path
         key = (handler, dialect)
         template = self._templates.get(key)
-        if template is None:  # first seen: read the app's routes (a mount has no template)
-            for route in scope["app"].routes:
-                if hasattr(route, "endpoint"):
-                    self._templates.setdefault((route.endpoint, dialect_of(route.path).name), route.path)
+        if template is None:  # first seen
+            for candidate in getattr(scope.get("app"), "routes", ()):
+                if hasattr(candidate, "endpoint") and hasattr(candidate, "path"):
+                    path = prefix + candidate.path
+                    self._templates.setdefault((candidate.endpoint, dialect_of(path).name), path)
             template = self._templates.setdefault(key, UNMATCHED)
         return template
 
