@@ -118,16 +118,32 @@ def test_sigterm_lets_every_stream_finish_and_exits_0(tmp_path: Path) -> None:
 
 def test_streams_past_the_drain_timeout_end_as_after_an_engine_fault(tmp_path: Path) -> None:
     server, key = _start(tmp_path, "--drain-timeout", "1")
+    whole: list[httpx.Response] = []
+
+    def ask_whole() -> None:
+        with httpx.Client(timeout=60) as client:
+            whole.append(client.post(f"{server.openai_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                     json={"model": "long", "messages": [{"role": "user", "content": "hi"}]}))
+
     try:
+        waiting = threading.Thread(target=ask_whole)
+        waiting.start()
         streams = _streams_under_way(server, key, "long")
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        for stream in streams:
+        for stream in [*streams, waiting]:
             stream.join(60)
         code = server.proc.wait(30)
         took = time.monotonic() - signalled
     finally:
         server.stop()
+    # A reply not streamed gets the engine fault's 500, says that sending it again can help, and
+    # costs nothing (nothing was delivered).
+    (cut,) = whole
+    assert cut.status_code == 500 and cut.headers["x-should-retry"] == "true"
+    (record,) = query(server, "SELECT status, cost FROM usage_records WHERE request_id = ?",
+                      cut.headers["x-request-id"])
+    assert (record["status"], record["cost"]) == ("error", 0)
     for stream in streams:
         assert stream.error is None, stream.error
         assert stream.events[-1] == "[DONE]"
