@@ -22,8 +22,8 @@ STREAMS = 10
 
 
 def _start(data_dir: Path, *options: str) -> tuple[Server, str]:
-    # ~40 tokens at 0.06 s each: a stream lasts about 2.5 s.
-    server = start_server(data_dir, "--no-default-model", "--model", "slow=mock:delay=0.06",
+    # ~40 tokens at 0.1 s each: a stream lasts about 4 s, time enough to probe the draining server.
+    server = start_server(data_dir, "--no-default-model", "--model", "slow=mock:delay=0.1",
                           "--model", "long=mock:delay=0.06,repeat=20", *options)
     price_all(server, "slow", "long")
     return server, funded_key(server, "drained", "100")
