@@ -37,7 +37,7 @@ __all__ = ["MeteredRequests", "MeteredRun", "MeteredStream", "admit"]
 _request_runs: ContextVar[list[MeteredRun] | None] = ContextVar("glmaas_request_runs", default=None)
 
 
-def admit(state: AppState, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
+async def admit(state: AppState, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
           max_tokens: int, arrived: float, stream: bool, end_user: str | None = None) -> MeteredRun:
     """Take the request into the books and start its run, or raise the refusal as an `ApiError`.
     The run is billed only once its response starts (`MeteredRequests`)."""
@@ -45,7 +45,7 @@ def admit(state: AppState, principal: Principal, model: str, request_id: str, *,
     try:
         # Outside a request served through `MeteredRequests` nothing would deliver the run, so
         # it is billed as background work is.
-        run = start_run(state.meter, principal, model, request_id, prompt_tokens=prompt_tokens,
+        run = await start_run(state.meter, principal, model, request_id, prompt_tokens=prompt_tokens,
                         max_tokens=max_tokens, arrived=arrived, durable=stream,
                         timeout_s=state.request_timeout, bills_on_delivery=runs is not None, end_user=end_user)
     except PlatformError as exc:
@@ -77,7 +77,7 @@ class MeteredRequests:
             # can read the reply.
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 for run in runs:
-                    run.deliver()
+                    await run.deliver()
 
         try:
             await self.app(scope, receive, delivering)
@@ -88,7 +88,7 @@ class MeteredRequests:
             # lifecycle, which may outlast the request (work handed to a background task).
             for run in runs:
                 if not run.delivered:
-                    run.settle_if_open(RequestStatus.ERROR)
+                    await run.settle_if_open(RequestStatus.ERROR)
 
 
 class MeteredStream(StreamingResponse):
@@ -103,4 +103,4 @@ class MeteredStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.run.settle_if_open(RequestStatus.ABORTED)
+            await self.run.settle_if_open(RequestStatus.ABORTED)

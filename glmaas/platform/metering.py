@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
+import anyio
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -52,9 +53,17 @@ Finish = Callable[[Connection, Outcome], bool]
 DURABILITY_STEP = 16
 # Prices and account limits are re-read at most this often.
 CONFIG_TTL_S = 1.0
+# Steps of the books waiting on the network at once (within the database pool's size).
+NETWORK_STEPS = 16
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Limiter(Protocol):
+    # True when the limits live in this process (no network round trip to check them).
+    in_process: bool
+
     def acquire(self, scopes: list[Scope], request_id: str, tokens: int) -> Grant: ...
     def release(self, grant: Grant, used_tokens: int) -> None: ...
     def forget(self, request_id: str, scopes: list[str]) -> None: ...
@@ -96,7 +105,13 @@ class _TtlCache:
 
 
 class Meter:
-    """Admits requests and settles them into the ledger and the usage records."""
+    """Admits requests and settles them into the ledger and the usage records.
+
+    `admit`, `progress` and `settle` block until their step is written. An event loop runs them
+    through `step`: in line when the books are in process (SQLite and in-process limits, where a
+    step costs less than a hop to another thread), on a worker thread when they wait on the
+    network (PostgreSQL, Redis), so that concurrent requests' round trips overlap instead of
+    queueing on the loop."""
 
     def __init__(self, engine: Engine, session_factory: Callable[[], Session], limiter: Limiter,
                  owner: str, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -111,6 +126,17 @@ class Meter:
         # Requests of this process admitted and not yet settled, by model: background work reads
         # it to leave engine slots to interactive requests.
         self.open_by_model: Counter[str] = Counter()
+        self.in_process = engine.dialect.name == "sqlite" and limiter.in_process
+        self._network_steps: anyio.CapacityLimiter | None = None
+
+    async def step(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`fn(*args, **kwargs)`, one blocking step of the books, run where it costs the event
+        loop least (see the class docstring)."""
+        if self.in_process:
+            return fn(*args, **kwargs)
+        if self._network_steps is None:
+            self._network_steps = anyio.CapacityLimiter(NETWORK_STEPS)
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._network_steps)
 
     def admit(self, principal: Principal, model: str, request_id: str, prompt_tokens: int,
               max_tokens: int, *, price_percent: int = 100) -> Admission:

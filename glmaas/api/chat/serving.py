@@ -334,7 +334,7 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: Cha
         # traceback, and told in-band like an engine fault; billed as produced, status `error`
         # (settled before the deltas are closed below, which would record it as aborted).
         log.exception("request %s: the stream failed", run.request_id)
-        run.settle_if_open(RequestStatus.ERROR)
+        await run.settle_if_open(RequestStatus.ERROR)
         fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
                                              f"{run.request_id}); the error has been logged.")
         yield dialect.stream_fault(fault, fault_chunk)
