@@ -55,6 +55,9 @@ STATEMENTS = {
 # PostgreSQL only: each runs a whole step of the ledger as one statement (data-modifying CTEs), so
 # with autocommit a step costs one network round trip instead of a dozen. SQLite runs the same
 # steps statement by statement in one transaction (ledger.py).
+# Every step locks the account's row before its key's, or concurrent holds and settlements of one
+# account deadlock. PostgreSQL runs the sub-statements that nothing reads last, in reverse order,
+# so the order is forced by reading: the key's update reads the account's (`EXISTS ... FROM`).
 PG_STATEMENTS = {
     "pg_place_hold":
         "WITH debit AS (UPDATE accounts SET balance = balance - :amount "
@@ -78,9 +81,9 @@ PG_STATEMENTS = {
         "  :created_at::float8 FROM claim, "
         "  (VALUES ('release', (:released)::bigint), ('settlement', -(:charged)::bigint)) AS v(kind, amount)), "
         "credit AS (UPDATE accounts SET balance = balance + (:released)::bigint - (:charged)::bigint "
-        "  WHERE id = :account_id AND EXISTS (SELECT 1 FROM claim) AND (:released)::bigint > 0), "
+        "  WHERE id = :account_id AND EXISTS (SELECT 1 FROM claim) AND (:released)::bigint > 0 RETURNING 1), "
         "key_settled AS (UPDATE api_keys SET held = held - (:released)::bigint, spent = spent + (:charged)::bigint "
-        "  WHERE id = :key_id AND EXISTS (SELECT 1 FROM claim) AND (:released)::bigint > 0), "
+        "  WHERE id = :key_id AND EXISTS (SELECT 1 FROM credit)), "
         "usage AS (INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, "
         "  cached_tokens, completion_tokens, status, finish_reason, queue_ms, first_token_ms, total_ms, "
         "  created_at, cost, usage_source, end_user) SELECT :request_id::varchar, :account_id::varchar, "
