@@ -50,6 +50,8 @@ class Member:
             limits=httpx.Limits(max_connections=config.max_connections,
                                 max_keepalive_connections=config.max_connections, keepalive_expiry=30.0),
         )
+        # Parsed once: httpx would parse and join a relative URL on every request.
+        self._chat_url = self.client.base_url.join("chat/completions")
         self.outstanding = 0
         self.state = "closed"
         self.failures = 0
@@ -109,6 +111,7 @@ class Member:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    await self._drain(lines)
                     return
                 try:
                     chunk = json.loads(data)
@@ -119,6 +122,17 @@ class Member:
                     yield chunk
         finally:
             await response.aclose()
+
+    async def _drain(self, lines: AsyncIterator[str]) -> None:
+        """Read what follows [DONE] (the end of the chunked body), so that the connection goes
+        back to the pool: a response closed unread closes its connection, and the next request
+        would pay for a new one, and its latency."""
+        try:
+            async with asyncio.timeout(self.config.idle_timeout):
+                async for _ in lines:
+                    pass
+        except (httpx.HTTPError, TimeoutError):
+            pass  # the reply was whole; the connection is closed instead
 
     async def whole(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST the chat request unstreamed and yield its whole reply as one stream chunk
@@ -149,7 +163,7 @@ class Member:
     def _chat_request(self, body: dict[str, Any]) -> httpx.Request:
         if self.state == "half_open":
             self._probing = True  # this request is the breaker's one probe
-        return self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+        return self.client.build_request("POST", self._chat_url, json=body, headers=self._auth())
 
     def _unreachable(self, exc: Exception) -> Unavailable:
         """A failure to reach the upstream or to hear from it in time: counted against it (a
