@@ -37,7 +37,8 @@ def _engine(*handlers, **options) -> UpstreamEngine:  # type: ignore[no-untyped-
     extra = "".join(f",{k}={v}" for k, v in options.items())
     engine = UpstreamEngine("m", [parse_upstream("openai", f"http://up{i}.test/v1{extra}") for i in range(len(handlers))])
     for member, handler in zip(engine.members, handlers, strict=True):
-        member.client = httpx.AsyncClient(base_url=member.config.base_url, transport=httpx.MockTransport(handler))
+        member.transport = httpx.MockTransport(handler)
+        member.client = httpx.AsyncClient(base_url=member.config.base_url, transport=member.transport)
     return engine
 
 
@@ -348,8 +349,9 @@ def test_a_key_sealed_in_the_store_is_the_upstreams_authorization(tmp_path: Path
         seen.append(request.headers.get("authorization"))
         return _ok(request)
 
+    member.transport = httpx.MockTransport(handler)
     member.client = httpx.AsyncClient(base_url=member.config.base_url, headers=member.client.headers,
-                                      transport=httpx.MockTransport(handler))
+                                      transport=member.transport)
     assert "".join(d.text for d in asyncio.run(_collect(engine))) == "Hello"
     assert seen == [f"Bearer {key}"]
     assert key not in repr(member) and key not in repr(member.config)
