@@ -40,6 +40,7 @@ from glmaas.platform.limits import (
     key_scope,
 )
 from glmaas.platform.pricing import PriceSheet, discounted, price_of
+from glmaas.store.sql import DriverTransaction, driver_transaction
 from glmaas.store.tables import AccountModelLimit
 
 __all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus", "SettledElsewhere", "UsageSource"]
@@ -151,7 +152,7 @@ class Meter:
         price = discounted(self.price(model), price_percent)
         grant = self.limiter.acquire(scopes, f"{principal.account_id}/{request_id}", prompt_tokens + max_tokens)
         try:
-            with self._step(single_statement=not principal.budgeted) as conn:
+            with self._step(single_statement=not principal.budgeted, hand_written=True) as conn:
                 ticket = place_hold(conn, request_id=request_id, account_id=principal.account_id,
                                     key_id=principal.key_id, model=model, price=price,
                                     prompt_tokens=prompt_tokens, max_tokens=max_tokens, owner=self.owner,
@@ -167,7 +168,7 @@ class Meter:
 
     def progress(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
         """Make `completion_tokens` durable before they are delivered."""
-        with self._step(single_statement=True) as conn:
+        with self._step(single_statement=True, hand_written=True) as conn:
             record_progress(conn, admission.ticket.account_id, admission.ticket.request_id,
                             completion_tokens, cached_tokens)
         admission.durable_tokens = completion_tokens
@@ -180,7 +181,7 @@ class Meter:
         admission.settled = True
         model = admission.ticket.model
         try:
-            with self._step(single_statement=finish is None) as conn:
+            with self._step(single_statement=finish is None, hand_written=finish is None) as conn:
                 if finish is not None and not finish(conn, outcome):
                     outcome = replace(outcome, billable=False)
                 if settle_hold(conn, admission.ticket, outcome) is None and finish is not None:
@@ -194,11 +195,16 @@ class Meter:
                 del self.open_by_model[model]
             self.limiter.release(admission.grant, admission.ticket.prompt_tokens + outcome.completion_tokens)
 
-    def _step(self, *, single_statement: bool) -> AbstractContextManager[Connection]:
+    def _step(self, *, single_statement: bool,
+              hand_written: bool = False) -> AbstractContextManager[Connection | DriverTransaction]:
         """A transaction for one ledger step; on PostgreSQL a step that is a single statement
-        runs in autocommit instead, which saves the BEGIN and COMMIT round trips."""
+        runs in autocommit instead, which saves the BEGIN and COMMIT round trips. On SQLite a
+        step made only of `store.sql`'s statements (`hand_written`) runs on the driver's
+        connection itself."""
         if single_statement and self._autocommit is not None:
             return self._autocommit.connect()
+        if hand_written and self._engine.dialect.name == "sqlite":
+            return driver_transaction(self._engine)
         return self._engine.begin()
 
     def price(self, model: str) -> PriceSheet:

@@ -10,11 +10,15 @@ bookkeeping around one statement costs more than SQLite's work), elsewhere with 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult
+from sqlalchemy import Connection, CursorResult, Engine
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 
 STATEMENTS = {
     "debit_account": "UPDATE accounts SET balance = balance - :amount "
@@ -133,7 +137,35 @@ class Ran:
         return None if self.first is None else self.first[0]
 
 
-def run(conn: Connection, name: str, **params: Any) -> CursorResult | Ran:
+@dataclass(frozen=True, slots=True)
+class DriverTransaction:
+    """A SQLite transaction on a pooled driver connection, for steps that run only the
+    statements here: what `run` needs of a `Connection`, without SQLAlchemy's connection and
+    transaction bookkeeping, which costs more than the step's own work."""
+
+    dialect: Dialect
+    connection: PoolProxiedConnection
+
+
+@contextmanager
+def driver_transaction(engine: Engine) -> Iterator[DriverTransaction]:
+    """BEGIN IMMEDIATE (as every SQLite transaction here starts, see store/db.py) ... COMMIT, or
+    ROLLBACK when the block raises; the connection goes back to the pool either way."""
+    raw = engine.raw_connection()
+    try:
+        driver = raw.dbapi_connection
+        driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        try:
+            yield DriverTransaction(engine.dialect, raw)
+        except BaseException:
+            driver.rollback()  # type: ignore[union-attr]
+            raise
+        driver.commit()  # type: ignore[union-attr]
+    finally:
+        raw.close()
+
+
+def run(conn: Connection | DriverTransaction, name: str, **params: Any) -> CursorResult | Ran:
     """Run the statement `name` with `params` in `conn`'s transaction. A driver's error is raised
     as SQLAlchemy raises it (`IntegrityError` for a duplicate, say) either way."""
     dialect = conn.dialect
@@ -143,7 +175,7 @@ def run(conn: Connection, name: str, **params: Any) -> CursorResult | Ran:
         statements = _cache[dialect.name] = {
             k: _for_driver(v, dialect.name, dialect.paramstyle) for k, v in own.items()}
     if dialect.name != "sqlite":
-        return conn.exec_driver_sql(statements[name], params)
+        return conn.exec_driver_sql(statements[name], params)  # type: ignore[union-attr]
     sql = statements[name]
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
