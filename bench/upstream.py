@@ -249,7 +249,7 @@ def cpu_part(args: argparse.Namespace, work: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="stream,noop")
+    parser.add_argument("--parts", default="stream,noop,cpu")
     parser.add_argument("--systems", default="glmaas,litellm", help="besides direct: glmaas, litellm")
     parser.add_argument("--requests", type=int, default=20, help="stream: requests per system")
     parser.add_argument("--max-tokens", type=int, default=64)
