@@ -210,6 +210,8 @@ def python_pid(pid: int) -> int:
 def cpu_part(args: argparse.Namespace, work: Path) -> list[str]:
     n = args.cpu_requests
     lines = []
+    work = work / "cpu"  # a store of its own: the other parts' glmaas has an account of the same name
+    work.mkdir()
     with ExitStack() as stack:
         upstream = gw.start_upstream(stack, "noop-upstream", work, gw.LOAD_CORE)
         front = start_front(stack, work, upstream.url.removesuffix("/chat/completions"), "mock", "mock")
