@@ -52,7 +52,6 @@ from glmaas.benchmarks.servers import glmaas_server, llama_cpp_server
 from glmaas.engines.llamacpp import init_backend
 from glmaas.engines.registry import default_model_path
 
-
 # Poisson levels: arrivals are not held back by a concurrency cap below what the servers queue.
 RATE_CONCURRENCY = 64
 
