@@ -12,7 +12,9 @@ the serving targets (docs/performance.md); writes JSON and a PNG into --out-dir.
 contention`), so both servers share the cores with a neighbour alike; `--threads 0` leaves each
 server at its own default thread count. `--request-rate R ...` adds levels of Poisson arrivals at
 R requests/s (up to 64 in flight) and reports goodput at the SLO (`--slo`, by default TTFT ≤ 2 s
-and TPOT ≤ 150 ms). Every level's figures carry the load average taken as the level ended.
+and TPOT ≤ 150 ms). Every level's figures carry the load average taken as the level ended; each
+server's resident memory is printed after its start and after the run (`--cells 0`: glmaas with a
+KV region per slot, as before the shared cache).
 
     python bench/serve_compare.py                       # threads = all cores
     python bench/serve_compare.py --threads 1 --input-words 16 --max-tokens 64 --out-dir docs/perf
@@ -52,7 +54,6 @@ from glmaas.benchmarks.servers import glmaas_server, llama_cpp_server
 from glmaas.engines.llamacpp import init_backend
 from glmaas.engines.registry import default_model_path
 
-
 # Poisson levels: arrivals are not held back by a concurrency cap below what the servers queue.
 RATE_CONCURRENCY = 64
 
@@ -88,6 +89,12 @@ def run_level(
         out[name] = {**with_settings(config, summarize(got, durations[name], config.slo_ms)), "load1": load1}
         print(format_summary(name, out[name]) + f"\n   {load_average()}", flush=True)
     return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
 
 
 def batched_decode_ceiling(model_path: Path, threads: int, n_seq: int, prompt_words: int, steps: int) -> dict:
@@ -153,12 +160,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="llama.cpp threads of both servers; 0: each server's own default")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level and server")
     parser.add_argument("--prompts-per-round", type=int, default=4, help="raised to the concurrency")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--input-words", type=int, default=32)
     parser.add_argument("--slots", type=int, default=16, help="glmaas engine slots")
+    parser.add_argument("--cells", type=int, help="glmaas KV cache cells (0: a region per slot; default: the engine's)")
     parser.add_argument("--out-dir", default="bench/out")
     parser.add_argument("--contend", type=int, default=0, metavar="N",
                         help="N pure-Python CPU spinners running for the whole run")
@@ -192,11 +200,13 @@ def main() -> int:
         stack.enter_context(spinners(args.contend))
         servers = []
         if "glmaas" not in args.skip:
-            options = ",".join(([f"threads={args.threads}"] if args.threads else []) + [f"slots={args.slots}"])
+            options = ",".join(([f"threads={args.threads}"] if args.threads else []) + [f"slots={args.slots}"]
+                               + ([f"cells={args.cells}"] if args.cells is not None else []))
             servers.append(stack.enter_context(glmaas_server(model, options, str(out_dir / "glmaas.log"))))
         if "llama_cpp.server" not in args.skip:
             log = str(out_dir / "llama_cpp_server.log")
             servers.append(stack.enter_context(llama_cpp_server(model, args.threads or None, log_path=log)))
+        memory = {s.name: {"rss_mb_at_start": rss_mb(s.pid)} for s in servers}
         # Both are up (an idle server takes no CPU); each level alternates between them, and at
         # concurrency 8 the in-process ceiling is measured in the same rounds.
         for c in args.concurrency:
@@ -209,6 +219,10 @@ def main() -> int:
             for name, summary in run_level(servers, base, RATE_CONCURRENCY, prompts, args.rounds,
                                            request_rate=rate).items():
                 rate_runs.setdefault(name, []).append(summary)
+        for s in servers:
+            memory[s.name]["rss_mb_after_run"] = rss_mb(s.pid)
+            print(f"{s.name}: resident memory {memory[s.name]['rss_mb_at_start']:.0f} MiB after start, "
+                  f"{memory[s.name]['rss_mb_after_run']:.0f} MiB after the run", flush=True)
     ceiling = None
     if ceiling_runs:
         decoded = sum(r["decode_tokens"] for r in ceiling_runs)
@@ -225,11 +239,15 @@ def main() -> int:
     print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
 
     report = {"model": model.name, "threads": args.threads, "contend": args.contend, "load_before": load,
-              "load_after": load_after, "runs": runs, "rate_runs": rate_runs, "ceiling_8": ceiling}
+              "load_after": load_after, "runs": runs, "rate_runs": rate_runs, "ceiling_8": ceiling,
+              "memory": memory}
     (out_dir / "serve_compare.json").write_text(json.dumps(report, indent=2))
     if runs:
         plot_sweep(runs, str(out_dir / "serve_compare.png"),
                    title=f"{model.name}, {args.threads} threads, max_tokens {args.max_tokens}")
+    if rate_runs:
+        plot_sweep(rate_runs, str(out_dir / "serve_compare_goodput.png"),
+                   title=f"{model.name}, Poisson arrivals, goodput at {', '.join(args.slo)}, {args.contend} spinners")
     print_verdict(runs, ceiling, args.concurrency)
     if rate_runs:
         print_goodput(rate_runs, slo)

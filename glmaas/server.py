@@ -78,6 +78,18 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
+def reserved_memory(registry) -> list[str]:  # type: ignore[no-untyped-def]
+    """One line per model that reserves memory at start (a llama.cpp model: weights, KV cache)."""
+    lines = []
+    for info in registry.models():
+        held = getattr(registry.get(info.model_id), "reservation", None)
+        if held is not None:
+            lines.append(f"{info.model_id} reserved {held.model_bytes / 2**20:.0f} MiB of weights and "
+                         f"{held.kv_bytes / 2**20:.0f} MiB of KV cache ({held.kv_cells} cells of "
+                         f"{held.kv_bytes_per_cell / 1024:.1f} KiB)")
+    return lines
+
+
 def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
     import uvicorn
 
@@ -87,6 +99,8 @@ def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ig
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     models = ", ".join(info.model_id for info in state.registry.models())
     print(f"glmaas: serving {models} on http://{host}:{port}  (data dir {settings.data_dir})", flush=True)
+    for line in reserved_memory(state.registry):
+        print(f"glmaas: {line}", flush=True)
     script = Path(sys.executable).parent / "glmaas"
     command = str(script) if script.exists() else "glmaas"
     print(f"glmaas: get an API key with: {command} keys create --data-dir {settings.data_dir}", flush=True)

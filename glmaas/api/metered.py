@@ -38,7 +38,7 @@ _request_runs: ContextVar[list[MeteredRun] | None] = ContextVar("glmaas_request_
 
 
 async def admit(state: AppState, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
-          max_tokens: int, arrived: float, stream: bool, end_user: str | None = None) -> MeteredRun:
+                max_tokens: int, arrived: float, stream: bool, end_user: str | None = None) -> MeteredRun:
     """Take the request into the books and start its run, or raise the refusal as an `ApiError`.
     The run is billed only once its response starts (`MeteredRequests`)."""
     runs = _request_runs.get()
@@ -46,8 +46,8 @@ async def admit(state: AppState, principal: Principal, model: str, request_id: s
         # Outside a request served through `MeteredRequests` nothing would deliver the run, so
         # it is billed as background work is.
         run = await start_run(state.meter, principal, model, request_id, prompt_tokens=prompt_tokens,
-                        max_tokens=max_tokens, arrived=arrived, durable=stream,
-                        timeout_s=state.request_timeout, bills_on_delivery=runs is not None, end_user=end_user)
+                              max_tokens=max_tokens, arrived=arrived, durable=stream, timeout_s=state.request_timeout,
+                              bills_on_delivery=runs is not None, end_user=end_user)
     except PlatformError as exc:
         raise from_platform(exc) from None
     if runs is not None:

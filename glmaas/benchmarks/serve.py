@@ -262,23 +262,28 @@ def format_summary(name: str, summary: dict) -> str:
 
 def plot_sweep(runs: dict[str, list[dict]], path: str, title: str = "") -> None:
     """Output throughput, TTFT and TPOT (p50 solid, p99 dashed) against concurrency, one line per
-    server in `runs` (name → summaries of a concurrency sweep)."""
+    server in `runs` (name → summaries of a sweep); against the arrival rate, with goodput in the
+    first panel, when the sweep is over request rates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_rate = len({s["settings"]["request_rate"] for ss in runs.values() for s in ss}) > 1
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, summaries in runs.items():
-        xs = [s["settings"]["concurrency"] for s in summaries]
-        (line,) = axes[0].plot(xs, [s["output_throughput"] for s in summaries], marker="o", label=name)
+        xs = [float(s["settings"]["request_rate"]) if by_rate else s["settings"]["concurrency"] for s in summaries]
+        first = [s["goodput"] for s in summaries] if by_rate else [s["output_throughput"] for s in summaries]
+        (line,) = axes[0].plot(xs, first, marker="o", label=name)
         for ax, key in ((axes[1], "ttft_ms"), (axes[2], "tpot_ms")):
             ax.plot(xs, [s[key]["p50"] for s in summaries], marker="o", color=line.get_color(), label=f"{name} p50")
             ax.plot(xs, [s[key]["p99"] for s in summaries], marker="x", linestyle="--", color=line.get_color(), label=f"{name} p99")
-    for ax, label in zip(axes, ("output tokens/s", "TTFT (ms)", "TPOT (ms)")):
-        ax.set_xlabel("concurrency")
+    first_label = "goodput (requests/s within the SLO)" if by_rate else "output tokens/s"
+    for ax, label in zip(axes, (first_label, "TTFT (ms)", "TPOT (ms)")):
+        ax.set_xlabel("request rate (requests/s, Poisson)" if by_rate else "concurrency")
         ax.set_ylabel(label)
-        ax.set_xscale("log", base=2)
+        if not by_rate:
+            ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     if title:

@@ -231,9 +231,9 @@ class MeteredRun:
 
 
 async def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
-              max_tokens: int, arrived: float, durable: bool, timeout_s: float,
-              bills_on_delivery: bool = False, price_percent: int = 100,
-              finish: Finish | None = None, end_user: str | None = None) -> MeteredRun:
+                    max_tokens: int, arrived: float, durable: bool, timeout_s: float,
+                    bills_on_delivery: bool = False, price_percent: int = 100,
+                    finish: Finish | None = None, end_user: str | None = None) -> MeteredRun:
     """Admit the request (limits, a hold of its worst-case cost) and start its run, or raise the
     platform's refusal (`PlatformError`). `durable`: progress is saved before tokens are
     delivered (streams), so that a crash bills what was delivered. `bills_on_delivery`: the run
