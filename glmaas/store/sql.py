@@ -147,6 +147,10 @@ class DriverTransaction:
     connection: PoolProxiedConnection
 
 
+# What a ledger step runs its statements in.
+Books = Connection | DriverTransaction
+
+
 @contextmanager
 def driver_transaction(engine: Engine) -> Iterator[DriverTransaction]:
     """BEGIN IMMEDIATE (as every SQLite transaction here starts, see store/db.py) ... COMMIT, or
@@ -165,7 +169,7 @@ def driver_transaction(engine: Engine) -> Iterator[DriverTransaction]:
         raw.close()
 
 
-def run(conn: Connection | DriverTransaction, name: str, **params: Any) -> CursorResult | Ran:
+def run(conn: Books, name: str, **params: Any) -> CursorResult | Ran:
     """Run the statement `name` with `params` in `conn`'s transaction. A driver's error is raised
     as SQLAlchemy raises it (`IntegrityError` for a duplicate, say) either way."""
     dialect = conn.dialect

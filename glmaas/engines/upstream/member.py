@@ -4,8 +4,8 @@ Each member owns one `httpx` transport (a keep-alive connection pool with a cap 
 connections) for its whole life; no client is made per request. Chat requests go to the
 transport itself: the client's layers (auth flows, redirects, a cookie jar, event hooks) do
 nothing an upstream needs, yet cost CPU on every request, and a cookie jar would carry one
-tenant's upstream cookies into another's requests. Health checks use a client over the same pool. Its health is a circuit
-breaker: `closed` (in use), `open` (ejected after a refused connection or `fail_threshold`
+tenant's upstream cookies into another's requests. Health checks use a client over the same
+pool. Its health is a circuit breaker: `closed` (in use), `open` (ejected after a refused connection or `fail_threshold`
 failures in a row, for `cooldown` seconds), then `half_open`, when one probe (a request or an
 active health check) decides between closed and open again.
 """
