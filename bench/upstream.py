@@ -12,12 +12,18 @@ Two parts:
   noop     the do-nothing upstream of bench/gateway.py (streaming when asked), under wrk on one
            pinned core: requests/s, server CPU ms per request, and from it requests/s per core,
            glmaas / LiteLLM.
+  cpu      glmaas alone in front of the do-nothing upstream, requests sent one at a time: the
+           server's CPU time (nanoseconds of its threads, from /proc/PID/task/*/schedstat) spent
+           before the first content byte reached the client and in all, per streamed and per
+           whole request. CPU time barely moves with what else the machine runs, so this part
+           compares builds on a busy machine where wall-clock figures cannot.
 
 The issue's targets: glmaas adds at most 1 ms p50 TTFT and keeps at least 0.98x the direct
 decode tokens/s; at least 5x LiteLLM's requests/s per core on the no-op upstream.
 
-    python bench/upstream.py [--parts stream,noop] [--systems glmaas,litellm] [--requests 20]
+    python bench/upstream.py [--parts stream,noop,cpu] [--systems glmaas,litellm] [--requests 20]
                              [--max-tokens 64] [--rounds 3] [--duration 5] [--concurrency 1,8]
+                             [--cpu-requests 300]
 
 LiteLLM is installed on first use into bench/.venv-litellm (bench/gateway.py's). Needs wrk and
 taskset for the noop part.
@@ -180,9 +186,72 @@ def noop_part(args: argparse.Namespace, work: Path) -> list[str]:
     return lines
 
 
+# --- cpu: server CPU time per request, before the first byte and in all ----------------------
+
+
+def thread_cpu_ns(pid: int) -> int:
+    """CPU nanoseconds of the live threads of process `pid` (what schedstat counts, at ns grain)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a worker thread that just ended
+    return total
+
+
+def python_pid(pid: int) -> int:
+    """The server's Python process: `pid` itself, or the child a `taskset` prefix left behind it."""
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    return pid if comm.startswith("python") or comm == "glmaas" else int(
+        Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+
+
+def cpu_part(args: argparse.Namespace, work: Path) -> list[str]:
+    n = args.cpu_requests
+    lines = []
+    work = work / "cpu"  # a store of its own: the other parts' glmaas has an account of the same name
+    work.mkdir()
+    with ExitStack() as stack:
+        upstream = gw.start_upstream(stack, "noop-upstream", work, gw.LOAD_CORE)
+        front = start_front(stack, work, upstream.url.removesuffix("/chat/completions"), "mock", "mock")
+        pid = python_pid(front.pid)
+        headers = {"Authorization": f"Bearer {front.key}"}
+        load = [os.getloadavg()[0]]
+        lines.append(f"cpu: glmaas in front of the do-nothing upstream, {n} requests of each kind one at a time "
+                     f"(after {n // 10} unrecorded), server CPU from /proc/{{pid}}/task/*/schedstat")
+        lines.append("| request | before first byte CPU ms (p50) | (mean) | CPU ms per request (mean) |")
+        lines.append("|---|---|---|---|")
+        with httpx.Client(timeout=30) as client:
+            for streamed in (True, False):
+                body = {**gw.BODY, "stream": streamed}
+                first: list[float] = []
+                marks = []
+                for i in range(n // 10 + n):
+                    start = thread_cpu_ns(pid)
+                    with client.stream("POST", front.url, json=body, headers=headers) as r:
+                        if r.status_code != 200:
+                            sys.exit(f"glmaas: HTTP {r.status_code}: {r.read()[:300]!r}")
+                        chunks = r.iter_raw()
+                        next(chunks)
+                        at_first = thread_cpu_ns(pid)
+                        for _ in chunks:
+                            pass
+                    if i >= n // 10:
+                        first.append((at_first - start) / 1e6)
+                        marks.append(start)
+                time.sleep(0.2)  # let the last settlement finish
+                total = (thread_cpu_ns(pid) - marks[0]) / 1e6 / n
+                load.append(os.getloadavg()[0])
+                lines.append(f"| {'streamed' if streamed else 'whole'} | {statistics.median(first):.3f} | "
+                             f"{statistics.fmean(first):.3f} | {total:.3f} |")
+        lines.append(f"load average {min(load):.2f}-{max(load):.2f} during the part")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="stream,noop")
+    parser.add_argument("--parts", default="stream,noop,cpu")
     parser.add_argument("--systems", default="glmaas,litellm", help="besides direct: glmaas, litellm")
     parser.add_argument("--requests", type=int, default=20, help="stream: requests per system")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -191,6 +260,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="noop: seconds of load per system and round")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--cpu-requests", type=int, default=300, help="cpu: requests of each kind")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args()
     args.systems = args.systems.split(",")
@@ -202,6 +272,8 @@ def main() -> None:
             report += stream_part(args, work)
         if "noop" in args.parts:
             report += noop_part(args, work)
+        if "cpu" in args.parts:
+            report += cpu_part(args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

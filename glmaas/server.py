@@ -98,6 +98,18 @@ def configure_logging(log_format: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step, every start
 
 
+def reserved_memory(registry) -> list[str]:  # type: ignore[no-untyped-def]
+    """One line per model that reserves memory at start (a llama.cpp model: weights, KV cache)."""
+    lines = []
+    for info in registry.models():
+        held = getattr(registry.get(info.model_id), "reservation", None)
+        if held is not None:
+            lines.append(f"{info.model_id} reserved {held.model_bytes / 2**20:.0f} MiB of weights and "
+                         f"{held.kv_bytes / 2**20:.0f} MiB of KV cache ({held.kv_cells} cells of "
+                         f"{held.kv_bytes_per_cell / 1024:.1f} KiB)")
+    return lines
+
+
 def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
     import uvicorn
     from prometheus_client import start_http_server
@@ -114,6 +126,8 @@ def run(state, settings: Settings, *, host: str, port: int) -> None:  # type: ig
     say(f"glmaas: serving {models} on http://{host}:{port}  (data dir {settings.data_dir})")
     if settings.metrics_port is not None:
         say(f"glmaas: metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    for line in reserved_memory(state.registry):
+        say(f"glmaas: {line}")
     script = Path(sys.executable).parent / "glmaas"
     command = str(script) if script.exists() else "glmaas"
     say(f"glmaas: get an API key with: {command} keys create --data-dir {settings.data_dir}")

@@ -76,8 +76,8 @@ def current_record() -> RequestRecord | None:
     return _current.get()
 
 
-def admit(state: AppState, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
-          max_tokens: int, arrived: float, stream: bool, end_user: str | None = None) -> MeteredRun:
+async def admit(state: AppState, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
+                max_tokens: int, arrived: float, stream: bool, end_user: str | None = None) -> MeteredRun:
     """Take the request into the books and start its run, or raise the refusal as an `ApiError`.
     The run is billed only once its response starts (`MeteredRequests`)."""
     record = _current.get()
@@ -86,10 +86,10 @@ def admit(state: AppState, principal: Principal, model: str, request_id: str, *,
     try:
         # Outside a request served through `MeteredRequests` nothing would deliver the run, so
         # it is billed as background work is.
-        run = start_run(state.meter, principal, model, request_id, prompt_tokens=prompt_tokens,
-                        max_tokens=max_tokens, arrived=arrived, durable=stream,
-                        timeout_s=state.request_timeout, bills_on_delivery=record is not None,
-                        end_user=end_user)
+        run = await start_run(state.meter, principal, model, request_id, prompt_tokens=prompt_tokens,
+                              max_tokens=max_tokens, arrived=arrived, durable=stream,
+                              timeout_s=state.request_timeout, bills_on_delivery=record is not None,
+                              end_user=end_user)
     except PlatformError as exc:
         raise from_platform(exc) from None
     if record is not None:
@@ -124,7 +124,7 @@ class MeteredRequests:
                 record.status = message["status"]
                 if 200 <= message["status"] < 300:
                     for run in runs:
-                        run.deliver()
+                        await run.deliver()
 
         try:
             await self.app(scope, receive, delivering)
@@ -141,7 +141,7 @@ class MeteredRequests:
             # lifecycle, which may outlast the request (work handed to a background task).
             for run in runs:
                 if not run.delivered:
-                    run.settle_if_open(RequestStatus.ERROR)
+                    await run.settle_if_open(RequestStatus.ERROR)
             record.ended = time.monotonic()
             if self.observe is not None:
                 try:
@@ -162,4 +162,4 @@ class MeteredStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.run.settle_if_open(RequestStatus.ABORTED)
+            await self.run.settle_if_open(RequestStatus.ABORTED)

@@ -113,7 +113,7 @@ def finish_with(item: LeasedItem, response: Callable[[], BaseModel]) -> Finish:
     return finish
 
 
-async def run_in_slot(state: AppState, item: LeasedItem, model: str, admit: Callable[[], MeteredRun],
+async def run_in_slot(state: AppState, item: LeasedItem, model: str, admit: Callable[[], Awaitable[MeteredRun]],
                       work: Callable[[MeteredRun], Awaitable[object]]) -> None:
     """Within a background slot of `model` (`glmaas.jobs.gate`): admit the item's request, then do
     its work under the run, which settles it (and writes its result) once. A rate limit puts the
@@ -121,7 +121,7 @@ async def run_in_slot(state: AppState, item: LeasedItem, model: str, admit: Call
     retry_after: float | None = None
     async with state.gate.slot(model):
         try:
-            run = admit()
+            run = await admit()
         except RateLimited as exc:
             leases.give_back(state.db.engine, item, started=False)
             retry_after = max(MIN_RETRY_S, exc.retry_after)

@@ -43,9 +43,11 @@ def compare(alone: list[list[int]], batched: list[list[int]]) -> str:
             + (f", first divergence at {divergences}" if divergences else ""))
 
 
-async def measure(sequences: int, max_tokens: int, chunk: int, threads: int) -> None:
+async def measure(sequences: int, max_tokens: int, chunk: int, threads: int, cells: int | None = None) -> None:
     path = default_model_path()
     options = {"slots": str(sequences), "ctx": "512", "threads": str(threads)}
+    if cells is not None:
+        options["cells"] = str(cells)
     engine = LlamaCppEngine.from_spec("agreement", path, {**options, "chunk": "512"})
     prompts = [
         engine.tokenize(f"<|im_start|>user\nWrite a short story about {t}.<|im_end|>\n<|im_start|>assistant\n")
@@ -69,8 +71,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cells", type=int, help="KV cache cells (0: a region per slot; default: the engine's)")
     args = parser.parse_args()
-    asyncio.run(measure(args.sequences, args.max_tokens, args.chunk, args.threads))
+    asyncio.run(measure(args.sequences, args.max_tokens, args.chunk, args.threads, args.cells))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ every later content chunk arrived; from those come, per run:
   E2E   request sent → stream finished
 
 as mean, p50 and p99 in milliseconds, plus request and output-token throughput over the run's
-wall time, and goodput: requests per second that met every given SLO (`ttft`, `tpot`, `e2e` in ms).
+wall time, and goodput: requests per second that met every given SLO (`ttft`, `tpot`, `e2e` in ms;
+`DEFAULT_SLO_MS` unless told otherwise).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ TOPICS = (
     "winter in the mountains", "a market in the morning", "bees and flowers", "a train at night",
     "the moon landing", "a library that never closes", "rivers and deltas", "an old clock",
 )
+
+
+# What an interactive chat user tolerates on this 2-core machine: the first token within 2 s, then
+# at least ~7 tokens/s.
+DEFAULT_SLO_MS = {"ttft": 2000.0, "tpot": 150.0}
 
 
 @dataclass(frozen=True)
@@ -189,10 +195,18 @@ async def send_request(client: httpx.AsyncClient, config: BenchConfig, prompt: s
     return result
 
 
+def arrival_gaps(n: int, rate: float, seed: int) -> list[float]:
+    """Seconds to wait before each of `n` requests: a Poisson process at `rate` per second
+    (exponential gaps of mean 1/rate, the first at 0), or no waits at all when `rate` is inf."""
+    if rate == float("inf"):
+        return [0.0] * n
+    rng = random.Random(seed)
+    return [0.0] + [rng.expovariate(rate) for _ in range(n - 1)]
+
+
 async def run_requests(config: BenchConfig) -> tuple[list[RequestResult], float]:
     """Send `num_prompts` requests per `config` after one warm-up; the results and the wall time
     from the first request sent to the last one finished."""
-    rng = random.Random(config.seed)
     limit = asyncio.Semaphore(config.concurrency)
     limits = httpx.Limits(max_connections=config.concurrency + 4, max_keepalive_connections=config.concurrency + 4)
     async with httpx.AsyncClient(base_url=config.base_url, timeout=config.timeout_s, limits=limits) as client:
@@ -204,10 +218,10 @@ async def run_requests(config: BenchConfig) -> tuple[list[RequestResult], float]
 
         tasks = []
         start = time.perf_counter()
-        for i in range(config.num_prompts):
+        for i, gap in enumerate(arrival_gaps(config.num_prompts, config.request_rate, config.seed)):
+            if gap:
+                await asyncio.sleep(gap)
             tasks.append(asyncio.create_task(one(i)))
-            if config.request_rate != float("inf") and i < config.num_prompts - 1:
-                await asyncio.sleep(rng.expovariate(config.request_rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
     return list(results), duration
@@ -248,23 +262,28 @@ def format_summary(name: str, summary: dict) -> str:
 
 def plot_sweep(runs: dict[str, list[dict]], path: str, title: str = "") -> None:
     """Output throughput, TTFT and TPOT (p50 solid, p99 dashed) against concurrency, one line per
-    server in `runs` (name → summaries of a concurrency sweep)."""
+    server in `runs` (name → summaries of a sweep); against the arrival rate, with goodput in the
+    first panel, when the sweep is over request rates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_rate = len({s["settings"]["request_rate"] for ss in runs.values() for s in ss}) > 1
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, summaries in runs.items():
-        xs = [s["settings"]["concurrency"] for s in summaries]
-        (line,) = axes[0].plot(xs, [s["output_throughput"] for s in summaries], marker="o", label=name)
+        xs = [float(s["settings"]["request_rate"]) if by_rate else s["settings"]["concurrency"] for s in summaries]
+        first = [s["goodput"] for s in summaries] if by_rate else [s["output_throughput"] for s in summaries]
+        (line,) = axes[0].plot(xs, first, marker="o", label=name)
         for ax, key in ((axes[1], "ttft_ms"), (axes[2], "tpot_ms")):
             ax.plot(xs, [s[key]["p50"] for s in summaries], marker="o", color=line.get_color(), label=f"{name} p50")
             ax.plot(xs, [s[key]["p99"] for s in summaries], marker="x", linestyle="--", color=line.get_color(), label=f"{name} p99")
-    for ax, label in zip(axes, ("output tokens/s", "TTFT (ms)", "TPOT (ms)")):
-        ax.set_xlabel("concurrency")
+    first_label = "goodput (requests/s within the SLO)" if by_rate else "output tokens/s"
+    for ax, label in zip(axes, (first_label, "TTFT (ms)", "TPOT (ms)")):
+        ax.set_xlabel("request rate (requests/s, Poisson)" if by_rate else "concurrency")
         ax.set_ylabel(label)
-        ax.set_xscale("log", base=2)
+        if not by_rate:
+            ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     if title:

@@ -53,15 +53,17 @@ def glmaas_serving(model_id: str, spec: str, log_path: str | None = None) -> Ite
 
 
 @contextlib.contextmanager
-def llama_cpp_server(model_path: Path, threads: int, n_ctx: int = 2048, log_path: str | None = None) -> Iterator[Server]:
+def llama_cpp_server(model_path: Path, threads: int | None, n_ctx: int = 2048,
+                     log_path: str | None = None) -> Iterator[Server]:
     """llama-cpp-python's own OpenAI server, set up at its best for streaming benchmarks: a new
     request does not interrupt the one running (`--interrupt_requests False`), the thread count
-    that suits the machine, and the chat template from the GGUF."""
+    that suits the machine (None: its own default), and the chat template from the GGUF."""
     port = free_port()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
             "--model_alias", DEFAULT_MODEL_ID, "--host", LOCALHOST, "--port", str(port),
-            "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
-            "--interrupt_requests", "False"]
+            "--n_ctx", str(n_ctx), "--interrupt_requests", "False"]
+    if threads is not None:
+        argv += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     base_url = f"http://{LOCALHOST}:{port}/v1"
     with start_process("llama_cpp.server", argv, ready_url=f"{base_url}/models",
                        log=Path(log_path) if log_path else None, timeout=READY_TIMEOUT_S) as server:

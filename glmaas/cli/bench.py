@@ -37,22 +37,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="up to and including /v1")
     parser.add_argument("--model", default=DEFAULT_MODEL_ID)
     parser.add_argument("--api-key", default="", help="sent as a Bearer token")
-    parser.add_argument("--num-prompts", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument("--num-prompts", type=int, default=32, help="requests per level")
     parser.add_argument(
         "--concurrency", type=int, nargs="+", default=[1],
         help="most requests in flight; several values sweep them, one run each",
     )
     parser.add_argument(
-        "--request-rate", type=float, default=float("inf"),
-        help="Poisson arrivals per second (default inf: start requests as slots free up)",
+        "--request-rate", type=float, nargs="+", default=[float("inf")],
+        help="Poisson arrivals per second (default inf: start requests as slots free up); "
+             "several values sweep them, one run each (at every concurrency)",
     )
     parser.add_argument("--input-words", type=int, default=32, help="about this many words per prompt")
     parser.add_argument("--max-tokens", type=int, default=128, help="output tokens asked for per request")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
     parser.add_argument(
-        "--goodput", type=_slo, nargs="*", default=[], metavar="KEY:MS",
-        help="SLOs for goodput, e.g. ttft:1000 tpot:100",
+        "--goodput", type=_slo, nargs="*", default=None, metavar="KEY:MS",
+        help="SLOs for goodput, e.g. ttft:1000 tpot:100 (default ttft:2000 tpot:150; none: no goodput)",
     )
     parser.add_argument("--label", default="server", help="name of the server in output and plot")
     parser.add_argument("--json", dest="json_path", help="write the summaries here")
@@ -66,6 +67,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from glmaas.benchmarks.serve import (
+        DEFAULT_SLO_MS,
         BenchConfig,
         format_summary,
         plot_sweep,
@@ -77,18 +79,18 @@ def run_serve(args: argparse.Namespace) -> int:
         model=args.model,
         api_key=args.api_key,
         num_prompts=args.num_prompts,
-        request_rate=args.request_rate,
         input_words=args.input_words,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         seed=args.seed,
-        slo_ms=dict(args.goodput),
+        slo_ms=DEFAULT_SLO_MS if args.goodput is None else dict(args.goodput),
     )
     summaries = []
     for concurrency in args.concurrency:
-        summary = asyncio.run(run_benchmark(replace(base, concurrency=concurrency)))
-        print(format_summary(args.label, summary), flush=True)
-        summaries.append(summary)
+        for rate in args.request_rate:
+            summary = asyncio.run(run_benchmark(replace(base, concurrency=concurrency, request_rate=rate)))
+            print(format_summary(args.label, summary), flush=True)
+            summaries.append(summary)
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({args.label: summaries}, f, indent=2)

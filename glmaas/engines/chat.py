@@ -92,3 +92,16 @@ class ChatEngine(Protocol):
     async def close(self) -> None:
         """Close connections and stop background work."""
         ...
+
+
+_ASKS_IN_MESSAGES: dict[type, bool] = {}
+
+
+def asks_in_messages(engine: object) -> bool:
+    """Whether `engine` is a `ChatEngine`. A runtime protocol check walks the protocol's members
+    on every call; the answer is the same for every engine of a class, so it is worked out once."""
+    kind = type(engine)
+    known = _ASKS_IN_MESSAGES.get(kind)
+    if known is None:
+        known = _ASKS_IN_MESSAGES[kind] = isinstance(engine, ChatEngine)
+    return known

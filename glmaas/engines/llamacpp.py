@@ -6,10 +6,14 @@ waiting prompt into a single `llama_batch` (one sequence id per request slot), s
 sequence's next token and hands the deltas to the request's event loop. This module is the
 `Engine` face of it: loading, GGUF metadata, tokenizer, and the asyncio side of each request.
 
-Spec options (`--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,chunk=256`):
+Spec options (`--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,cells=8192,chunk=256`):
   threads  CPU threads for llama.cpp (default: all cores)
-  slots    sequences decoded together, each with its own KV cache slot (default 16)
-  ctx      context window of one slot, in tokens (default: min(2048, trained context))
+  slots    sequences decoded together (default 16)
+  ctx      context window of one sequence, in tokens (default: min(2048, trained context))
+  cells    KV cache cells all sequences share (default 8192, at least ctx): the cache holds
+           this many tokens in all, and a request waits until the tokens it may come to hold fit;
+           0: a region of ctx cells per slot (slots x ctx in memory; a sequence's greedy output
+           then never depends on its neighbours, see llamacpp_batch.py)
   chunk    most prompt tokens fed per step; longer prompts are prefilled over several steps
            interleaved with decoding (default 256)
 """
@@ -44,6 +48,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 16
 DEFAULT_SLOT_CONTEXT = 2048
+# 16 sequences of ~500 tokens: a chat turn each with room to spare, in ~190 MB for SmolLM2-135M
+# (23 KB a cell), where 16 slots of a full context each would hold 750 MB.
+DEFAULT_CELLS = 8192
 DEFAULT_CHUNK = 256
 _GGML_LOG_WARN, _GGML_LOG_ERROR = 3, 4  # enum ggml_log_level
 
@@ -115,6 +122,7 @@ class LlamaCppEngine:
         threads: int | None = None,
         slots: int = DEFAULT_SLOTS,
         slot_context: int | None = None,
+        cells: int = DEFAULT_CELLS,
         chunk: int = DEFAULT_CHUNK,
         tool_parser: str | None = None,
     ) -> None:
@@ -122,14 +130,17 @@ class LlamaCppEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
         per_slot = slot_context or min(DEFAULT_SLOT_CONTEXT, n_ctx_train)
+        slot_context = max(16, min(per_slot, n_ctx_train))
         config = LoopConfig(
             slots=max(1, slots),
-            slot_context=max(16, min(per_slot, n_ctx_train)),
+            slot_context=slot_context,
             chunk=max(1, chunk),
             threads=threads or os.cpu_count() or 1,
+            cells=max(cells, slot_context) if cells > 0 else 0,
         )
         self._loop = DecodeLoop(model, self._vocab, config)
         self.slots = config.slots  # sequences decoded together (background work takes a share)
+        self.reservation = self._loop.reservation  # what it holds in memory, told at start
         n_vocab = self._loop.n_vocab
         self._grammars = Grammars.for_llamacpp(
             self._vocab, n_vocab, lambda: [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)])
@@ -145,14 +156,14 @@ class LlamaCppEngine:
 
     @classmethod
     def from_spec(cls, model_id: str, path: Path, options: dict[str, str]) -> LlamaCppEngine:
-        """Build from the options of `--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048`
+        """Build from the options of `--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,cells=8192`
         (and `tool_parser=NAME` where the chat template does not tell the tool-call format)."""
         options = dict(options)
         tool_parser = options.pop("tool_parser", None)
         if tool_parser is not None and tool_parser not in TOOL_PARSERS:
             raise EngineError(f"model {model_id!r}: unknown tool_parser {tool_parser!r}; "
                               f"known: {', '.join(TOOL_PARSERS)}")
-        known = {"threads", "slots", "ctx", "chunk"}
+        known = {"threads", "slots", "ctx", "cells", "chunk"}
         unknown = set(options) - known
         if unknown:
             raise EngineError(f"model {model_id!r}: unknown llamacpp options {sorted(unknown)}")
@@ -166,6 +177,7 @@ class LlamaCppEngine:
             threads=ints.get("threads"),
             slots=ints.get("slots", DEFAULT_SLOTS),
             slot_context=ints.get("ctx"),
+            cells=ints.get("cells", DEFAULT_CELLS),
             chunk=ints.get("chunk", DEFAULT_CHUNK),
             tool_parser=tool_parser,
         )

@@ -9,14 +9,23 @@ A constrained sequence's sampler holds its own grammar matcher, which masks only
 logits row; the step's masks are computed on a helper thread while `llama_decode` runs. A
 sequence whose sampling fails (its grammar rejects a token) fails alone.
 
-Every slot is a llama.cpp sequence id with its own region of the KV cache (`kv_unified=false`, so
-a sequence attends only to its own cells) and remembers the tokens whose keys and values it holds.
+Every slot is a llama.cpp sequence id and remembers the tokens whose keys and values it holds.
+By default the slots share one KV cache of `cells` cells (`kv_unified=true`), sized by need rather
+than as slots × context: a sequence may grow to `slot_context` tokens, and is admitted only while
+the cells it may come to hold (prompt + max_new) fit beside those of the running sequences and
+the prefixes idle slots keep (which give way, least recently used first, when a sequence needs
+the room). Flash attention skips the cells a sequence's mask hides, so attention costs about a
+sequence's own length, not the whole cache's; but how far the cache is filled changes the order
+of attention's sums, so a greedy sequence decoded beside others may differ from the same
+sequence alone. `cells=0` gives every slot its own region of `slot_context` cells instead
+(`kv_unified=false`): slots × context in memory, and a sequence's output independent of its
+neighbours (measured, docs/performance.md).
 A new request takes the free slot whose tokens share the longest prefix with its prompt and keeps
 that prefix (reported as cached prompt tokens); the rest is removed with `llama_memory_seq_rm`.
 When a busy slot holds a longer prefix (a system prompt that every request shares, say), it is
 copied into a free slot with `llama_memory_seq_cp` instead of being computed again.
-Requests join at any step (when a slot is free) and leave at any step: finished, stopped or
-cancelled sequences give back their slot before the next batch is built.
+Requests join at any step (when a slot and room are free) and leave at any step: finished,
+stopped or cancelled sequences give back their slot before the next batch is built.
 """
 
 from __future__ import annotations
@@ -39,17 +48,38 @@ from glmaas.engines.text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
 
-# Copying a slot moves its whole KV buffer (~23 KB per cell for SmolLM2-135M, ~15 ms for 2048 cells
-# here) while prefilling costs ~10 ms a token on one loaded core: a copy pays off from a few tokens.
+# A copy tags the donor's cells with one more sequence id (shared cache), or moves a slot's region
+# (~23 KB per cell for SmolLM2-135M, ~15 ms for 2048 cells here), while prefilling costs ~10 ms a
+# token on one loaded core: a copy pays off from a few tokens.
 _COPY_MIN = 8
 
 
 @dataclass(frozen=True)
 class LoopConfig:
     slots: int
-    slot_context: int
+    slot_context: int  # the most tokens (prompt + output) of one sequence
     chunk: int
     threads: int
+    cells: int  # KV cache cells shared by all slots (at least slot_context); 0: a region per slot
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The memory a loaded model holds: its weights and its KV cache."""
+
+    model_bytes: int
+    kv_cells: int
+    kv_bytes_per_cell: int
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.kv_cells * self.kv_bytes_per_cell
+
+
+def kv_bytes_per_cell(model: llama_cpp.llama_model_p) -> int:
+    """Bytes one KV cell takes: a key and a value (f16) per layer and KV head."""
+    head_dim = llama_cpp.llama_model_n_embd(model) // llama_cpp.llama_model_n_head(model)
+    return llama_cpp.llama_model_n_layer(model) * 2 * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
 
 
 @dataclass(eq=False)
@@ -79,6 +109,11 @@ class Sequence:
     @property
     def prefilling(self) -> bool:
         return self.n_fed < len(self.prompt)
+
+    @property
+    def cells(self) -> int:
+        """The most KV cells this sequence can come to hold."""
+        return len(self.prompt) + self.max_new
 
 
 @dataclass(eq=False)
@@ -154,21 +189,30 @@ class DecodeLoop:
         self._vocab = vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         cparams = llama_cpp.llama_context_default_params()
+        self.shared_cache = config.cells > 0
         cparams.n_seq_max = config.slots
-        cparams.n_ctx = config.slots * config.slot_context
         cparams.n_batch = config.chunk + config.slots
         cparams.n_ubatch = cparams.n_batch
         cparams.n_threads = config.threads
         cparams.n_threads_batch = config.threads
-        # Per-slot KV regions: attention cost follows a sequence's own length, not the sum of all.
-        cparams.kv_unified = False
+        if self.shared_cache:
+            # One cache for all slots, sized by need (see the module docstring); flash attention
+            # skips the cells of other sequences, which a plain attention would multiply through.
+            cparams.n_ctx = max(config.cells, config.slot_context)
+            cparams.kv_unified = True
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        else:
+            cparams.n_ctx = config.slots * config.slot_context
+            cparams.kv_unified = False
         cparams.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             raise EngineError("llama.cpp could not create a context")
         self._ctx = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
-        self.slot_context = llama_cpp.llama_n_ctx_seq(ctx)
+        self.cells = llama_cpp.llama_n_ctx(ctx)
+        self.slot_context = min(config.slot_context, llama_cpp.llama_n_ctx_seq(ctx))
+        self.reservation = Reservation(llama_cpp.llama_model_size(model), self.cells, kv_bytes_per_cell(model))
         self.chunk = config.chunk
         self._batch = _Batch(cparams.n_batch)
         self._slots = [_Slot(i) for i in range(config.slots)]
@@ -351,22 +395,26 @@ class DecodeLoop:
         return TokenLogprob(pick.token, text(pick.token), float(pick.logprob or 0.0), top)
 
     def _admit(self) -> None:
-        """Give free slots to waiting sequences, reusing the longest cached prefix of the prompt:
-        a free slot that holds it is taken as is; one held by any other slot (busy or not) is
-        copied into the least recently used free slot when that saves `_COPY_MIN` tokens."""
+        """Give free slots to waiting sequences, in order, while the cache has room for them,
+        reusing the longest cached prefix of the prompt: a free slot that holds it is taken as
+        is; one held by any other slot (busy or not) is copied into the least recently used free
+        slot when that saves `_COPY_MIN` tokens."""
         while self._waiting:
             free = [s for s in self._slots if s.owner is None]
             if not free:
                 return
-            seq = self._waiting.popleft()
+            seq = self._waiting[0]
             shared = {s.seq_id: common_prefix(s.tokens, seq.prompt) for s in self._slots}
             slot = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
             donor = max(self._slots, key=lambda s: shared[s.seq_id])
-            if shared[donor.seq_id] - shared[slot.seq_id] >= _COPY_MIN:
-                slot = min(free, key=lambda s: s.last_used)
-                self._copy_slot(donor, slot)
-            elif shared[slot.seq_id] == 0:
+            copy = shared[donor.seq_id] - shared[slot.seq_id] >= _COPY_MIN
+            if copy or shared[slot.seq_id] == 0:
                 slot = min(free, key=lambda s: s.last_used)  # evict the least recently used
+            if not self._make_room(seq, slot):
+                return  # the head waits for a running sequence to end
+            self._waiting.popleft()
+            if copy and donor.tokens:  # (an idle donor may have given way)
+                self._copy_slot(donor, slot)
             # Keep at least the last prompt token to compute: its logits give the first token.
             keep = min(common_prefix(slot.tokens, seq.prompt), len(seq.prompt) - 1)
             if len(slot.tokens) > keep:
@@ -377,9 +425,30 @@ class DecodeLoop:
             seq.n_fed = seq.n_cached = keep
             self._running.append(seq)
 
+    def _make_room(self, seq: Sequence, slot: _Slot) -> bool:
+        """Whether `seq` fits in the cache once it owns `slot`, counting every running sequence at
+        its most and every idle slot's prefix; the other idle prefixes give way, least recently
+        used first, until it does. Shared cells are counted once per slot: a bound."""
+        if not self.shared_cache:
+            return True  # every slot has its own region
+
+        def held(s: _Slot) -> int:
+            return s.owner.cells if s.owner is not None else len(s.tokens)
+
+        used = sum(held(s) for s in self._slots if s is not slot) + seq.cells
+        idle = sorted((s for s in self._slots if s.owner is None and s is not slot and s.tokens),
+                      key=lambda s: s.last_used)
+        while used > self.cells and idle:
+            victim = idle.pop(0)
+            used -= len(victim.tokens)
+            llama_cpp.llama_memory_seq_rm(self._mem, victim.seq_id, -1, -1)
+            victim.tokens.clear()
+        return used <= self.cells
+
     def _copy_slot(self, src: _Slot, dst: _Slot) -> None:
-        # Slots are separate KV streams, so llama.cpp copies the whole stream buffer (at the start
-        # of the next decode); the caller then trims the copy to the shared prefix.
+        # In the shared cache the cells are tagged, not copied; with a region per slot llama.cpp
+        # copies the whole region (at the next decode). The caller trims the copy to the prefix.
+        llama_cpp.llama_memory_seq_rm(self._mem, dst.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, -1, -1)
         dst.tokens = list(src.tokens)
 

@@ -21,12 +21,12 @@ import enum
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from glmaas.platform.errors import BudgetExceeded, InsufficientBalance
 from glmaas.platform.pricing import PriceSheet, cost, format_amount, hold_amount
-from glmaas.store.sql import run
+from glmaas.store.sql import Books, run
 from glmaas.store.tables import Hold, LedgerEntry
 
 
@@ -82,7 +82,7 @@ class Settlement:
     completion_tokens: int
 
 
-def _entry(conn: Connection, account_id: str, kind: EntryKind, amount: int, *, request_id: str | None = None,
+def _entry(conn: Books, account_id: str, kind: EntryKind, amount: int, *, request_id: str | None = None,
            key_id: str | None = None, note: str = "", now: float | None = None) -> None:
     run(conn, "insert_entry", account_id=account_id, kind=kind, amount=amount, request_id=request_id,
         key_id=key_id, note=note, created_at=now or time.time())
@@ -102,7 +102,7 @@ def credit(session: Session, account_id: str, kind: EntryKind, amount: int, note
     return balance(conn, account_id)
 
 
-def balance(conn: Connection | Session, account_id: str) -> int:
+def balance(conn: Books | Session, account_id: str) -> int:
     """The cached balance (equal to `folded_balance`)."""
     if isinstance(conn, Session):
         conn = conn.connection()
@@ -115,7 +115,7 @@ def folded_balance(session: Session, account_id: str) -> int:
                               .where(LedgerEntry.account_id == account_id)))
 
 
-def place_hold(conn: Connection, *, request_id: str, account_id: str, key_id: str, model: str,
+def place_hold(conn: Books, *, request_id: str, account_id: str, key_id: str, model: str,
                price: PriceSheet, prompt_tokens: int, max_tokens: int, owner: str,
                budgeted: bool = True) -> HoldTicket:
     """Reserve the worst-case cost of a request, or raise `InsufficientBalance`/`BudgetExceeded`
@@ -147,7 +147,7 @@ def place_hold(conn: Connection, *, request_id: str, account_id: str, key_id: st
     return ticket
 
 
-def _insufficient(conn: Connection, account_id: str, amount: int, prompt_tokens: int,
+def _insufficient(conn: Books, account_id: str, amount: int, prompt_tokens: int,
                   max_tokens: int) -> InsufficientBalance:
     return InsufficientBalance(
         f"Insufficient balance: this request may cost up to {format_amount(amount)} "
@@ -155,7 +155,7 @@ def _insufficient(conn: Connection, account_id: str, amount: int, prompt_tokens:
         f"account has {format_amount(balance(conn, account_id))}. Top up, or lower max_tokens.")
 
 
-def record_progress(conn: Connection, account_id: str, request_id: str, completion_tokens: int,
+def record_progress(conn: Books, account_id: str, request_id: str, completion_tokens: int,
                     cached_tokens: int) -> None:
     """Make the request's progress durable: recovery after a crash bills from it."""
     run(conn, "record_progress", account_id=account_id, request_id=request_id,
@@ -183,7 +183,7 @@ class Outcome:
     billable: bool = True
 
 
-def settle_hold(conn: Connection, ticket: HoldTicket, facts: Outcome) -> Settlement | None:
+def settle_hold(conn: Books, ticket: HoldTicket, facts: Outcome) -> Settlement | None:
     """Close the hold with its one settlement: charge the exact cost, release the reservation,
     write the usage record and the day's totals. Returns None (and changes nothing) when the hold
     was already settled, so a settlement can never happen twice. On PostgreSQL this is one

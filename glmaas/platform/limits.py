@@ -92,6 +92,8 @@ def check_window(spec: LimitSpec, requests: dict[int, int], tokens: dict[int, in
 class LocalLimiter:
     """Limits of one process."""
 
+    in_process = True
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()

@@ -83,6 +83,8 @@ def _keys(prefix: str, scopes: list[str]) -> list[str]:
 class RedisLimiter:
     """Limits shared through Redis; same interface as `LocalLimiter`."""
 
+    in_process = False
+
     def __init__(self, client: redis.Redis, prefix: str = "glmaas:limits") -> None:
         self.client = client  # also pinged by the readiness probe
         self._prefix = prefix

@@ -16,6 +16,10 @@ nothing unless the response carrying it started (`deliver`). A whole reply (not 
 therefore settled when its response starts, not when generation ends, and a reply whose
 response could not be started (a fault between generation and the status line) is settled
 unbilled. Background work stores its result instead, and is billed when it ends.
+
+Admission, progress and settlement are awaited: each is one step of the books, which the meter
+runs off the event loop when it waits on the network (`Meter.step`). A settlement is shielded from
+cancellation, since it often runs while a disconnect cancels the request.
 """
 
 from __future__ import annotations
@@ -99,6 +103,9 @@ class MeteredRun:
     end_user: str | None = None
     # Set by the server's shutdown when its drain runs out (`cut_short`); read at each delta.
     cut: bool = False
+    # Set on the event loop when the settlement starts, before it is awaited: a second caller
+    # then leaves it to the first.
+    settling: bool = field(default=False, init=False)
 
     @property
     def deadline(self) -> float:
@@ -133,7 +140,8 @@ class MeteredRun:
                     status = RequestStatus.ERROR
                     raise ShutdownCut("the server is shutting down; send the request again")
                 if self.durable and self.admission.needs_progress(self.completion_tokens):
-                    self.meter.progress(self.admission, self.completion_tokens, self.cached_tokens)
+                    await self.meter.step(self.meter.progress, self.admission, self.completion_tokens,
+                                          self.cached_tokens)
                 yield delta
         except GenerationTimeout as exc:
             self.finish_reason = "error" if isinstance(exc, ShutdownCut) else "timeout"
@@ -147,25 +155,25 @@ class MeteredRun:
             # Shielded: on a client disconnect this runs inside a cancelled scope.
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-            self._end(status)
+            await self._end(status)
 
-    def _end(self, status: RequestStatus) -> None:
+    async def _end(self, status: RequestStatus) -> None:
         """The work is over: settle, unless it is a finished reply that still has to reach its
         client (it settles when it does, `deliver`)."""
         self.ended = status
         if not (status is RequestStatus.OK and self.bills_on_delivery and not self.delivered):
-            self.settle(status)
+            await self.settle(status)
 
     def cut_short(self) -> None:
         """Stop the run at its next delta, as an engine fault would (the server's drain ran out)."""
         self.cut = True
 
-    def deliver(self) -> None:
+    async def deliver(self) -> None:
         """The response that carries this run's output has started (a 2xx status line went out):
         from now on what it produced is billed, and a finished reply settles."""
         self.delivered = True
         if self.ended is RequestStatus.OK:
-            self.settle_if_open(RequestStatus.OK)
+            await self.settle_if_open(RequestStatus.OK)
 
     async def compute(self, work: Awaitable[T]) -> T:
         """The result of `work`, a request that produces no tokens (its cost is its prompt);
@@ -187,32 +195,34 @@ class MeteredRun:
             self.finish_reason = "stop"
             return result
         finally:
-            self._end(status)
+            await self._end(status)
 
-    def settle_if_open(self, status: RequestStatus) -> None:
+    async def settle_if_open(self, status: RequestStatus) -> None:
         """Settle now unless `generate` already did (it settles on every path it runs)."""
-        if not self.admission.settled:
-            self.settle(status)
+        if not self.settling:
+            await self.settle(status)
 
-    def settle(self, status: RequestStatus) -> None:
+    async def settle(self, status: RequestStatus) -> None:
+        """The run's one settlement (a second call does nothing); not cancelled once started."""
+        if self.settling:
+            return
+        self.settling = True
         now = time.monotonic()
-        self.meter.settle(
-            self.admission,
-            Outcome(
-                status=status,
-                prompt_tokens=self.prompt_tokens,
-                usage_source=UsageSource.ESTIMATED if self.usage_estimated else UsageSource.EXACT,
-                end_user=self.end_user,
-                cached_tokens=self.cached_tokens,
-                completion_tokens=self.completion_tokens,
-                finish_reason=self.finish_reason,
-                queue_ms=(self.admission.admitted_at - self.arrived) * 1000,
-                first_token_ms=(self.first_token_at - self.arrived) * 1000 if self.first_token_at else None,
-                total_ms=(now - self.arrived) * 1000,
-                billable=self._billable(status),
-            ),
-            self.finish,
+        outcome = Outcome(
+            status=status,
+            prompt_tokens=self.prompt_tokens,
+            usage_source=UsageSource.ESTIMATED if self.usage_estimated else UsageSource.EXACT,
+            end_user=self.end_user,
+            cached_tokens=self.cached_tokens,
+            completion_tokens=self.completion_tokens,
+            finish_reason=self.finish_reason,
+            queue_ms=(self.admission.admitted_at - self.arrived) * 1000,
+            first_token_ms=(self.first_token_at - self.arrived) * 1000 if self.first_token_at else None,
+            total_ms=(now - self.arrived) * 1000,
+            billable=self._billable(status),
         )
+        with anyio.CancelScope(shield=True):
+            await self.meter.step(self.meter.settle, self.admission, outcome, self.finish)
 
     def _billable(self, status: RequestStatus) -> bool:
         if self.bills_on_delivery:
@@ -235,10 +245,10 @@ class MeteredRun:
         return headers
 
 
-def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
-              max_tokens: int, arrived: float, durable: bool, timeout_s: float,
-              bills_on_delivery: bool = False, price_percent: int = 100,
-              finish: Finish | None = None, end_user: str | None = None) -> MeteredRun:
+async def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *, prompt_tokens: int,
+                    max_tokens: int, arrived: float, durable: bool, timeout_s: float,
+                    bills_on_delivery: bool = False, price_percent: int = 100,
+                    finish: Finish | None = None, end_user: str | None = None) -> MeteredRun:
     """Admit the request (limits, a hold of its worst-case cost) and start its run, or raise the
     platform's refusal (`PlatformError`). `durable`: progress is saved before tokens are
     delivered (streams), so that a crash bills what was delivered. `bills_on_delivery`: the run
@@ -246,6 +256,7 @@ def start_run(meter: Meter, principal: Principal, model: str, request_id: str, *
     `price_percent`: sold at that share of the model's prices (batch lines). `finish`: a write
     that commits with the settlement (see `Finish`), so a result and its bill exist together or
     not at all. `end_user`: who the caller says the request is for, written on its usage record."""
-    admission = meter.admit(principal, model, request_id, prompt_tokens, max_tokens, price_percent=price_percent)
+    admission = await meter.step(meter.admit, principal, model, request_id, prompt_tokens, max_tokens,
+                                 price_percent=price_percent)
     return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s,
                       bills_on_delivery=bills_on_delivery, finish=finish, end_user=end_user)

@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
+import anyio
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,6 +41,7 @@ from glmaas.platform.limits import (
     key_scope,
 )
 from glmaas.platform.pricing import PriceSheet, discounted, price_of
+from glmaas.store.sql import DriverTransaction, driver_transaction
 from glmaas.store.tables import AccountModelLimit
 
 __all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus", "SettleObserver", "SettledElsewhere",
@@ -58,9 +60,17 @@ SettleObserver = Callable[[HoldTicket, Outcome, Settlement | None], None]
 DURABILITY_STEP = 16
 # Prices and account limits are re-read at most this often.
 CONFIG_TTL_S = 1.0
+# Steps of the books waiting on the network at once (within the database pool's size).
+NETWORK_STEPS = 16
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Limiter(Protocol):
+    # True when the limits live in this process (no network round trip to check them).
+    in_process: bool
+
     def acquire(self, scopes: list[Scope], request_id: str, tokens: int) -> Grant: ...
     def release(self, grant: Grant, used_tokens: int) -> None: ...
     def forget(self, request_id: str, scopes: list[str]) -> None: ...
@@ -102,7 +112,13 @@ class _TtlCache:
 
 
 class Meter:
-    """Admits requests and settles them into the ledger and the usage records."""
+    """Admits requests and settles them into the ledger and the usage records.
+
+    `admit`, `progress` and `settle` block until their step is written. An event loop runs them
+    through `step`: in line when the books are in process (SQLite and in-process limits, where a
+    step costs less than a hop to another thread), on a worker thread when they wait on the
+    network (PostgreSQL, Redis), so that concurrent requests' round trips overlap instead of
+    queueing on the loop."""
 
     def __init__(self, engine: Engine, session_factory: Callable[[], Session], limiter: Limiter,
                  owner: str, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -118,6 +134,17 @@ class Meter:
         # it to leave engine slots to interactive requests.
         self.open_by_model: Counter[str] = Counter()
         self.observers: list[SettleObserver] = []
+        self.in_process = engine.dialect.name == "sqlite" and limiter.in_process
+        self._network_steps: anyio.CapacityLimiter | None = None
+
+    async def step(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`fn(*args, **kwargs)`, one blocking step of the books, run where it costs the event
+        loop least (see the class docstring)."""
+        if self.in_process:
+            return fn(*args, **kwargs)
+        if self._network_steps is None:
+            self._network_steps = anyio.CapacityLimiter(NETWORK_STEPS)
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._network_steps)
 
     def admit(self, principal: Principal, model: str, request_id: str, prompt_tokens: int,
               max_tokens: int, *, price_percent: int = 100) -> Admission:
@@ -132,7 +159,7 @@ class Meter:
         price = discounted(self.price(model), price_percent)
         grant = self.limiter.acquire(scopes, f"{principal.account_id}/{request_id}", prompt_tokens + max_tokens)
         try:
-            with self._step(single_statement=not principal.budgeted) as conn:
+            with self._step(single_statement=not principal.budgeted, hand_written=True) as conn:
                 ticket = place_hold(conn, request_id=request_id, account_id=principal.account_id,
                                     key_id=principal.key_id, model=model, price=price,
                                     prompt_tokens=prompt_tokens, max_tokens=max_tokens, owner=self.owner,
@@ -148,7 +175,7 @@ class Meter:
 
     def progress(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
         """Make `completion_tokens` durable before they are delivered."""
-        with self._step(single_statement=True) as conn:
+        with self._step(single_statement=True, hand_written=True) as conn:
             record_progress(conn, admission.ticket.account_id, admission.ticket.request_id,
                             completion_tokens, cached_tokens)
         admission.durable_tokens = completion_tokens
@@ -161,7 +188,7 @@ class Meter:
         admission.settled = True
         model = admission.ticket.model
         try:
-            with self._step(single_statement=finish is None) as conn:
+            with self._step(single_statement=finish is None, hand_written=finish is None) as conn:
                 if finish is not None and not finish(conn, outcome):
                     outcome = replace(outcome, billable=False)
                 settlement = settle_hold(conn, admission.ticket, outcome)
@@ -178,11 +205,16 @@ class Meter:
                 del self.open_by_model[model]
             self.limiter.release(admission.grant, admission.ticket.prompt_tokens + outcome.completion_tokens)
 
-    def _step(self, *, single_statement: bool) -> AbstractContextManager[Connection]:
+    def _step(self, *, single_statement: bool,
+              hand_written: bool = False) -> AbstractContextManager[Connection | DriverTransaction]:
         """A transaction for one ledger step; on PostgreSQL a step that is a single statement
-        runs in autocommit instead, which saves the BEGIN and COMMIT round trips."""
+        runs in autocommit instead, which saves the BEGIN and COMMIT round trips. On SQLite a
+        step made only of `store.sql`'s statements (`hand_written`) runs on the driver's
+        connection itself."""
         if single_statement and self._autocommit is not None:
             return self._autocommit.connect()
+        if hand_written and self._engine.dialect.name == "sqlite":
+            return driver_transaction(self._engine)
         return self._engine.begin()
 
     def price(self, model: str) -> PriceSheet:

@@ -3,15 +3,22 @@
 Building a statement with SQLAlchemy's expression language costs more CPU than running it on
 SQLite, and the request path runs about a dozen per request. So the hot statements are plain SQL
 that SQLite and PostgreSQL both accept, with `:name` parameters rewritten once for the driver, and
-run with `exec_driver_sql` inside the caller's transaction.
+run inside the caller's transaction: on SQLite straight on the driver's cursor (SQLAlchemy's
+bookkeeping around one statement costs more than SQLite's work), elsewhere with `exec_driver_sql`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult
+from sqlalchemy import Connection, CursorResult, Engine
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 
 STATEMENTS = {
     "debit_account": "UPDATE accounts SET balance = balance - :amount "
@@ -55,6 +62,9 @@ STATEMENTS = {
 # PostgreSQL only: each runs a whole step of the ledger as one statement (data-modifying CTEs), so
 # with autocommit a step costs one network round trip instead of a dozen. SQLite runs the same
 # steps statement by statement in one transaction (ledger.py).
+# Every step locks the account's row before its key's, or concurrent holds and settlements of one
+# account deadlock. PostgreSQL runs the sub-statements that nothing reads last, in reverse order,
+# so the order is forced by reading: the key's update reads the account's (`EXISTS ... FROM`).
 PG_STATEMENTS = {
     "pg_place_hold":
         "WITH debit AS (UPDATE accounts SET balance = balance - :amount "
@@ -78,9 +88,9 @@ PG_STATEMENTS = {
         "  :created_at::float8 FROM claim, "
         "  (VALUES ('release', (:released)::bigint), ('settlement', -(:charged)::bigint)) AS v(kind, amount)), "
         "credit AS (UPDATE accounts SET balance = balance + (:released)::bigint - (:charged)::bigint "
-        "  WHERE id = :account_id AND EXISTS (SELECT 1 FROM claim) AND (:released)::bigint > 0), "
+        "  WHERE id = :account_id AND EXISTS (SELECT 1 FROM claim) AND (:released)::bigint > 0 RETURNING 1), "
         "key_settled AS (UPDATE api_keys SET held = held - (:released)::bigint, spent = spent + (:charged)::bigint "
-        "  WHERE id = :key_id AND EXISTS (SELECT 1 FROM claim) AND (:released)::bigint > 0), "
+        "  WHERE id = :key_id AND EXISTS (SELECT 1 FROM credit)), "
         "usage AS (INSERT INTO usage_records (request_id, account_id, key_id, model, prompt_tokens, "
         "  cached_tokens, completion_tokens, status, finish_reason, queue_ms, first_token_ms, total_ms, "
         "  created_at, cost, usage_source, end_user) SELECT :request_id::varchar, :account_id::varchar, "
@@ -115,12 +125,67 @@ def _for_driver(sql: str, dialect: str, paramstyle: str) -> str:
 _cache: dict[str, dict[str, str]] = {}
 
 
-def run(conn: Connection, name: str, **params: Any) -> CursorResult:
-    """Run the statement `name` with `params` in `conn`'s transaction."""
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """What the request path reads of a statement run on SQLite's cursor: the rows it changed
+    and its first row."""
+
+    rowcount: int
+    first: tuple[Any, ...] | None
+
+    def scalar(self) -> Any:
+        return None if self.first is None else self.first[0]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverTransaction:
+    """A SQLite transaction on a pooled driver connection, for steps that run only the
+    statements here: what `run` needs of a `Connection`, without SQLAlchemy's connection and
+    transaction bookkeeping, which costs more than the step's own work."""
+
+    dialect: Dialect
+    connection: PoolProxiedConnection
+
+
+# What a ledger step runs its statements in.
+Books = Connection | DriverTransaction
+
+
+@contextmanager
+def driver_transaction(engine: Engine) -> Iterator[DriverTransaction]:
+    """BEGIN IMMEDIATE (as every SQLite transaction here starts, see store/db.py) ... COMMIT, or
+    ROLLBACK when the block raises; the connection goes back to the pool either way."""
+    raw = engine.raw_connection()
+    try:
+        driver = raw.dbapi_connection
+        driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        try:
+            yield DriverTransaction(engine.dialect, raw)
+        except BaseException:
+            driver.rollback()  # type: ignore[union-attr]
+            raise
+        driver.commit()  # type: ignore[union-attr]
+    finally:
+        raw.close()
+
+
+def run(conn: Books, name: str, **params: Any) -> CursorResult | Ran:
+    """Run the statement `name` with `params` in `conn`'s transaction. A driver's error is raised
+    as SQLAlchemy raises it (`IntegrityError` for a duplicate, say) either way."""
     dialect = conn.dialect
     statements = _cache.get(dialect.name)
     if statements is None:
         own = {**STATEMENTS, **(PG_STATEMENTS if dialect.name == "postgresql" else {})}
         statements = _cache[dialect.name] = {
             k: _for_driver(v, dialect.name, dialect.paramstyle) for k, v in own.items()}
-    return conn.exec_driver_sql(statements[name], params)
+    if dialect.name != "sqlite":
+        return conn.exec_driver_sql(statements[name], params)  # type: ignore[union-attr]
+    sql = statements[name]
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        return Ran(cursor.rowcount, cursor.fetchone() if cursor.description else None)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()

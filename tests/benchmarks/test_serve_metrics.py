@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from glmaas.benchmarks.serve import (
+    DEFAULT_SLO_MS,
     RequestResult,
+    arrival_gaps,
     distribution,
     make_prompt,
     meets_slo,
@@ -60,3 +62,29 @@ def test_prompts_differ_and_have_the_asked_length() -> None:
     a, b = make_prompt(0, 40), make_prompt(1, 40)
     assert a != b
     assert len(a.split()) == 40
+
+
+def test_poisson_arrivals_have_the_asked_rate_and_exponential_gaps() -> None:
+    gaps = arrival_gaps(20_000, 4.0, seed=1)
+    assert gaps[0] == 0.0 and all(g > 0 for g in gaps[1:])
+    mean = sum(gaps[1:]) / (len(gaps) - 1)
+    spread = (sum((g - mean) ** 2 for g in gaps[1:]) / (len(gaps) - 2)) ** 0.5
+    assert mean == pytest.approx(1 / 4.0, rel=0.03)
+    assert spread / mean == pytest.approx(1.0, rel=0.05)  # an exponential's deviation is its mean
+    assert arrival_gaps(50, 4.0, seed=1) == gaps[:50]
+    assert arrival_gaps(50, 4.0, seed=2) != gaps[:50]
+
+
+def test_unlimited_rate_sends_everything_at_once() -> None:
+    assert arrival_gaps(5, float("inf"), seed=0) == [0.0] * 5
+
+
+def test_goodput_at_the_default_slo() -> None:
+    # TTFT ≤ 2 s and TPOT ≤ 150 ms: only the first request meets both.
+    good = timed(0.0, [1.5, 1.6], 1.5 + 0.1 * 9, tokens=10)  # TTFT 1.5 s, TPOT 100 ms
+    late = timed(0.0, [2.5, 2.6], 2.5 + 0.1 * 9, tokens=10)  # TTFT 2.5 s
+    slow = timed(0.0, [0.5, 0.7], 0.5 + 0.2 * 9, tokens=10)  # TPOT 200 ms
+    s = summarize([good, late, slow], duration_s=4.0, slo_ms=DEFAULT_SLO_MS)
+    assert DEFAULT_SLO_MS == {"ttft": 2000.0, "tpot": 150.0}
+    assert s["goodput"] == pytest.approx(1 / 4.0)
+    assert s["request_throughput"] == pytest.approx(3 / 4.0)

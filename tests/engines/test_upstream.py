@@ -37,7 +37,8 @@ def _engine(*handlers, **options) -> UpstreamEngine:  # type: ignore[no-untyped-
     extra = "".join(f",{k}={v}" for k, v in options.items())
     engine = UpstreamEngine("m", [parse_upstream("openai", f"http://up{i}.test/v1{extra}") for i in range(len(handlers))])
     for member, handler in zip(engine.members, handlers, strict=True):
-        member.client = httpx.AsyncClient(base_url=member.config.base_url, transport=httpx.MockTransport(handler))
+        member.transport = httpx.MockTransport(handler)
+        member.client = httpx.AsyncClient(base_url=member.config.base_url, transport=member.transport)
     return engine
 
 
@@ -348,8 +349,45 @@ def test_a_key_sealed_in_the_store_is_the_upstreams_authorization(tmp_path: Path
         seen.append(request.headers.get("authorization"))
         return _ok(request)
 
+    member.transport = httpx.MockTransport(handler)
     member.client = httpx.AsyncClient(base_url=member.config.base_url, headers=member.client.headers,
-                                      transport=httpx.MockTransport(handler))
+                                      transport=member.transport)
     assert "".join(d.text for d in asyncio.run(_collect(engine))) == "Hello"
     assert seen == [f"Bearer {key}"]
     assert key not in repr(member) and key not in repr(member.config)
+
+
+def test_streams_one_after_another_reuse_one_connection() -> None:
+    """A stream read to its [DONE] hands its connection back to the pool: a real HTTP/1.1
+    server on loopback (chunked SSE, keep-alive) sees one connection for three streams."""
+    body = _sse(_choice({"content": "Hi"}, "stop"), {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while headers := await reader.readuntil(b"\r\n\r\n"):
+                length = next(int(line.split(b":")[1]) for line in headers.lower().split(b"\r\n")
+                              if line.startswith(b"content-length:"))
+                await reader.readexactly(length)
+                writer.write(head + chunked)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()  # the client closed the connection
+
+    async def three_streams() -> list[str]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        engine = UpstreamEngine("m", [parse_upstream("openai", f"http://127.0.0.1:{port}/v1")])
+        try:
+            return ["".join(d.text for d in await _collect(engine, dataclasses.replace(CALL, stream=True)))
+                    for _ in range(3)]
+        finally:
+            await engine.close()
+            server.close()
+
+    assert asyncio.run(three_streams()) == ["Hi"] * 3
+    assert connections == 1

@@ -59,13 +59,13 @@ async def run_chat_item(state: AppState, item: LeasedItem) -> None:
             id=dialect.completion_id(run.request_id), request_id=run.request_id, created=run.created,
             model=chat.model, usage=UsageInfo.of(run, parser.reasoning_tokens), choices=[reply_choice(run, reply)])
 
-    def admit() -> MeteredRun:
+    async def admit() -> MeteredRun:
         nonlocal run
-        run = start_run(state.meter, principal, chat.model, item.request_id, prompt_tokens=prompt.prompt_tokens,
-                        max_tokens=prompt.max_tokens, arrived=arrived, durable=False,
-                        timeout_s=state.request_timeout,
-                        price_percent=state.batch_price_percent if item.kind is ItemKind.BATCH_LINE else 100,
-                        finish=finish_with(item, completion), end_user=chat.user)
+        run = await start_run(state.meter, principal, chat.model, item.request_id,
+                              prompt_tokens=prompt.prompt_tokens, max_tokens=prompt.max_tokens, arrived=arrived,
+                              durable=False, timeout_s=state.request_timeout,
+                              price_percent=state.batch_price_percent if item.kind is ItemKind.BATCH_LINE else 100,
+                              finish=finish_with(item, completion), end_user=chat.user)
         return run
 
     async def work(run: MeteredRun) -> None:

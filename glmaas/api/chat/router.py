@@ -38,8 +38,8 @@ async def chat_completions(request: Request) -> Response:
     chat = to_canonical(await parse_body(request, ChatCompletionRequest))
     request_id = take_request_id(request, chat.request_id)
     prompt = build_prompt(state, chat)
-    run = admit(state, principal, chat.model, request_id, prompt_tokens=prompt.prompt_tokens,
-                max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream, end_user=chat.user)
+    run = await admit(state, principal, chat.model, request_id, prompt_tokens=prompt.prompt_tokens,
+                      max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream, end_user=chat.user)
     # The run settles when its deltas end, however they end.
     deltas = run.generate(generate(chat, prompt, request_id, principal.account_id))
     parser = parser_of(chat, prompt)

@@ -45,7 +45,7 @@ from glmaas.engines.base import (
     SamplingParams,
     TokenLogprob,
 )
-from glmaas.engines.chat import ChatCall, ChatDelta, ChatEngine
+from glmaas.engines.chat import ChatCall, ChatDelta, ChatEngine, asks_in_messages
 from glmaas.engines.chat_output import ChatOutputParser, ChatPiece
 from glmaas.engines.constrained import ConstraintError, check
 from glmaas.engines.tool_calls import ToolCall
@@ -74,7 +74,7 @@ class Prompt:
 
     @property
     def asks_in_messages(self) -> bool:
-        return isinstance(self.engine, ChatEngine)
+        return asks_in_messages(self.engine)
 
 
 def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tuple[int, ...]]:
@@ -84,7 +84,7 @@ def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tupl
     if engine is None:
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {chat.model!r} does not exist.", param="model")
     info = engine.info
-    if isinstance(engine, ChatEngine):
+    if asks_in_messages(engine):
         raise ApiError(ErrorKind.INVALID_REQUEST, f"The model {chat.model!r} is served by an upstream, which "
                        "renders and tokenizes its own prompts.", param="model")
     try:
@@ -101,7 +101,7 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
     output constraint cannot be enforced, and when the prompt does not fit. A chat engine (an
     upstream) takes the messages as they are: its prompt is our estimate of their tokens."""
     engine = state.registry.get(chat.model)
-    if isinstance(engine, ChatEngine):
+    if asks_in_messages(engine):
         estimate = engine.count_prompt(chat.messages, chat.tools)
         room = max(1, engine.info.context_length - estimate)
         return Prompt(engine, "", (), min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), estimate)
@@ -126,7 +126,7 @@ def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
 
 def generate(chat: ChatRequest, prompt: Prompt, request_id: str, tenant: str) -> AsyncGenerator[Delta, None]:
     """Start the engine on the request: token ids for a local engine, the chat for a chat engine."""
-    if isinstance(prompt.engine, ChatEngine):
+    if prompt.asks_in_messages:
         return prompt.engine.chat(call_of(chat, prompt, request_id, tenant))  # type: ignore[return-value]
     return prompt.engine.generate(generation_of(chat, prompt, request_id))  # type: ignore[return-value]
 
@@ -334,7 +334,7 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: Cha
         # traceback, and told in-band like an engine fault; billed as produced, status `error`
         # (settled before the deltas are closed below, which would record it as aborted).
         log.exception("request %s: the stream failed", run.request_id)
-        run.settle_if_open(RequestStatus.ERROR)
+        await run.settle_if_open(RequestStatus.ERROR)
         fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
                                              f"{run.request_id}); the error has been logged.")
         yield dialect.stream_fault(fault, fault_chunk)

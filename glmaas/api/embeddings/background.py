@@ -35,12 +35,12 @@ async def run_embedding_item(state: AppState, item: LeasedItem) -> None:
     def response() -> EmbeddingResponse:
         return respond(req, inputs, computed[0])
 
-    def admit() -> MeteredRun:
+    async def admit() -> MeteredRun:
         # An embedding sells its input only: nothing is generated, so nothing more is held.
-        return start_run(state.meter, principal, req.model, item.request_id, prompt_tokens=inputs.prompt_tokens,
-                         max_tokens=0, arrived=arrived, durable=False, timeout_s=state.request_timeout,
-                         price_percent=state.batch_price_percent, finish=finish_with(item, response),
-                         end_user=req.user)
+        return await start_run(state.meter, principal, req.model, item.request_id,
+                               prompt_tokens=inputs.prompt_tokens, max_tokens=0, arrived=arrived, durable=False,
+                               timeout_s=state.request_timeout, price_percent=state.batch_price_percent,
+                               finish=finish_with(item, response), end_user=req.user)
 
     async def vectors() -> Vectors:
         computed.append(await inputs.model.embed(inputs.framed))

@@ -31,8 +31,8 @@ async def embeddings(request: Request) -> Response:
     request_id = take_request_id(request, req.request_id)
     inputs = prepare(state, req)
     # An embedding sells its input only: nothing is generated, so nothing more is held.
-    run = admit(state, principal, req.model, request_id, prompt_tokens=inputs.prompt_tokens,
-                max_tokens=0, arrived=arrived, stream=False, end_user=req.user)
+    run = await admit(state, principal, req.model, request_id, prompt_tokens=inputs.prompt_tokens,
+                      max_tokens=0, arrived=arrived, stream=False, end_user=req.user)
     vectors = await embed(run, inputs)
     headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     return JSONModelResponse(respond(req, inputs, vectors), headers=headers)

@@ -61,8 +61,8 @@ async def tokenize(request: Request) -> Response:
     chat = to_canonical(ChatCompletionRequest(model=body.model, messages=body.messages, tools=body.tools))
     # Counted before admission: messages the template refuses are a 400 that holds nothing.
     _, _, token_ids = render_prompt(state, chat)
-    run = admit(state, principal, body.model, request_id, prompt_tokens=0, max_tokens=0, arrived=arrived,
-                stream=False)
+    run = await admit(state, principal, body.model, request_id, prompt_tokens=0, max_tokens=0, arrived=arrived,
+                      stream=False)
     prompt_tokens = await run.compute(_counted(token_ids))
     answer = TokenizerResponse(id=request_id, request_id=request_id, created=run.created, model=body.model,
                                usage=TokenizerUsage(prompt_tokens=prompt_tokens))

@@ -1,8 +1,11 @@
 """One upstream server in a pool: its HTTP client, its health, and one streamed call.
 
-Each member owns one `httpx.AsyncClient` (a keep-alive connection pool with a cap on
-connections) for its whole life; no client is made per request. Its health is a circuit
-breaker: `closed` (in use), `open` (ejected after a refused connection or `fail_threshold`
+Each member owns one `httpx` transport (a keep-alive connection pool with a cap on
+connections) for its whole life; no client is made per request. Chat requests go to the
+transport itself: the client's layers (auth flows, redirects, a cookie jar, event hooks) do
+nothing an upstream needs, yet cost CPU on every request, and a cookie jar would carry one
+tenant's upstream cookies into another's requests. Health checks use a client over the same
+pool. Its health is a circuit breaker: `closed` (in use), `open` (ejected after a refused connection or `fail_threshold`
 failures in a row, for `cooldown` seconds), then `half_open`, when one probe (a request or an
 active health check) decides between closed and open again.
 """
@@ -20,6 +23,9 @@ import httpx
 from glmaas.engines.chat import ChatCall
 from glmaas.engines.upstream.config import UpstreamConfig
 from glmaas.engines.upstream.wire import as_chunk, authorization, request_body
+
+# How long the end of a stream's body may take to follow its [DONE].
+DRAIN_S = 0.25
 
 
 class Unavailable(Exception):
@@ -43,13 +49,18 @@ class Member:
         self.config = config
         self._key = config.api_key(stored_keys)  # kept here only: never logged, never in an error
         self._clock = clock
-        self.client = httpx.AsyncClient(
-            base_url=config.base_url,
-            headers=authorization(config, self._key) if config.auth == "key" else {},
-            timeout=httpx.Timeout(connect=config.connect_timeout, read=None, write=30.0, pool=config.connect_timeout),
+        timeout = httpx.Timeout(connect=config.connect_timeout, read=None, write=30.0, pool=config.connect_timeout)
+        self.transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=config.max_connections,
-                                max_keepalive_connections=config.max_connections, keepalive_expiry=30.0),
-        )
+                                max_keepalive_connections=config.max_connections, keepalive_expiry=30.0))
+        key_header = authorization(config, self._key) if config.auth == "key" else {}
+        self.client = httpx.AsyncClient(base_url=config.base_url, headers=key_header, timeout=timeout,
+                                        transport=self.transport)
+        # What every chat request carries, worked out once.
+        self._chat_url = self.client.base_url.join("chat/completions")
+        self._chat_headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+                              "user-agent": "glmaas", **key_header}
+        self._timeouts = {"timeout": timeout.as_dict()}
         self.outstanding = 0
         self.state = "closed"
         self.failures = 0
@@ -91,7 +102,7 @@ class Member:
         request = self._chat_request(body)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
-                response = await self.client.send(request, stream=True)
+                response = await self.transport.handle_async_request(request)
         except (httpx.HTTPError, TimeoutError) as exc:
             raise self._unreachable(exc) from None
         try:
@@ -109,6 +120,7 @@ class Member:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    await self._drain(lines)
                     return
                 try:
                     chunk = json.loads(data)
@@ -120,6 +132,19 @@ class Member:
         finally:
             await response.aclose()
 
+    async def _drain(self, lines: AsyncIterator[str]) -> None:
+        """Read what follows [DONE] (the end of the chunked body), so that the connection goes
+        back to the pool: a response closed unread closes its connection, and the next request
+        would pay for a new one, and its latency. Servers end the body right after [DONE]; one
+        that lingers past `DRAIN_S` loses its connection rather than holding back the reply's
+        last chunk, which waits for this."""
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                async for _ in lines:
+                    pass
+        except (httpx.HTTPError, TimeoutError):
+            pass  # the reply was whole; the connection is closed instead
+
     async def whole(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST the chat request unstreamed and yield its whole reply as one stream chunk
         (`wire.as_chunk`). The reply must come within `first_token_timeout` (servers send nothing
@@ -128,7 +153,7 @@ class Member:
         request = self._chat_request(body)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
-                response = await self.client.send(request, stream=True)
+                response = await self.transport.handle_async_request(request)
                 try:
                     if response.status_code >= 400:
                         await self._refusal(response)
@@ -149,7 +174,9 @@ class Member:
     def _chat_request(self, body: dict[str, Any]) -> httpx.Request:
         if self.state == "half_open":
             self._probing = True  # this request is the breaker's one probe
-        return self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+        headers = {**self._chat_headers, **self._auth()}
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return httpx.Request("POST", self._chat_url, headers=headers, content=content, extensions=self._timeouts)
 
     def _unreachable(self, exc: Exception) -> Unavailable:
         """A failure to reach the upstream or to hear from it in time: counted against it (a
