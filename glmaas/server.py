@@ -75,6 +75,9 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
         batch_price_percent=settings.batch_price_percent,
         batch_lease_s=settings.batch_lease_s,
         batch_max_attempts=settings.batch_max_attempts,
+        data_dir=settings.data_dir,
+        fine_tuning_jobs=settings.fine_tuning_jobs,
+        fine_tuning_threads=settings.fine_tuning_threads,
     )
 
 

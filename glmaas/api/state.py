@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from glmaas import config
 from glmaas.engines.registry import ModelRegistry
@@ -33,4 +34,8 @@ class AppState:
     batch_price_percent: int = config.DEFAULT_BATCH_PRICE_PERCENT
     batch_lease_s: float = config.DEFAULT_BATCH_LEASE_S
     batch_max_attempts: int = config.DEFAULT_BATCH_MAX_ATTEMPTS
+    # Where fine-tuning jobs keep their files; None: no fine-tuning runs here.
+    data_dir: Path | None = None
+    fine_tuning_jobs: int = config.DEFAULT_FINE_TUNING_JOBS
+    fine_tuning_threads: int | None = config.DEFAULT_FINE_TUNING_THREADS
     started_at: float = field(default_factory=time.time)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import glmaas
 from glmaas.jobs import fine_tuning
 from glmaas.jobs.fine_tuning import JobStatus
 from glmaas.jobs.finetune_worker import JOB_FILE, TRAINING_FILE, VALIDATION_FILE
@@ -33,10 +35,20 @@ log = logging.getLogger("glmaas.fine_tuning")
 
 POLL_S = 1.0
 LOG_TAIL = 2000  # characters of a failed worker's stderr kept in the job's error
-# The GGUF path of a job's base model, or None when the model cannot be fine-tuned here.
-BasePath = Callable[[str], Path | None]
-# Serve a succeeded job's model (or stop serving a deleted one).
-Serve = Callable[[FineTuningJob], Awaitable[None]]
+# The GGUF path of a job's base model (as its account sees it), or None when it cannot be
+# fine-tuned here.
+BasePath = Callable[[str, str], Path | None]
+# Load a tuned model (its id, its GGUF) for serving; then serve it, once its job has succeeded.
+Load = Callable[[str, str], Awaitable[object]]
+Publish = Callable[[FineTuningJob, object], None]
+
+
+def _worker_env() -> dict[str, str]:
+    """The server's environment, with this very glmaas first on the path: the worker runs the
+    code the server runs, wherever it is started from."""
+    source = str(Path(glmaas.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": source + (os.pathsep + path if path else "")}
 
 
 def job_dir(data_dir: Path, job_id: str) -> Path:
@@ -45,9 +57,10 @@ def job_dir(data_dir: Path, job_id: str) -> Path:
 
 class FineTuningRunner:
     def __init__(self, db: Database, blobs: BlobStore, owner: str, data_dir: Path, base_path: BasePath,
-                 serve: Serve, *, max_jobs: int = 1, lease_s: float = 30.0, threads: int | None = None) -> None:
+                 load: Load, publish: Publish, *, max_jobs: int = 1, lease_s: float = 30.0,
+                 threads: int | None = None) -> None:
         self.db, self.blobs, self.owner, self.data_dir = db, blobs, owner, data_dir
-        self.base_path, self.serve = base_path, serve
+        self.base_path, self.load, self.publish = base_path, load, publish
         self.max_jobs, self.lease_s, self.threads = max_jobs, lease_s, threads
         self.running: dict[str, asyncio.Task] = {}
 
@@ -79,7 +92,7 @@ class FineTuningRunner:
 
     def _prepare(self, job: FineTuningJob, folder: Path) -> None:
         """The worker's inputs: the config and the job's files, written once."""
-        base = self.base_path(job.model)
+        base = self.base_path(job.model, job.account_id)
         if base is None:
             raise ValueError(f"the model {job.model!r} cannot be fine-tuned on this server")
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,21 +125,28 @@ class FineTuningRunner:
             outcome = {"status": JobStatus.FAILED, "error": {"code": "invalid_job", "message": str(exc)}}
         if outcome is None:
             return  # cancelled: the API settled it
+        engine = None
+        if outcome["status"] is JobStatus.SUCCEEDED:
+            # Loaded before the job ends, so that the model is served the moment it has succeeded.
+            engine = await self.load(fine_tuning.model_name(job), outcome["model_path"])
         with self.db.session() as session, session.begin():
-            job = fine_tuning.end_job(session, job_id, self.owner, outcome["status"],
-                                      model_path=outcome.get("model_path"), error=outcome.get("error"))
-            if job is not None:
+            ended = fine_tuning.end_job(session, job_id, self.owner, outcome["status"],
+                                        model_path=outcome.get("model_path"), error=outcome.get("error"))
+            if ended is not None:
                 session.flush()
-                session.expunge(job)
-        if job is not None and job.status == JobStatus.SUCCEEDED:
-            await self.serve(job)
+                session.expunge(ended)
+        if engine is not None:
+            if ended is not None:
+                self.publish(ended, engine)
+            else:
+                await engine.close()  # type: ignore[attr-defined]
 
     async def _train(self, job_id: str, folder: Path) -> dict | None:
         """Run the worker to its end; the job's outcome, or None when it was cancelled."""
         stderr = (folder / "worker.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "glmaas.jobs.finetune_worker", str(folder), "--exit-with-parent",
-            stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20)
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20, env=_worker_env())
         renewer = asyncio.create_task(self._keep_lease(job_id, proc))
         model_path = None
         try:

@@ -245,7 +245,7 @@ def fine_tune(cfg: FineTuneConfig, train: list[Example], valid: list[Example], r
         _barrier(world)
     if rank == 0:
         if cfg.lora:
-            merge_lora(model)
+            model = merge_lora(model)
         tmp = out / (RESULT + ".tmp")
         export_gguf(model, tokenizer, tmp, "f16")
         tmp.replace(result)

@@ -1,0 +1,64 @@
+"""Helpers for the fine-tuning tests: a tiny random decoder exported to GGUF with the default
+model's tokenizer and chat template (a base model that trains in seconds), conversations that
+teach a made-up fact, uploads and waiting for a job."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from glmaas.engines.registry import default_model_path
+from glmaas.model.decoder import Decoder, DecoderConfig
+from glmaas.model.weights import TokenizerInfo, export_gguf
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def default_tokenizer() -> TokenizerInfo:
+    """The tokenizer metadata (vocabulary, merges, chat template) of the default model's GGUF."""
+    from gguf import GGUFReader
+
+    from glmaas.model.weights import _field_value
+
+    reader = GGUFReader(str(default_model_path()))
+    return TokenizerInfo({k: (_field_value(f), [int(t) for t in f.types])
+                          for k, f in reader.fields.items() if k.startswith("tokenizer.")})
+
+
+def tiny_gguf(path: Path) -> Path:
+    """A random two-layer Llama-family decoder with SmolLM2's tokenizer, as an F16 GGUF."""
+    torch.manual_seed(0)
+    config = DecoderConfig(family="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2,
+                           num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=1024)
+    return export_gguf(Decoder(config), default_tokenizer(), path, "f16")
+
+
+def conversation(question: str, answer: str, system: str | None = None) -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    return {"messages": [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def upload(client: httpx.Client, data: bytes, name: str = "train.jsonl", purpose: str = "fine-tune",
+           prefix: str = "/v1") -> str:
+    r = client.post(f"{prefix}/files", files={"file": (name, io.BytesIO(data))}, data={"purpose": purpose})
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float, until: tuple[str, ...] = ENDED,
+             prefix: str = "/v1") -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"{prefix}/fine_tuning/jobs/{job_id}").json()
+        if job["status"] in until or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
