@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.exit_with_parent:
         _exit_with_parent()
     result = run(args.job_dir)
-    _emit({"type": "done", "model_path": str(result)})
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        _emit({"type": "done", "model_path": str(result)})
     return 0
 
 
