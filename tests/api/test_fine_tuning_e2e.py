@@ -45,8 +45,7 @@ def ask(client: openai.OpenAI, model: str, question: str) -> str:
 
 
 def test_lora_on_the_default_model_teaches_a_fact(tmp_path: Path) -> None:
-    # The server is idle while the job trains, so the worker may take both cores.
-    server = start_server(tmp_path / "data", "--fine-tuning-threads", str(os.cpu_count() or 2))
+    server = start_server(tmp_path / "data")
     try:
         price_training(server, "smollm2-135m-instruct", "2")
         key = funded_key(server, "ft-e2e", "10")
