@@ -125,6 +125,7 @@ def test_left_padded_batch_generates_as_each_prompt_alone(case):
     assert (logits[0, 4:] - alone[0]).abs().max().item() <= 1e-4
     want = hf_model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=None,
                              pad_token_id=0)[:, 9:]
+    assert model.generate_greedy(batch, 8, attention_mask=mask).tolist() == want.tolist()
     assert model.generate_greedy(short, 8).tolist()[0] == want.tolist()[0]
 
 
