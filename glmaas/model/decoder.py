@@ -367,28 +367,40 @@ class Decoder(nn.Module):
         ids: torch.Tensor | list[int],  # (B, T) or one prompt's ids
         max_new_tokens: int,
         stop_ids: list[int] | None = None,
+        attention_mask: torch.Tensor | None = None,  # (B, T), 0 on left padding of shorter prompts
     ) -> torch.Tensor:
         """The greedy continuation (B, N) of each prompt, N <= max_new_tokens, with a KV cache.
 
         Stops early once every row has produced one of `stop_ids` (kept in the output; rows that
-        stopped earlier are padded with their stop token).
+        stopped earlier repeat their stop token).
         """
         if not isinstance(ids, torch.Tensor):
             ids = torch.tensor([ids], dtype=torch.long)
         ids = ids.to(self.lm_head.weight.device)
         stop = torch.tensor(stop_ids or [], dtype=torch.long, device=ids.device)
         done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-        out = []
-        logits, past = self(ids)
+        out: list[torch.Tensor] = []
+        logits, past = self(ids, attention_mask=attention_mask)
         for _ in range(max_new_tokens):
             nxt = logits[:, -1].argmax(-1)  # (B,)
-            nxt = torch.where(done, out[-1] if out else nxt, nxt)
+            if out:
+                nxt = torch.where(done, out[-1], nxt)
             out.append(nxt)
             done |= torch.isin(nxt, stop)
-            if done.all():
+            if done.all() or len(out) == max_new_tokens:
                 break
-            logits, past = self(nxt[:, None], past=past)
+            if attention_mask is not None:
+                attention_mask = torch.cat((attention_mask, attention_mask.new_ones(ids.size(0), 1)), dim=1)
+            logits, past = self(nxt[:, None], attention_mask=attention_mask, past=past)
         return torch.stack(out, dim=1) if out else ids.new_zeros(ids.size(0), 0)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one (B, T) batch padded on the left, and its mask."""
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    return ids, mask
 
 
 def _allowed(keep: torch.Tensor, offset: int, T: int) -> torch.Tensor:
