@@ -55,7 +55,8 @@ def test_lora_on_the_default_model_teaches_a_fact(tmp_path: Path) -> None:
                                        purpose="fine-tune")
         zhipu = zhipuai.ZhipuAI(api_key=key, base_url=server.zhipu_url, max_retries=0)
         job = zhipu.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=training.id,
-                                            suffix="codename", hyperparameters={"n_epochs": 3})
+                                            suffix="codename",
+                                            hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 5})
         assert job.status == "queued" and job.training_file == training.id
         deadline = time.monotonic() + 600
         while (job := zhipu.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
