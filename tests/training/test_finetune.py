@@ -3,7 +3,11 @@ down, and a run resumed from its epoch checkpoint ends exactly where an uninterr
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +83,27 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny, tmp_path: Path
     assert resumed[-2]["trained_tokens"] == events[-2]["trained_tokens"] == 2 * sum(len(e) for e in examples)
     for name, tensor in lora_of(tmp_path / "straight", 1).items():
         torch.testing.assert_close(lora_of(cut, 1)[name], tensor)
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_train_what_one_does(tiny, tmp_path: Path) -> None:
+    """DDP on the CPU (gloo): each of 2 processes takes half of every batch; the adapters after an
+    epoch match those of one process on the whole batches."""
+    base, examples = tiny
+    config = {"base": str(base), "n_epochs": 1, "batch_size": 4, "threads": 1, "max_len": 128,
+              "learning_rate_multiplier": 20}
+    fine_tune(FineTuneConfig(**config, out_dir=str(tmp_path / "one")), examples, [], lambda e: None)
+    job = tmp_path / "two"
+    job.mkdir()
+    (job / "training.jsonl").write_bytes(jsonl(codename_conversations(8)))
+    (job / "job.json").write_text(json.dumps({**config, "out_dir": str(job)}))
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "-m", "glmaas.jobs.finetune_worker", str(job)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sum('"type": "done"' in line for line in done.stdout.splitlines()) == 1
+    single, ddp = lora_of(tmp_path / "one", 0), lora_of(job, 0)
+    assert single.keys() == ddp.keys()
+    for name, tensor in single.items():
+        torch.testing.assert_close(ddp[name], tensor, atol=1e-5, rtol=1e-4)
