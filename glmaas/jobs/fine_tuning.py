@@ -138,9 +138,10 @@ def create_job(session: Session, blobs: BlobStore, new: NewJob, fmt: ChatFormat,
     return job
 
 
-def get_job(session: Session, account_id: str, job_id: str) -> FineTuningJob:
-    """The account's job, or `NotFound` (also when it is another account's)."""
-    job = session.get(FineTuningJob, job_id) if len(job_id) <= 64 else None
+def get_job(session: Session, account_id: str, job_id: str, *, for_update: bool = False) -> FineTuningJob:
+    """The account's job, or `NotFound` (also when it is another account's); `for_update` locks
+    its row (PostgreSQL) until the transaction ends."""
+    job = session.get(FineTuningJob, job_id, with_for_update=for_update) if len(job_id) <= 64 else None
     if job is None or job.account_id != account_id:
         raise NotFound(f"No such fine-tuning job: {job_id!r}.")
     return job
@@ -192,7 +193,7 @@ def settle_job(session: Session, job: FineTuningJob, status: JobStatus) -> None:
 def cancel_job(session: Session, account_id: str, job_id: str) -> FineTuningJob:
     """Cancel a job that has not ended and bill what it trained; the replica running it stops its
     worker when it sees the status. An ended job is left as it is."""
-    job = get_job(session, account_id, job_id)
+    job = get_job(session, account_id, job_id, for_update=True)
     if job.status in ENDED:
         return job
     job.status, job.finished_at = JobStatus.CANCELLED, time.time()
@@ -244,8 +245,9 @@ def release_stopped(session: Session, me: str) -> int:
 
 
 def held_by(session: Session, job_id: str, owner: str) -> FineTuningJob | None:
-    """The job while this replica holds its lease and it is running; else None."""
-    job = session.get(FineTuningJob, job_id)
+    """The job while this replica holds its lease and it is running; else None. Its row is
+    locked (PostgreSQL) until the transaction ends, so a cancellation and the end cannot cross."""
+    job = session.get(FineTuningJob, job_id, with_for_update=True)
     return job if job is not None and job.owner == owner and job.status == JobStatus.RUNNING else None
 
 

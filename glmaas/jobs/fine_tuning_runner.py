@@ -128,7 +128,12 @@ class FineTuningRunner:
         engine = None
         if outcome["status"] is JobStatus.SUCCEEDED:
             # Loaded before the job ends, so that the model is served the moment it has succeeded.
-            engine = await self.load(fine_tuning.model_name(job), outcome["model_path"])
+            try:
+                engine = await self.load(fine_tuning.model_name(job), outcome["model_path"])
+            except Exception as exc:
+                log.exception("the tuned model of job %s cannot be loaded", job_id)
+                outcome = {"status": JobStatus.FAILED,
+                           "error": {"code": "export_failed", "message": f"The tuned model cannot be served: {exc}"}}
         with self.db.session() as session, session.begin():
             ended = fine_tuning.end_job(session, job_id, self.owner, outcome["status"],
                                         model_path=outcome.get("model_path"), error=outcome.get("error"))

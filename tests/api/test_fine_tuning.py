@@ -152,3 +152,27 @@ def test_full_fine_tuning_is_asked_in_the_method(server: AppServer) -> None:
     assert json.loads(job.model_dump_json())["method"]["supervised"]["lora"] is False
     with server.client(headers={"Authorization": f"Bearer {key}"}) as http:
         assert wait_job(http, job.id, 120)["status"] == "succeeded"
+
+
+def test_a_job_runs_on_postgresql(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tiny_gguf(tmp_path_factory.mktemp("pg-base") / "tiny.gguf")
+    server = AppServer(tmp_path_factory.mktemp("pg-data"), "--database-url", pg_url, "--no-default-model",
+                       "--model", f"tiny=llamacpp:{base},threads=1,slots=2", "--fine-tuning-threads", "1")
+    try:
+        with admin(server) as client:
+            assert client.put("/admin/prices/tiny", json={"input": "1", "output": "1",
+                                                          "training": str(TRAINING_PRICE)}).status_code == 200
+        key = funded_key(server, "ft-pg", "10")
+        with server.client(headers={"Authorization": f"Bearer {key}"}) as http:
+            r = http.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": upload(http, jsonl(FACTS)),
+                                                        "hyperparameters": {"n_epochs": 1}})
+            assert r.status_code == 200, r.text
+            held = 10_000_000 - balance_micro(server, "ft-pg")
+            done = wait_job(http, r.json()["id"], 120)
+            assert done["status"] == "succeeded" and done["trained_tokens"] * TRAINING_PRICE == held
+            chat = http.post("/v1/chat/completions", json={"model": done["fine_tuned_model"], "max_tokens": 2,
+                                                           "messages": [{"role": "user", "content": "hi"}]})
+            assert chat.status_code == 200, chat.text
+        assert balance_micro(server, "ft-pg") == 10_000_000 - held
+    finally:
+        server.stop()
