@@ -9,12 +9,13 @@
 """
 
 import gguf
+import numpy as np
 import pytest
 import torch
 from llama_cpp import Llama
 
 from glmaas.engines.registry import default_model_path
-from glmaas.model.decoder import left_pad
+from glmaas.model.decoder import Decoder, DecoderConfig, left_pad
 from glmaas.model.weights import export_gguf, llama_cpp_permute, llama_cpp_unpermute, load_gguf
 
 PROMPTS = [
@@ -149,3 +150,26 @@ def test_llama_cpp_rotary_permutation_is_undone_exactly():
     w = torch.randn(3 * 64, 10)
     assert torch.equal(llama_cpp_unpermute(llama_cpp_permute(w, 3), 3), w)
     assert not torch.equal(llama_cpp_permute(w, 3), w)
+
+
+@pytest.mark.parametrize("family, bias", [("glm4", True), ("glm4", False), ("llama", True)])
+def test_tiny_random_export_gives_llama_cpp_our_logits(smollm2, tmp_path, family, bias):
+    """GLM-4's layout (interleaved partial rotary, fused gate-up, sandwich norms) as llama.cpp reads it."""
+    _, tokenizer = smollm2
+    config = DecoderConfig(family=family, vocab_size=49152, hidden_size=64, intermediate_size=96, num_layers=2,
+                           num_heads=4, num_kv_heads=2, head_dim=32, attention_bias=bias, tie_word_embeddings=False,
+                           partial_rotary_factor=0.5 if family == "glm4" else 1.0)
+    torch.manual_seed(0)
+    model = Decoder(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_((1.0 if name.endswith("norm.weight") else 0.0) + 0.4 * torch.randn_like(p))
+    llm = Llama(model_path=str(export_gguf(model, tokenizer, tmp_path / "tiny.gguf")), n_ctx=64, n_threads=1,
+                logits_all=True, verbose=False)
+    ids = list(range(100, 116))
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0][0]
+    assert (theirs - ours).abs().max() <= 0.03 * ours.abs().max()  # F16 weights and activations
+    assert torch.equal(theirs.argmax(-1), ours.argmax(-1))
