@@ -229,12 +229,11 @@ class Attention(nn.Module):
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, nkv, S, hd)
         present = (k, v)
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
-            k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
-            v = v.repeat_interleave(groups, dim=1)
         causal = mask is None and past is None and T > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, nh, T, hd)
+        # Grouped-query attention: each kv head serves num_heads / num_kv_heads query heads,
+        # without copying k and v out to every query head.
+        gqa = self.num_heads != self.num_kv_heads
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(y), present
 
