@@ -16,7 +16,7 @@ from llama_cpp import Llama
 
 from glmaas.engines.registry import default_model_path
 from glmaas.model.decoder import Decoder, DecoderConfig, left_pad
-from glmaas.model.weights import export_gguf, llama_cpp_permute, llama_cpp_unpermute, load_gguf
+from glmaas.model.weights import TokenizerInfo, export_gguf, llama_cpp_permute, llama_cpp_unpermute, load_gguf
 
 PROMPTS = [
     "The capital of France is",
@@ -173,3 +173,35 @@ def test_tiny_random_export_gives_llama_cpp_our_logits(smollm2, tmp_path, family
         ours = model(torch.tensor([ids]))[0][0]
     assert (theirs - ours).abs().max() <= 0.03 * ours.abs().max()  # F16 weights and activations
     assert torch.equal(theirs.argmax(-1), ours.argmax(-1))
+
+
+def hf_tokenizer_folder(tokenizer: TokenizerInfo, folder):
+    """SmolLM2's tokenizer as transformers ships it: tokenizer.json (built by the tokenizers library
+    from the GGUF's vocabulary and merges) and tokenizer_config.json."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokens, types = tokenizer.tokens, tokenizer.get("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ")) for m in tokenizer.get("tokenizer.ggml.merges")]
+    hf = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(t, special=True) for t, kind in zip(tokens, types) if kind == 3])
+    hf.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+              "pad_token": "<|im_end|>", "add_bos_token": False, "chat_template": tokenizer.chat_template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_tokenizer_json_becomes_gguf_metadata_llama_cpp_tokenizes_with(smollm2, exported, tmp_path):
+    model, tokenizer = smollm2
+    info = TokenizerInfo.from_hf_dir(hf_tokenizer_folder(tokenizer, tmp_path), pre="smollm")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+                "tokenizer.chat_template", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        assert info.get(key) == tokenizer.get(key), key
+    path = export_gguf(model, info, tmp_path / "from-tokenizer-json.gguf")
+    ours, source = llama_cpp(path), llama_cpp(exported["f16"])
+    for text in ["Hello, world!", "<|im_start|>user\nWhat is 2+2?<|im_end|>", "  indented\tcode()", "naïve café"]:
+        assert ours.tokenize(text.encode(), special=True) == source.tokenize(text.encode(), special=True)
