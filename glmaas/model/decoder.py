@@ -20,7 +20,7 @@ pass uses them. The model knows nothing about tokenization: token ids in, logits
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -52,7 +52,6 @@ class DecoderConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    extra: dict = field(default_factory=dict)  # anything else the source config said, kept for export
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -326,6 +325,9 @@ class Decoder(nn.Module):
 
         A training loop that needs logits only at some positions (the assistant's turns) can
         project just those through `lm_head`, which saves most of the vocabulary-sized work.
+        A right-padded training batch needs no attention_mask: causal attention already keeps
+        every real token from seeing the padding after it, and without a mask SDPA takes its
+        fused causal kernel.
         """
         B, T = input_ids.size()
         offset = past[0][0].size(2) if past else 0
