@@ -6,7 +6,7 @@
   (F32, F16, BF16, Q4_0, Q4_1, Q8_0 and the other types the `gguf` package can dequantise),
   with its tokenizer metadata. llama.cpp stores Llama's q and k rows permuted for its rotary
   kernel; the permutation is undone here and redone on export.
-- `export_gguf(model, tokenizer, path, dtype)`: a GGUF (F16 or Q8_0) that llama.cpp loads and
+- `export_gguf(model, tokenizer, path, dtype)`: a GGUF (F16, Q8_0 or Q4_0) that llama.cpp loads and
   serves, carrying the source's tokenizer metadata over unchanged.
 
 `GlmForCausalLM` (GLM-4-9B) has no GGUF mapping here: llama.cpp reads it as `chatglm`, with
@@ -235,14 +235,18 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Dec
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.get("tokenizer.ggml.padding_token_id"),
     )
+    if hp("rope.scaling.type", "none") not in ("none", "linear") or hp("rope.scaling.factor", 1.0) != 1.0:
+        raise ValueError(f"{path}: rope scaling is not supported")
     model = Decoder(config)
     state = {}
+    unused = set(tensors)
     for name in model.state_dict():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         t = tensors.get(gguf_name(name))
         if t is None:
             raise ValueError(f"{path}: no tensor {gguf_name(name)} (for {name})")
+        unused.discard(t.name)
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
         w = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type)).reshape(shape).copy())
         if config.family == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -250,13 +254,20 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Dec
         elif config.family == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
             w = llama_cpp_unpermute(w, num_kv)
         state[name] = w
+    if unused:
+        raise ValueError(f"{path}: tensors this decoder has no place for: {sorted(unused)[:5]}")
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True)
     return model.to(dtype), tokenizer
 
 
-EXPORT_DTYPES = ("f16", "q8_0")
+# Export dtype -> (the matrices' GGML type, the file type llama.cpp reports).
+EXPORT_DTYPES = {
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+}
 
 
 def export_gguf(
@@ -271,12 +282,14 @@ def export_gguf(
     Merge any LoRA adapters first (lora.merge_lora): the file holds plain weights only.
     """
     if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"GGUF export dtype {dtype!r} is not supported; choose from {EXPORT_DTYPES}")
+        raise ValueError(f"GGUF export dtype {dtype!r} is not supported; choose from {sorted(EXPORT_DTYPES)}")
+    if any(n.endswith((".lora_A", ".lora_B")) for n in model.state_dict()):
+        raise ValueError("merge the LoRA adapters into the model (merge_lora) before exporting it")
     config = model.config
     arch = {v: k for k, v in GGUF_ARCHES.items()}.get(config.family)
     if arch is None:
         raise ValueError(f"GGUF export of the {config.family!r} family is not supported")
-    quant = gguf.GGMLQuantizationType.Q8_0 if dtype == "q8_0" else gguf.GGMLQuantizationType.F16
+    quant, file_type = EXPORT_DTYPES[dtype]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
@@ -293,9 +306,7 @@ def export_gguf(
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(
-        gguf.LlamaFileType.MOSTLY_Q8_0 if dtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
-    )
+    writer.add_file_type(file_type)
     for key, (value, types) in tokenizer.fields.items():
         vtypes = [GGUFValueType(t) for t in types]
         sub_type = vtypes[-1] if vtypes[0] == GGUFValueType.ARRAY else None
@@ -312,7 +323,7 @@ def export_gguf(
         data = w.numpy()
         if data.ndim == 1:
             writer.add_tensor(gguf_name(pname), data.astype(np.float32))
-        elif quant == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32 == 0:
+        elif quant != gguf.GGMLQuantizationType.F16 and data.shape[-1] % 32 == 0:  # whole blocks only
             q = gguf.quants.quantize(data, quant)
             writer.add_tensor(gguf_name(pname), q, raw_dtype=quant)  # shape read from the bytes
         else:
