@@ -99,6 +99,15 @@ class TokenizerInfo:
         return self.get("tokenizer.chat_template")
 
     @classmethod
+    def from_gguf(cls, path: str | Path) -> "TokenizerInfo":
+        """The tokenizer metadata of a GGUF file, without reading its weights."""
+        return cls._from_fields(gguf.GGUFReader(str(path)).fields)
+
+    @classmethod
+    def _from_fields(cls, fields) -> "TokenizerInfo":
+        return cls({k: (_field_value(f), [int(t) for t in f.types]) for k, f in fields.items() if k.startswith("tokenizer.")})
+
+    @classmethod
     def from_hf_dir(cls, path: str | Path, pre: str = "default") -> "TokenizerInfo":
         """GGUF tokenizer metadata from a byte-level BPE `tokenizer.json` (GPT-2 style, as SmolLM2
         and GLM-4 use) and its `tokenizer_config.json`.
@@ -148,6 +157,11 @@ class TokenizerInfo:
         if isinstance(template, str):
             fields["tokenizer.chat_template"] = (template, [string])
         return cls(fields)
+
+
+def _field_value(field) -> Any:
+    """A GGUF metadata field's value as Python (str, number, bool, or a list of them)."""
+    return field.contents()
 
 
 # GGUF architecture -> our family; and back.
@@ -206,9 +220,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Dec
         f = meta.get(f"{arch}.{key}")
         return default if f is None else f.contents()
 
-    tokenizer = TokenizerInfo(
-        {k: (f.contents(), [int(t) for t in f.types]) for k, f in meta.items() if k.startswith("tokenizer.")}
-    )
+    tokenizer = TokenizerInfo._from_fields(meta)
     tensors = {t.name: t for t in reader.tensors}
     hidden = hp("embedding_length")
     num_heads = hp("attention.head_count")

@@ -105,6 +105,7 @@ def test_gguf_metadata_becomes_the_smollm2_config(smollm2):
     assert len(tokenizer.tokens) == c.vocab_size == 49152
     assert tokenizer.eos_token_id == c.eos_token_id == 2
     assert "im_start" in tokenizer.chat_template
+    assert TokenizerInfo.from_gguf(default_model_path()).fields == tokenizer.fields
 
 
 def test_dequantised_weights_choose_the_tokens_llama_cpp_chooses(smollm2):
