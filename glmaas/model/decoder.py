@@ -20,7 +20,7 @@ pass uses them. The model knows nothing about tokenization: token ids in, logits
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ HF_MODEL_TYPES = {"llama": "llama", "glm": "glm", "glm4": "glm4"}
 
 @dataclass
 class DecoderConfig:
+    # Defaults: SmolLM2-135M's shape.
     family: str = "llama"
     vocab_size: int = 49152
     hidden_size: int = 576
@@ -64,19 +65,6 @@ class DecoderConfig:
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        if self.eos_token_id is None:
-            return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DecoderConfig":
-        return cls(**d)
 
     @classmethod
     def from_hf_config(cls, hf: dict) -> "DecoderConfig":
@@ -311,9 +299,6 @@ class Decoder(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def hidden_states(
         self,
