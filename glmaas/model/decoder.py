@@ -165,12 +165,16 @@ class Rotary(nn.Module):
         super().__init__()
         self.rotary_dim = config.rotary_dim
         self.interleaved = config.rope_interleaved
-        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.int64).float() / self.rotary_dim
-        self.register_buffer("inv_freq", 1.0 / (config.rope_theta**exponents), persistent=False)
+        self.theta = config.rope_theta
 
     def angles(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin, each (B, 1, T, rotary_dim/2), for (B, T) positions."""
-        freqs = position_ids[:, None, :, None].float() * self.inv_freq  # (B, 1, T, rd/2)
+        """cos and sin, each (B, 1, T, rotary_dim/2), for (B, T) positions.
+
+        Always in float32, also in a bf16 model: a buffer would be cast with the weights.
+        """
+        exponents = torch.arange(0, self.rotary_dim, 2, device=position_ids.device).float() / self.rotary_dim
+        inv_freq = 1.0 / (self.theta**exponents)  # (rd/2,)
+        freqs = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, rd/2)
         return freqs.cos(), freqs.sin()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
