@@ -20,7 +20,7 @@ pass uses them. The model knows nothing about tokenization: token ids in, logits
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ HF_MODEL_TYPES = {"llama": "llama", "glm": "glm", "glm4": "glm4"}
 
 @dataclass
 class DecoderConfig:
+    # Defaults: SmolLM2-135M's shape.
     family: str = "llama"
     vocab_size: int = 49152
     hidden_size: int = 576
@@ -52,7 +53,6 @@ class DecoderConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    extra: dict = field(default_factory=dict)  # anything else the source config said, kept for export
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -65,19 +65,6 @@ class DecoderConfig:
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        if self.eos_token_id is None:
-            return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DecoderConfig":
-        return cls(**d)
 
     @classmethod
     def from_hf_config(cls, hf: dict) -> "DecoderConfig":
@@ -178,12 +165,16 @@ class Rotary(nn.Module):
         super().__init__()
         self.rotary_dim = config.rotary_dim
         self.interleaved = config.rope_interleaved
-        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.int64).float() / self.rotary_dim
-        self.register_buffer("inv_freq", 1.0 / (config.rope_theta**exponents), persistent=False)
+        self.theta = config.rope_theta
 
     def angles(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin, each (B, 1, T, rotary_dim/2), for (B, T) positions."""
-        freqs = position_ids[:, None, :, None].float() * self.inv_freq  # (B, 1, T, rd/2)
+        """cos and sin, each (B, 1, T, rotary_dim/2), for (B, T) positions.
+
+        Always in float32, also in a bf16 model: a buffer would be cast with the weights.
+        """
+        exponents = torch.arange(0, self.rotary_dim, 2, device=position_ids.device).float() / self.rotary_dim
+        inv_freq = 1.0 / (self.theta**exponents)  # (rd/2,)
+        freqs = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, rd/2)
         return freqs.cos(), freqs.sin()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -229,12 +220,11 @@ class Attention(nn.Module):
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, nkv, S, hd)
         present = (k, v)
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
-            k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hd)
-            v = v.repeat_interleave(groups, dim=1)
         causal = mask is None and past is None and T > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, nh, T, hd)
+        # Grouped-query attention: each kv head serves num_heads / num_kv_heads query heads,
+        # without copying k and v out to every query head.
+        gqa = self.num_heads != self.num_kv_heads
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(y), present
 
@@ -314,9 +304,6 @@ class Decoder(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def hidden_states(
         self,
         input_ids: torch.Tensor,  # (B, T)
@@ -327,6 +314,9 @@ class Decoder(nn.Module):
 
         A training loop that needs logits only at some positions (the assistant's turns) can
         project just those through `lm_head`, which saves most of the vocabulary-sized work.
+        A right-padded training batch needs no attention_mask: causal attention already keeps
+        every real token from seeing the padding after it, and without a mask SDPA takes its
+        fused causal kernel.
         """
         B, T = input_ids.size()
         offset = past[0][0].size(2) if past else 0

@@ -6,7 +6,7 @@
   (F32, F16, BF16, Q4_0, Q4_1, Q8_0 and the other types the `gguf` package can dequantise),
   with its tokenizer metadata. llama.cpp stores Llama's q and k rows permuted for its rotary
   kernel; the permutation is undone here and redone on export.
-- `export_gguf(model, tokenizer, path, dtype)`: a GGUF (F16 or Q8_0) that llama.cpp loads and
+- `export_gguf(model, tokenizer, path, dtype)`: a GGUF (F16, Q8_0 or Q4_0) that llama.cpp loads and
   serves, carrying the source's tokenizer metadata over unchanged.
 
 `GlmForCausalLM` (GLM-4-9B) has no GGUF mapping here: llama.cpp reads it as `chatglm`, with
@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import torch
+from gguf import GGUFValueType
+from safetensors.torch import load_file, save_file
 
 from glmaas.model.decoder import Decoder, DecoderConfig
 
@@ -31,8 +34,6 @@ from glmaas.model.decoder import Decoder, DecoderConfig
 
 def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder:
     """A Decoder from a transformers folder (config.json + *.safetensors), strictly by name."""
-    from safetensors.torch import load_file
-
     folder = Path(path)
     config = DecoderConfig.from_hf_config(json.loads((folder / "config.json").read_text()))
     index = folder / "model.safetensors.index.json"
@@ -54,8 +55,6 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder
 
 def save_hf_dir(model: Decoder, path: str | Path) -> Path:
     """Write config.json + model.safetensors that transformers (and load_hf_dir) read back."""
-    from safetensors.torch import save_file
-
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(model.config.to_hf_config(), indent=2))
@@ -98,6 +97,71 @@ class TokenizerInfo:
     @property
     def chat_template(self) -> str | None:
         return self.get("tokenizer.chat_template")
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> "TokenizerInfo":
+        """The tokenizer metadata of a GGUF file, without reading its weights."""
+        return cls._from_fields(gguf.GGUFReader(str(path)).fields)
+
+    @classmethod
+    def _from_fields(cls, fields) -> "TokenizerInfo":
+        return cls({k: (_field_value(f), [int(t) for t in f.types]) for k, f in fields.items() if k.startswith("tokenizer.")})
+
+    @classmethod
+    def from_hf_dir(cls, path: str | Path, pre: str = "default") -> "TokenizerInfo":
+        """GGUF tokenizer metadata from a byte-level BPE `tokenizer.json` (GPT-2 style, as SmolLM2
+        and GLM-4 use) and its `tokenizer_config.json`.
+
+        `pre` names llama.cpp's pre-tokenizer (its regular expressions), which tokenizer.json
+        does not identify by name: "smollm" for SmolLM2, "glm4" for GLM-4; "default" is GPT-2's.
+        """
+        folder = Path(path)
+        spec = json.loads((folder / "tokenizer.json").read_text())
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        if spec["model"].get("type") != "BPE":
+            raise ValueError(f"only BPE tokenizers convert to GGUF here, not {spec['model'].get('type')!r}")
+        ids = dict(spec["model"]["vocab"])
+        special = {t["content"]: t["special"] for t in spec.get("added_tokens", [])}
+        ids.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+        by_id = {i: token for token, i in ids.items()}
+        size = max(by_id) + 1
+        tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
+        # llama.cpp's token types: 1 normal, 3 control (special), 4 user-defined, 5 unused.
+        types = [5 if i not in by_id else 3 if special.get(by_id[i]) else 4 if by_id[i] in special else 1
+                 for i in range(size)]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+
+        def token_id(key: str) -> int | None:
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            return ids.get(value) if value is not None else None
+
+        string, uint32, boolean, array = (int(t) for t in (GGUFValueType.STRING, GGUFValueType.UINT32,
+                                                           GGUFValueType.BOOL, GGUFValueType.ARRAY))
+        fields: dict[str, tuple[Any, list[int]]] = {
+            "tokenizer.ggml.model": ("gpt2", [string]),
+            "tokenizer.ggml.pre": (pre, [string]),
+            "tokenizer.ggml.tokens": (tokens, [array, string]),
+            "tokenizer.ggml.token_type": (types, [array, int(GGUFValueType.INT32)]),
+            "tokenizer.ggml.merges": (merges, [array, string]),
+            "tokenizer.ggml.add_bos_token": (bool(config.get("add_bos_token", False)), [boolean]),
+        }
+        for key, gguf_key in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                              ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")]:
+            if (i := token_id(key)) is not None:
+                fields[f"tokenizer.ggml.{gguf_key}"] = (i, [uint32])
+        template = config.get("chat_template")
+        if template is None and (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text()
+        if isinstance(template, str):
+            fields["tokenizer.chat_template"] = (template, [string])
+        return cls(fields)
+
+
+def _field_value(field) -> Any:
+    """A GGUF metadata field's value as Python (str, number, bool, or a list of them)."""
+    return field.contents()
 
 
 # GGUF architecture -> our family; and back.
@@ -144,28 +208,19 @@ def llama_cpp_unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _field_value(reader_field) -> Any:
-    return reader_field.contents()
-
-
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Decoder, TokenizerInfo]:
     """A Decoder with dequantised weights, and the tokenizer metadata, from a llama.cpp GGUF."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    reader = GGUFReader(str(path))
+    reader = gguf.GGUFReader(str(path))
     meta = {name: f for name, f in reader.fields.items()}
-    arch = _field_value(meta["general.architecture"])
+    arch = meta["general.architecture"].contents()
     if arch not in GGUF_ARCHES:
         raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: {sorted(GGUF_ARCHES)}")
 
     def hp(key: str, default: Any = None) -> Any:
         f = meta.get(f"{arch}.{key}")
-        return default if f is None else _field_value(f)
+        return default if f is None else f.contents()
 
-    tokenizer = TokenizerInfo(
-        {k: (_field_value(f), [int(t) for t in f.types]) for k, f in meta.items() if k.startswith("tokenizer.")}
-    )
+    tokenizer = TokenizerInfo._from_fields(meta)
     tensors = {t.name: t for t in reader.tensors}
     hidden = hp("embedding_length")
     num_heads = hp("attention.head_count")
@@ -192,28 +247,39 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Dec
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.get("tokenizer.ggml.padding_token_id"),
     )
+    if hp("rope.scaling.type", "none") not in ("none", "linear") or hp("rope.scaling.factor", 1.0) != 1.0:
+        raise ValueError(f"{path}: rope scaling is not supported")
     model = Decoder(config)
     state = {}
+    unused = set(tensors)
     for name in model.state_dict():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         t = tensors.get(gguf_name(name))
         if t is None:
             raise ValueError(f"{path}: no tensor {gguf_name(name)} (for {name})")
+        unused.discard(t.name)
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
-        w = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type)).reshape(shape).copy())
+        w = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type)).reshape(shape).copy())
         if config.family == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
             w = llama_cpp_unpermute(w, num_heads)
         elif config.family == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
             w = llama_cpp_unpermute(w, num_kv)
         state[name] = w
+    if unused:
+        raise ValueError(f"{path}: tensors this decoder has no place for: {sorted(unused)[:5]}")
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True)
     return model.to(dtype), tokenizer
 
 
-EXPORT_DTYPES = ("f16", "q8_0")
+# Export dtype -> (the matrices' GGML type, the file type llama.cpp reports).
+EXPORT_DTYPES = {
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+}
 
 
 def export_gguf(
@@ -227,15 +293,15 @@ def export_gguf(
 
     Merge any LoRA adapters first (lora.merge_lora): the file holds plain weights only.
     """
-    import gguf
-
     if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"GGUF export dtype {dtype!r} is not supported; choose from {EXPORT_DTYPES}")
+        raise ValueError(f"GGUF export dtype {dtype!r} is not supported; choose from {sorted(EXPORT_DTYPES)}")
+    if any(n.endswith((".lora_A", ".lora_B")) for n in model.state_dict()):
+        raise ValueError("merge the LoRA adapters into the model (merge_lora) before exporting it")
     config = model.config
     arch = {v: k for k, v in GGUF_ARCHES.items()}.get(config.family)
     if arch is None:
         raise ValueError(f"GGUF export of the {config.family!r} family is not supported")
-    quant = gguf.GGMLQuantizationType.Q8_0 if dtype == "q8_0" else gguf.GGMLQuantizationType.F16
+    quant, file_type = EXPORT_DTYPES[dtype]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
@@ -252,12 +318,10 @@ def export_gguf(
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(
-        gguf.LlamaFileType.MOSTLY_Q8_0 if dtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
-    )
+    writer.add_file_type(file_type)
     for key, (value, types) in tokenizer.fields.items():
-        vtypes = [gguf.GGUFValueType(t) for t in types]
-        sub_type = vtypes[-1] if vtypes[0] == gguf.GGUFValueType.ARRAY else None
+        vtypes = [GGUFValueType(t) for t in types]
+        sub_type = vtypes[-1] if vtypes[0] == GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, vtypes[0], sub_type=sub_type)
 
     for pname, p in model.state_dict().items():
@@ -271,7 +335,7 @@ def export_gguf(
         data = w.numpy()
         if data.ndim == 1:
             writer.add_tensor(gguf_name(pname), data.astype(np.float32))
-        elif quant == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32 == 0:
+        elif quant != gguf.GGMLQuantizationType.F16 and data.shape[-1] % 32 == 0:  # whole blocks only
             q = gguf.quants.quantize(data, quant)
             writer.add_tensor(gguf_name(pname), q, raw_dtype=quant)  # shape read from the bytes
         else:

@@ -19,23 +19,12 @@ from glmaas.model.weights import TokenizerInfo, export_gguf
 ENDED = ("succeeded", "failed", "cancelled")
 
 
-def default_tokenizer() -> TokenizerInfo:
-    """The tokenizer metadata (vocabulary, merges, chat template) of the default model's GGUF."""
-    from gguf import GGUFReader
-
-    from glmaas.model.weights import _field_value
-
-    reader = GGUFReader(str(default_model_path()))
-    return TokenizerInfo({k: (_field_value(f), [int(t) for t in f.types])
-                          for k, f in reader.fields.items() if k.startswith("tokenizer.")})
-
-
 def tiny_gguf(path: Path) -> Path:
     """A random two-layer Llama-family decoder with SmolLM2's tokenizer, as an F16 GGUF."""
     torch.manual_seed(0)
     config = DecoderConfig(family="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=1024)
-    return export_gguf(Decoder(config), default_tokenizer(), path, "f16")
+    return export_gguf(Decoder(config), TokenizerInfo.from_gguf(default_model_path()), path, "f16")
 
 
 def conversation(question: str, answer: str, system: str | None = None) -> dict:

@@ -9,13 +9,14 @@
 """
 
 import gguf
+import numpy as np
 import pytest
 import torch
 from llama_cpp import Llama
 
 from glmaas.engines.registry import default_model_path
-from glmaas.model.decoder import left_pad
-from glmaas.model.weights import export_gguf, llama_cpp_permute, llama_cpp_unpermute, load_gguf
+from glmaas.model.decoder import Decoder, DecoderConfig, left_pad
+from glmaas.model.weights import TokenizerInfo, export_gguf, llama_cpp_permute, llama_cpp_unpermute, load_gguf
 
 PROMPTS = [
     "The capital of France is",
@@ -104,6 +105,7 @@ def test_gguf_metadata_becomes_the_smollm2_config(smollm2):
     assert len(tokenizer.tokens) == c.vocab_size == 49152
     assert tokenizer.eos_token_id == c.eos_token_id == 2
     assert "im_start" in tokenizer.chat_template
+    assert TokenizerInfo.from_gguf(default_model_path()).fields == tokenizer.fields
 
 
 def test_dequantised_weights_choose_the_tokens_llama_cpp_chooses(smollm2):
@@ -149,3 +151,82 @@ def test_llama_cpp_rotary_permutation_is_undone_exactly():
     w = torch.randn(3 * 64, 10)
     assert torch.equal(llama_cpp_unpermute(llama_cpp_permute(w, 3), 3), w)
     assert not torch.equal(llama_cpp_permute(w, 3), w)
+
+
+@pytest.mark.parametrize("family, bias", [("glm4", True), ("glm4", False), ("llama", True)])
+def test_tiny_random_export_gives_llama_cpp_our_logits(smollm2, tmp_path, family, bias):
+    """GLM-4's layout (interleaved partial rotary, fused gate-up, sandwich norms) as llama.cpp reads it."""
+    _, tokenizer = smollm2
+    config = DecoderConfig(family=family, vocab_size=49152, hidden_size=64, intermediate_size=96, num_layers=2,
+                           num_heads=4, num_kv_heads=2, head_dim=32, attention_bias=bias, tie_word_embeddings=False,
+                           partial_rotary_factor=0.5 if family == "glm4" else 1.0)
+    torch.manual_seed(0)
+    model = Decoder(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_((1.0 if name.endswith("norm.weight") else 0.0) + 0.4 * torch.randn_like(p))
+    llm = Llama(model_path=str(export_gguf(model, tokenizer, tmp_path / "tiny.gguf")), n_ctx=64, n_threads=1,
+                logits_all=True, verbose=False)
+    ids = list(range(100, 116))
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0][0]
+    assert (theirs - ours).abs().max() <= 0.03 * ours.abs().max()  # F16 weights and activations
+    assert torch.equal(theirs.argmax(-1), ours.argmax(-1))
+
+
+def hf_tokenizer_folder(tokenizer: TokenizerInfo, folder):
+    """SmolLM2's tokenizer as transformers ships it: tokenizer.json (built by the tokenizers library
+    from the GGUF's vocabulary and merges) and tokenizer_config.json."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokens, types = tokenizer.tokens, tokenizer.get("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ")) for m in tokenizer.get("tokenizer.ggml.merges")]
+    hf = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(t, special=True) for t, kind in zip(tokens, types) if kind == 3])
+    hf.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+              "pad_token": "<|im_end|>", "add_bos_token": False, "chat_template": tokenizer.chat_template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_tokenizer_json_becomes_gguf_metadata_llama_cpp_tokenizes_with(smollm2, exported, tmp_path):
+    model, tokenizer = smollm2
+    info = TokenizerInfo.from_hf_dir(hf_tokenizer_folder(tokenizer, tmp_path), pre="smollm")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+                "tokenizer.chat_template", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        assert info.get(key) == tokenizer.get(key), key
+    path = export_gguf(model, info, tmp_path / "from-tokenizer-json.gguf")
+    ours, source = llama_cpp(path), llama_cpp(exported["f16"])
+    for text in ["Hello, world!", "<|im_start|>user\nWhat is 2+2?<|im_end|>", "  indented\tcode()", "naïve café"]:
+        assert ours.tokenize(text.encode(), special=True) == source.tokenize(text.encode(), special=True)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("q8_0", 0.01), ("q4_0", 0.15)])
+def test_quantised_export_reloads_within_its_rounding(smollm2, tmp_path, dtype, tolerance):
+    _, tokenizer = smollm2
+    config = DecoderConfig(family="glm4", vocab_size=49152, hidden_size=64, intermediate_size=96, num_layers=1,
+                           num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=False)
+    model = Decoder(config)
+    path = export_gguf(model, tokenizer, tmp_path / f"tiny-{dtype}.gguf", dtype=dtype)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["blk.0.attn_q.weight"] == dtype.upper() and types["blk.0.attn_norm.weight"] == "F32"
+    reloaded, _ = load_gguf(path)
+    for name, w in model.state_dict().items():
+        assert (reloaded.state_dict()[name] - w).abs().max() <= tolerance * w.abs().max(), name
+
+
+def test_unmerged_lora_model_is_not_exported(smollm2, tmp_path):
+    from glmaas.model.lora import apply_lora
+
+    _, tokenizer = smollm2
+    model = apply_lora(Decoder(DecoderConfig(vocab_size=49152, hidden_size=64, intermediate_size=96, num_layers=1,
+                                             num_heads=4, num_kv_heads=2, head_dim=16)))
+    with pytest.raises(ValueError, match="merge_lora"):
+        export_gguf(model, tokenizer, tmp_path / "x.gguf")
