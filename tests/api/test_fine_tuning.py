@@ -6,6 +6,7 @@ at creation and settled once — in full at the end, for what was trained at a c
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -128,8 +129,10 @@ def test_a_cancelled_job_bills_what_it_trained(server: AppServer) -> None:
         held = 10_000_000 - balance_micro(server, "ft-cancel")
         running = wait_job(http, job["id"], 60, until=("running",), prefix="/api/paas/v4")
         assert running["status"] == "running"
+        deadline = time.monotonic() + 60
         while http.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["trained_tokens"] == 0:
-            pass
+            assert time.monotonic() < deadline, "no step trained in a minute"
+            time.sleep(0.1)
         cancelled = http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()
         assert cancelled["status"] == "cancelled" and cancelled["fine_tuned_model"] is None
         trained = cancelled["trained_tokens"]
