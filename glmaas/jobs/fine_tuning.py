@@ -217,6 +217,14 @@ RETURNING id
 """
 
 
+def others_waiting(session: Session, owner: str) -> bool:
+    """Whether a job is queued, or running elsewhere (its replica may have stopped): a read that
+    spares the idle poll a write transaction."""
+    return session.scalar(select(FineTuningJob.id).where(
+        (FineTuningJob.status == JobStatus.QUEUED)
+        | ((FineTuningJob.status == JobStatus.RUNNING) & (FineTuningJob.owner != owner))).limit(1)) is not None
+
+
 def take(engine: Engine, owner: str, lease_s: float) -> str | None:
     """Lease the oldest queued job (or a running one whose lease lapsed) for `lease_s` seconds."""
     now = time.time()

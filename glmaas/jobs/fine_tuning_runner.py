@@ -81,6 +81,11 @@ class FineTuningRunner:
     def _take_jobs(self) -> None:
         for job_id in [j for j, t in self.running.items() if t.done()]:
             del self.running[job_id]
+        if len(self.running) >= self.max_jobs:
+            return
+        with self.db.session() as session:
+            if not fine_tuning.others_waiting(session, self.owner):
+                return
         with self.db.session() as session, session.begin():
             if fine_tuning.release_stopped(session, self.owner):
                 log.warning("took over a fine-tuning job left running by a replica that stopped")
