@@ -180,7 +180,8 @@ class Rotary(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x: (B, nh, T, hd)
         rd = self.rotary_dim
-        rot, rest = x[..., :rd], x[..., rd:]
+        partial = rd < x.size(-1)
+        rot, rest = (x[..., :rd], x[..., rd:]) if partial else (x, None)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if self.interleaved:
             x1, x2 = rot[..., 0::2], rot[..., 1::2]
@@ -188,7 +189,7 @@ class Rotary(nn.Module):
         else:
             x1, x2 = rot[..., : rd // 2], rot[..., rd // 2 :]
             rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return torch.cat((rot, rest), dim=-1) if rest.size(-1) else rot
+        return torch.cat((rot, rest), dim=-1) if partial else rot
 
 
 class Attention(nn.Module):

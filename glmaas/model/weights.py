@@ -48,9 +48,18 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder
         state.update(load_file(folder / shard))
     if config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
-    model = Decoder(config)
-    model.load_state_dict(state, strict=True)
-    return model.to(dtype)
+    return decoder_from_state(config, state).to(dtype)
+
+
+def decoder_from_state(config: DecoderConfig, state: dict[str, torch.Tensor]) -> Decoder:
+    """A Decoder holding exactly `state` (every name, nothing more), built without first
+    allocating and initialising weights that would be overwritten."""
+    with torch.device("meta"):
+        model = Decoder(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:  # assign gave the head its own Parameter; share one again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
 
 
 def save_hf_dir(model: Decoder, path: str | Path) -> Path:
@@ -249,10 +258,11 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Dec
     )
     if hp("rope.scaling.type", "none") not in ("none", "linear") or hp("rope.scaling.factor", 1.0) != 1.0:
         raise ValueError(f"{path}: rope scaling is not supported")
-    model = Decoder(config)
+    with torch.device("meta"):
+        names = list(Decoder(config).state_dict())
     state = {}
     unused = set(tensors)
-    for name in model.state_dict():
+    for name in names:
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         t = tensors.get(gguf_name(name))
@@ -270,8 +280,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Dec
         raise ValueError(f"{path}: tensors this decoder has no place for: {sorted(unused)[:5]}")
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True)
-    return model.to(dtype), tokenizer
+    return decoder_from_state(config, state).to(dtype), tokenizer
 
 
 # Export dtype -> (the matrices' GGML type, the file type llama.cpp reports).

@@ -44,6 +44,8 @@ def test_transformers_folder_loads(tmp_path, config_cls, overrides):
     model = load_hf_dir(tmp_path)
     with torch.no_grad():
         assert (model(IDS)[0] - hf_model(IDS).logits).abs().max().item() <= 1e-4
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    assert tied == model.config.tie_word_embeddings
 
 
 def test_sharded_folder_loads(tmp_path):

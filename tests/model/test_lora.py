@@ -110,3 +110,12 @@ def test_a_few_steps_fit_a_batch():
         loss().backward()
         opt.step()
     assert loss().item() < 0.5 * first
+
+
+def test_bfloat16_model_trains_its_adapters():
+    model = apply_lora(tiny("glm4").to(torch.bfloat16), rank=4)
+    logits, _ = model(IDS)
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in lora_parameters(model))
+    assert merge_lora(model).lm_head.weight.dtype == torch.bfloat16
