@@ -22,6 +22,8 @@ DEFAULT_BATCH_WORKERS = 2  # background workers per replica (batch lines, async 
 DEFAULT_BATCH_SLOT_SHARE = 0.5  # the most of a model's engine slots background work may take
 DEFAULT_BATCH_PRICE_PERCENT = 50  # batch lines sell at this share of the model's prices
 DEFAULT_BATCH_LEASE_S = 30.0  # a dead replica's background work is taken over after this
+DEFAULT_FINE_TUNING_JOBS = 1  # fine-tuning jobs trained at once per replica (0: none here)
+DEFAULT_FINE_TUNING_THREADS = None  # torch threads of a training worker; None: every core but one
 DEFAULT_BATCH_MAX_ATTEMPTS = 3  # a background item whose attempts keep dying fails after this many
 DEFAULT_DRAIN_TIMEOUT = 30.0  # seconds a shutdown waits for requests in flight before cutting them
 DEFAULT_METRICS_HOST = "127.0.0.1"  # where --metrics-port listens (no credential asked there)
@@ -56,6 +58,8 @@ class Settings:
     metrics_host: str = DEFAULT_METRICS_HOST
     log_format: str = "text"
     log_content: bool = False  # request and response bodies in the request log lines
+    fine_tuning_jobs: int = DEFAULT_FINE_TUNING_JOBS
+    fine_tuning_threads: int | None = DEFAULT_FINE_TUNING_THREADS
 
     def db_url(self) -> str:
         from glmaas.store.db import sqlite_url

@@ -79,6 +79,9 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
         redis=getattr(limiter, "client", None),
         drain_timeout=settings.drain_timeout,
         log_content=settings.log_content,
+        data_dir=settings.data_dir,
+        fine_tuning_jobs=settings.fine_tuning_jobs,
+        fine_tuning_threads=settings.fine_tuning_threads,
     )
 
 

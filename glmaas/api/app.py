@@ -33,6 +33,9 @@ from glmaas.api.embeddings.router import routes as embedding_routes
 from glmaas.api.errors import ApiError, ErrorKind
 from glmaas.api.faults import ServerFaults
 from glmaas.api.files.router import routes as file_routes
+from glmaas.api.fine_tuning.router import body_routes as fine_tuning_body_routes
+from glmaas.api.fine_tuning.router import routes as fine_tuning_routes
+from glmaas.api.fine_tuning.serving import base_gguf, load_model, publish_model, serve_all
 from glmaas.api.housekeeping import retire_replica, run_housekeeping
 from glmaas.api.metered import MeteredRequests
 from glmaas.api.models.router import router as models_router
@@ -42,6 +45,7 @@ from glmaas.api.state import AppState
 from glmaas.api.tokenizer.router import body_routes as tokenizer_body_routes
 from glmaas.api.tokenizer.router import routes as tokenizer_routes
 from glmaas.api.work import Runner, fail_exhausted, runner_for
+from glmaas.jobs.fine_tuning_runner import FineTuningRunner
 from glmaas.jobs.worker import Workers
 
 # The resources that run in the background (batch lines, async tasks), by the endpoint they call.
@@ -100,11 +104,22 @@ def create_app(state: AppState) -> FastAPI:
                               exhausted=lambda item: fail_exhausted(state, item),
                               stopping=lambda: operations.drain.draining)
             background = asyncio.create_task(workers.run())
+        training = None
+        if state.data_dir is not None:
+            await serve_all(state)
+            if state.fine_tuning_jobs > 0:
+                runner = FineTuningRunner(state.db, state.blobs, state.meter.owner, state.data_dir,
+                                          lambda model, account: base_gguf(state, model, account),
+                                          load_model, lambda job, engine: publish_model(state, job, engine),
+                                          max_jobs=state.fine_tuning_jobs,
+                                          lease_s=state.batch_lease_s, threads=state.fine_tuning_threads)
+                training = asyncio.create_task(runner.run())
         yield
         housekeeping.cancel()
-        if background is not None:
-            background.cancel()
-            await asyncio.gather(background, return_exceptions=True)
+        for task in (background, training):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await state.registry.close()
         retire_replica(state)
         state.db.dispose()
@@ -113,7 +128,7 @@ def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
     app.router.routes.extend([*chat_routes, *tokenizer_routes, *embedding_routes, *file_routes, *batch_routes,
-                              *async_chat_routes])
+                              *async_chat_routes, *fine_tuning_routes])
     app.include_router(models_router)
     app.include_router(admin_router)
     app.mount(CONSOLE_PREFIX, create_console(state))
@@ -146,7 +161,7 @@ def create_app(state: AppState) -> FastAPI:
         admin = caller_is_admin(request)
         if admin not in schemas:
             body_routes = (chat_body_routes + tokenizer_body_routes + embedding_body_routes + batch_body_routes
-                           + async_chat_body_routes)
+                           + async_chat_body_routes + fine_tuning_body_routes)
             schemas[admin] = openapi_schema(app, body_routes, admin=admin)
         return JSONResponse(schemas[admin])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from glmaas import config
@@ -39,4 +40,8 @@ class AppState:
     drain_timeout: float = config.DEFAULT_DRAIN_TIMEOUT
     # Whether request log lines carry the request and response bodies (`--log-content`).
     log_content: bool = False
+    # Where fine-tuning jobs keep their files; None: no fine-tuning runs here.
+    data_dir: Path | None = None
+    fine_tuning_jobs: int = config.DEFAULT_FINE_TUNING_JOBS
+    fine_tuning_threads: int | None = config.DEFAULT_FINE_TUNING_THREADS
     started_at: float = field(default_factory=time.time)

@@ -18,16 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True)
     p.add_argument("--cached-input")
     p.add_argument("--output", required=True)
+    p.add_argument("--training", help="per million tokens trained by a fine-tuning job (default 0)")
     add_command(prices, "list", list_, "list prices")
 
 
 def set_(args: argparse.Namespace) -> int:
     inp = parse_amount(args.input)
     price = PriceSheet(inp, parse_amount(args.cached_input) if args.cached_input else inp,
-                       parse_amount(args.output))
+                       parse_amount(args.output), parse_amount(args.training) if args.training else 0)
     in_transaction(args, lambda s, _: admin.put_price(s, args.model, price))
     print(f"{args.model}: input {args.input}, cached input {args.cached_input or args.input}, "
-          f"output {args.output} per million tokens")
+          f"output {args.output}, training {args.training or 0} per million tokens")
     return 0
 
 

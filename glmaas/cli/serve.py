@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the largest file /files accepts")
     p.add_argument("--batch-workers", type=int, default=config.DEFAULT_BATCH_WORKERS,
                    help="background workers running batch lines and async chat tasks (0: none)")
+    p.add_argument("--fine-tuning-jobs", type=int, default=config.DEFAULT_FINE_TUNING_JOBS,
+                   help="fine-tuning jobs this server trains at once, each in a worker process (0: none)")
+    p.add_argument("--fine-tuning-threads", type=int, default=config.DEFAULT_FINE_TUNING_THREADS,
+                   help="torch threads of a fine-tuning worker (default: every core but one)")
     p.add_argument("--batch-slot-share", type=_share, default=config.DEFAULT_BATCH_SLOT_SHARE,
                    help="the most of a model's engine slots background work may take (0-1)")
     p.add_argument("--batch-price-percent", type=_percent, default=config.DEFAULT_BATCH_PRICE_PERCENT,
@@ -106,6 +110,8 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
         metrics_host=args.metrics_host,
         log_format=args.log_format,
         log_content=args.log_content,
+        fine_tuning_jobs=args.fine_tuning_jobs,
+        fine_tuning_threads=args.fine_tuning_threads,
     )
 
 

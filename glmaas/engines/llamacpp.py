@@ -98,7 +98,7 @@ def tokenize_text(vocab: llama_cpp.llama_vocab_p, text: str, *, special: bool) -
         cap = -n  # too small: llama.cpp says how many it needs
 
 
-def _meta(model: llama_cpp.llama_model_p, key: str) -> str | None:
+def model_metadata(model: llama_cpp.llama_model_p, key: str) -> str | None:
     """A GGUF metadata value as text, or None when the key is absent."""
     size = 1 << 12
     while True:
@@ -127,6 +127,7 @@ class LlamaCppEngine:
         tool_parser: str | None = None,
     ) -> None:
         model = self._model = load_model(model_id, path)
+        self.path = path
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
         per_slot = slot_context or min(DEFAULT_SLOT_CONTEXT, n_ctx_train)
@@ -147,7 +148,7 @@ class LlamaCppEngine:
         self.info = ModelInfo(
             model_id=model_id,
             context_length=self._loop.slot_context,
-            chat_template=_meta(model, "tokenizer.chat_template"),
+            chat_template=model_metadata(model, "tokenizer.chat_template"),
             bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
             eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
             owned_by="glmaas",

@@ -165,17 +165,38 @@ def build_engine(model_id: str, spec: str) -> Served:
 
 
 class ModelRegistry:
-    """Model id → loaded engine: generating engines and embedding models, kept apart."""
+    """Model id → loaded engine: generating engines and embedding models, kept apart. Models
+    added at run time (fine-tuned ones) may be private to one account: to every other account
+    they do not exist."""
 
     def __init__(self, engines: dict[str, Served] | None = None) -> None:
-        self._served: dict[str, Served] = dict(engines or {})
+        self._served: dict[str, Served] = {}
         self._engines: dict[str, Engine] = {}
         self._embedders: dict[str, EmbeddingModel] = {}
-        for model_id, served in self._served.items():
-            if isinstance(served, EmbeddingModel):
-                self._embedders[model_id] = served
-            else:
-                self._engines[model_id] = served
+        self._owners: dict[str, str] = {}  # model id → the one account that sees it
+        for model_id, served in (engines or {}).items():
+            self.add(model_id, served)
+
+    def add(self, model_id: str, served: Served, *, account_id: str | None = None) -> None:
+        """Serve `served` as `model_id` from now on; only to `account_id` when given."""
+        self._served[model_id] = served
+        if isinstance(served, EmbeddingModel):
+            self._embedders[model_id] = served
+        else:
+            self._engines[model_id] = served
+        if account_id is not None:
+            self._owners[model_id] = account_id
+
+    def remove(self, model_id: str) -> Served | None:
+        """Stop serving `model_id`; returns its engine for the caller to close."""
+        self._engines.pop(model_id, None)
+        self._embedders.pop(model_id, None)
+        self._owners.pop(model_id, None)
+        return self._served.pop(model_id, None)
+
+    def visible(self, model_id: str, account_id: str | None) -> bool:
+        owner = self._owners.get(model_id)
+        return owner is None or owner == account_id
 
     @classmethod
     def from_options(cls, options: list[str], *, with_default: bool = True, files: list[Path] | None = None,
@@ -210,16 +231,17 @@ class ModelRegistry:
             if start is not None:
                 await start()
 
-    def get(self, model_id: str) -> Engine | None:
-        """The generating engine of `model_id`, if there is one."""
-        return self._engines.get(model_id)
+    def get(self, model_id: str, account_id: str | None = None) -> Engine | None:
+        """The generating engine of `model_id`, if there is one that `account_id` may see."""
+        return self._engines.get(model_id) if self.visible(model_id, account_id) else None
 
-    def embedder(self, model_id: str) -> EmbeddingModel | None:
-        """The embedding model of `model_id`, if there is one."""
-        return self._embedders.get(model_id)
+    def embedder(self, model_id: str, account_id: str | None = None) -> EmbeddingModel | None:
+        """The embedding model of `model_id`, if there is one that `account_id` may see."""
+        return self._embedders.get(model_id) if self.visible(model_id, account_id) else None
 
-    def models(self) -> list[ModelInfo]:
-        return [served.info for served in self._served.values()]
+    def models(self, account_id: str | None = None) -> list[ModelInfo]:
+        """The models `account_id` may see (the shared ones alone when None)."""
+        return [served.info for model_id, served in self._served.items() if self.visible(model_id, account_id)]
 
     async def close(self) -> None:
         for served in self._served.values():

@@ -151,7 +151,7 @@ def put_price(session: Session, model: str, price: PriceSheet) -> dict:
 
 def prices(session: Session) -> dict:
     return {m: {"input": format_amount(p.input), "cached_input": format_amount(p.cached_input),
-                "output": format_amount(p.output)} for m, p in all_prices(session).items()}
+                "output": format_amount(p.output), "training": format_amount(p.training)} for m, p in all_prices(session).items()}
 
 
 def usage_report(session: Session, by: tuple[str, ...], account: str | None = None) -> list[dict]:

@@ -24,9 +24,11 @@ class PriceSheet:
     input: int
     cached_input: int
     output: int
+    # Per million tokens trained in a fine-tuning job (each epoch counts its tokens again).
+    training: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.input, self.cached_input, self.output) < 0:
+        if min(self.input, self.cached_input, self.output, self.training) < 0:
             raise ValueError("prices cannot be negative")
 
     @property
@@ -45,7 +47,7 @@ def discounted(price: PriceSheet, percent: int) -> PriceSheet:
     if percent == 100:
         return price
     return PriceSheet(price.input * percent // 100, price.cached_input * percent // 100,
-                      price.output * percent // 100)
+                      price.output * percent // 100, price.training * percent // 100)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -66,6 +68,12 @@ def hold_amount(price: PriceSheet, prompt_tokens: int, max_tokens: int) -> int:
     Never less than `cost` of any outcome the request can have."""
     dearest_input = max(price.input, price.cached_input)
     return _ceil_div(prompt_tokens * dearest_input + max_tokens * price.output, PER)
+
+
+def training_sheet(price: PriceSheet) -> PriceSheet:
+    """The sheet a fine-tuning job is held and settled at: each trained token (every epoch
+    again) at the model's training price, as if it were an input token."""
+    return PriceSheet(price.training, price.training, 0)
 
 
 _AMOUNT = re.compile(r"([+-]?)(\d*)(?:\.(\d{0,6}))?")
@@ -92,18 +100,19 @@ def set_price(session: Session, model: str, price: PriceSheet) -> None:
     row = session.get(Price, model)
     if row is None:
         session.add(Price(model=model, input=price.input, cached_input=price.cached_input,
-                          output=price.output, updated_at=time.time()))
+                          output=price.output, training=price.training, updated_at=time.time()))
     else:
         row.input, row.cached_input, row.output = price.input, price.cached_input, price.output
+        row.training = price.training
         row.updated_at = time.time()
 
 
 def price_of(session: Session, model: str) -> PriceSheet:
     """The price of `model`; free if none is set."""
     row = session.get(Price, model)
-    return FREE if row is None else PriceSheet(row.input, row.cached_input, row.output)
+    return FREE if row is None else PriceSheet(row.input, row.cached_input, row.output, row.training)
 
 
 def all_prices(session: Session) -> dict[str, PriceSheet]:
-    return {r.model: PriceSheet(r.input, r.cached_input, r.output)
+    return {r.model: PriceSheet(r.input, r.cached_input, r.output, r.training)
             for r in session.scalars(select(Price).order_by(Price.model))}

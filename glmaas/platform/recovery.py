@@ -31,6 +31,9 @@ from glmaas.store.tables import Hold, Replica
 
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 15.0
+# The owner of a fine-tuning job's hold: the job, not a replica. A job cut short by a crash
+# resumes from its checkpoint and settles its own hold, so recovery leaves these alone.
+JOB_HOLD_OWNER = "fine-tuning-job"
 
 
 def new_owner_id() -> str:
@@ -71,8 +74,9 @@ def stopped(session: Session, owners: set[str], me: str, now: float | None = Non
 
 
 def dead_owners(session: Session, me: str, now: float | None = None) -> set[str]:
-    """Owners of open holds that are not running any more."""
-    return stopped(session, set(session.scalars(select(Hold.owner).where(Hold.state == "open").distinct())), me, now)
+    """Owners of open holds that are not running any more (a job is never one)."""
+    owners = set(session.scalars(select(Hold.owner).where(Hold.state == "open").distinct())) - {JOB_HOLD_OWNER}
+    return stopped(session, owners, me, now)
 
 
 def recover(session_factory: Callable[[], Session], me: str,

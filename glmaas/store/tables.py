@@ -94,6 +94,8 @@ class Price(Base):
     input: Mapped[int] = mapped_column(BigInteger)
     cached_input: Mapped[int] = mapped_column(BigInteger)
     output: Mapped[int] = mapped_column(BigInteger)
+    # Per million tokens trained by a fine-tuning job.
+    training: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[float] = mapped_column(Float)
 
 
@@ -270,3 +272,66 @@ class UpstreamKey(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class FineTuningJob(Base):
+    """A fine-tuning job: a base model adapted to an uploaded file of conversations, leased to one
+    replica at a time (`owner` + `lease_until`, like a `WorkItem`), trained in a worker process.
+    Its bill is a hold of its own (request id = the job id), settled once when it ends."""
+
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (Index("ix_fine_tuning_jobs_status", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))  # the base model
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # lora | full
+    method: Mapped[str] = mapped_column(String(8))
+    hyperparameters: Mapped[str] = mapped_column(Text)  # JSON: n_epochs, batch_size, learning_rate_multiplier
+    # validating_files | queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    model_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the exported GGUF
+    model_deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Tokens of one epoch (prompt and assistant tokens, as trained), and those trained so far.
+    epoch_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: code, message, param
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class FineTuningEvent(Base):
+    """A line of a job's log: a message, or the metrics of a training step."""
+
+    __tablename__ = "fine_tuning_events"
+    __table_args__ = (Index("ix_fine_tuning_events_job", "job_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    level: Mapped[str] = mapped_column(String(8))  # info | warn | error
+    type: Mapped[str] = mapped_column(String(8))  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON metrics
+
+
+class FineTuningCheckpoint(Base):
+    """The checkpoint a job saved at the end of an epoch (LoRA or full weights, optimizer, step)."""
+
+    __tablename__ = "fine_tuning_checkpoints"
+    __table_args__ = (Index("ix_fine_tuning_checkpoints_job", "job_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    step_number: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[str] = mapped_column(Text)  # JSON

@@ -67,6 +67,7 @@ class NewPrice(_Body):
     input: str | int | float
     cached_input: str | int | float | None = None
     output: str | int | float
+    training: str | int | float | None = None  # per million tokens a fine-tuning job trains
 
 
 def _amount(value: Any, field: str) -> int:
@@ -157,7 +158,8 @@ async def put_price(request: Request, model: str) -> JSONResponse:
     body = await parse_body(request, NewPrice)
     inp = _amount(body.input, "input")
     price = PriceSheet(inp, inp if body.cached_input is None else _amount(body.cached_input, "cached_input"),
-                       _amount(body.output, "output"))
+                       _amount(body.output, "output"),
+                       0 if body.training is None else _amount(body.training, "training"))
     return await _do(request, lambda s: admin.put_price(s, model, price))
 
 

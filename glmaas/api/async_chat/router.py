@@ -57,7 +57,7 @@ async def submit(request: Request) -> Response:
         raise ApiError(ErrorKind.INVALID_REQUEST, "An async task cannot stream; leave stream out.", param="stream")
     task_id = new_request_id()
     request_id = take_request_id(request, chat.request_id or task_id)
-    build_prompt(state, chat)  # refuse now what could never run: unknown model, prompt too long
+    build_prompt(state, chat, principal.account_id)  # refuse now what could never run: unknown model, prompt too long
     if not principal.may_use(chat.model):
         raise ApiError(ErrorKind.MODEL_NOT_ALLOWED, f"This API key may not use the model {chat.model!r}.")
     # Kept as sent (it parsed, so it is UTF-8 JSON): the worker reads it as the route did.

@@ -42,7 +42,7 @@ async def run_chat_item(state: AppState, item: LeasedItem) -> None:
     try:
         principal = state.authenticator.principal_of(item.key_id)
         chat = replace(to_canonical(request_of(item, ChatCompletionRequest)), stream=False)
-        prompt = build_prompt(state, chat)
+        prompt = build_prompt(state, chat, item.account_id)
     except PlatformError as exc:
         return fail_item(state, item, from_platform(exc))
     except ApiError as exc:

@@ -37,7 +37,7 @@ async def chat_completions(request: Request) -> Response:
     principal = authenticate(request)
     chat = to_canonical(await parse_body(request, ChatCompletionRequest))
     request_id = take_request_id(request, chat.request_id)
-    prompt = build_prompt(state, chat)
+    prompt = build_prompt(state, chat, principal.account_id)
     run = await admit(state, principal, chat.model, request_id, prompt_tokens=prompt.prompt_tokens,
                       max_tokens=prompt.max_tokens, arrived=arrived, stream=chat.stream, end_user=chat.user)
     # The run settles when its deltas end, however they end.

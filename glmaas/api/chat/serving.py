@@ -77,10 +77,10 @@ class Prompt:
         return asks_in_messages(self.engine)
 
 
-def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tuple[int, ...]]:
+def render_prompt(state: AppState, chat: ChatRequest, account_id: str) -> tuple[Engine, str, tuple[int, ...]]:
     """The engine of the request's model, and the prompt's text and token ids; raises
-    `ApiError` when the model is unknown or the messages cannot be rendered."""
-    engine = state.registry.get(chat.model)
+    `ApiError` when the model is unknown (to `account_id`) or the messages cannot be rendered."""
+    engine = state.registry.get(chat.model, account_id)
     if engine is None:
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {chat.model!r} does not exist.", param="model")
     info = engine.info
@@ -96,16 +96,16 @@ def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tupl
     return engine, text, tuple(engine.tokenize(text))
 
 
-def build_prompt(state: AppState, chat: ChatRequest) -> Prompt:
+def build_prompt(state: AppState, chat: ChatRequest, account_id: str) -> Prompt:
     """The rendered, tokenized prompt; raises `ApiError` as `render_prompt` does, when the
     output constraint cannot be enforced, and when the prompt does not fit. A chat engine (an
     upstream) takes the messages as they are: its prompt is our estimate of their tokens."""
-    engine = state.registry.get(chat.model)
+    engine = state.registry.get(chat.model, account_id)
     if asks_in_messages(engine):
         estimate = engine.count_prompt(chat.messages, chat.tools)
         room = max(1, engine.info.context_length - estimate)
         return Prompt(engine, "", (), min(chat.max_tokens or DEFAULT_MAX_TOKENS, room), estimate)
-    engine, text, token_ids = render_prompt(state, chat)
+    engine, text, token_ids = render_prompt(state, chat, account_id)
     constraint, param = output_constraint(chat)
     if constraint is not None:
         try:  # refused before admission: nothing is held or billed for a schema we cannot enforce

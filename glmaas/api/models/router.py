@@ -23,7 +23,8 @@ async def list_models(request: Request) -> dict:
     principal = authenticate(request)
     state = app_state(request)
     started = int(state.started_at)
-    data = [_model(info, started) for info in state.registry.models() if principal.may_use(info.model_id)]
+    data = [_model(info, started) for info in state.registry.models(principal.account_id)
+            if principal.may_use(info.model_id)]
     return {"object": "list", "data": data}
 
 
@@ -39,7 +40,7 @@ def _errors(dialect: Dialect) -> dict:
 async def retrieve_model(request: Request, model_id: str) -> dict:
     principal = authenticate(request)
     state = app_state(request)
-    info = next((i for i in state.registry.models() if i.model_id == model_id), None)
+    info = next((i for i in state.registry.models(principal.account_id) if i.model_id == model_id), None)
     if info is None or not principal.may_use(model_id):
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {model_id!r} does not exist.", param="model")
     return _model(info, int(state.started_at))

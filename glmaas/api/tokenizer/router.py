@@ -60,7 +60,7 @@ async def tokenize(request: Request) -> Response:
     request_id = take_request_id(request, body.request_id)
     chat = to_canonical(ChatCompletionRequest(model=body.model, messages=body.messages, tools=body.tools))
     # Counted before admission: messages the template refuses are a 400 that holds nothing.
-    _, _, token_ids = render_prompt(state, chat)
+    _, _, token_ids = render_prompt(state, chat, principal.account_id)
     run = await admit(state, principal, body.model, request_id, prompt_tokens=0, max_tokens=0, arrived=arrived,
                       stream=False)
     prompt_tokens = await run.compute(_counted(token_ids))
