@@ -65,7 +65,8 @@ def build_attention_mask(sep: torch.Tensor, q_len: int, k_len: int, offset: int 
 
 
 class KVCache(nn.Module):
-    """Keys and values of every layer for up to max_len positions; `length` are filled."""
+    """Keys and values of every layer for up to max_len positions; `length` are filled, the same
+    number in every row of the batch."""
 
     def __init__(self, config: GLMConfig, batch_size: int, max_len: int, dtype=torch.float32, device=None):
         super().__init__()
@@ -75,6 +76,10 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.length = 0
 
+    def attention_mask(self, sep: torch.Tensor, q_len: int) -> torch.Tensor:
+        """The GLM mask of `q_len` new positions after those cached: (B, 1, q_len, length + q_len)."""
+        return build_attention_mask(sep, q_len, self.length + q_len, self.length)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, nh, T, hs) keys/values for `layer`; return all so far."""
         t = k.size(2)
@@ -82,6 +87,64 @@ class KVCache(nn.Module):
         self.v[layer, :, :, self.length : self.length + t] = v
         end = self.length + t
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, q_len: int, batch: int) -> None:
+        self.length += q_len  # every row alike
+
+
+class SlotKVCache(nn.Module):
+    """Keys and values of `slots` sequences, each with its own length (a ragged batch).
+
+    A forward pass works on the slots `start .. start + B`: one sequence's prompt (B = 1, T = its
+    length) or one token of each of B sequences (T = 1), each written at its own length. Keys past
+    a row's length hold stale values that its mask hides. `move` copies a slot onto another, so a
+    caller can keep its live sequences in the first slots and every decode step one slice.
+    """
+
+    def __init__(self, config: GLMConfig, slots: int, max_len: int, dtype=torch.float32, device=None):
+        super().__init__()
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, slots, config.n_head, max_len, hs)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)  # filled positions per slot
+        self.start = 0  # the first slot of the next forward pass
+
+    def attention_mask(self, sep: torch.Tensor, q_len: int) -> torch.Tensor:
+        """(B, 1, q_len, S): query i of row b (at position lengths[b] + i) sees key j when
+        j <= lengths[b] + i or j < sep[b]; S covers the longest row."""
+        offsets = self.lengths[self.start : self.start + sep.size(0)]  # (B,)
+        q_pos = offsets[:, None] + torch.arange(q_len, device=sep.device)[None]  # (B, q)
+        k_pos = torch.arange(int(offsets.max()) + q_len, device=sep.device)  # (S,)
+        visible = (k_pos[None, None] <= q_pos[:, :, None]) | (k_pos[None, None] < sep.view(-1, 1, 1))
+        return visible[:, None]  # (B, 1, q, S)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, nh, T, hs) keys/values of the rows at their own lengths; return (B, nh, S, hs)."""
+        B, _, T, _ = k.shape
+        rows = slice(self.start, self.start + B)
+        offsets = self.lengths[rows]
+        if T == 1:
+            slots = torch.arange(self.start, self.start + B, device=k.device)
+            self.k[layer, slots, :, offsets] = k[:, :, 0]
+            self.v[layer, slots, :, offsets] = v[:, :, 0]
+        else:
+            assert B == 1, "a prompt is prefilled one sequence at a time"
+            at = int(offsets[0])
+            self.k[layer, rows, :, at : at + T] = k
+            self.v[layer, rows, :, at : at + T] = v
+        end = int(offsets.max()) + T
+        return self.k[layer, rows, :, :end], self.v[layer, rows, :, :end]
+
+    def advance(self, q_len: int, batch: int) -> None:
+        self.lengths[self.start : self.start + batch] += q_len
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot `src`'s keys, values and length, copied onto slot `dst`."""
+        n = int(self.lengths[src])
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
 
 
 class SelfAttention(nn.Module):
@@ -95,7 +158,7 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | SlotKVCache | None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -131,7 +194,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | SlotKVCache | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask, kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -182,18 +245,20 @@ class GLM(nn.Module):
         sep: torch.Tensor,  # (B,) length of Part A
         targets: torch.Tensor | None = None,  # (B, T), aligned with input_ids (not shifted)
         loss_mask: torch.Tensor | None = None,  # (B, T), 1 where the loss counts
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | SlotKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = input_ids.size()
         t = self.transformer
-        offset = kv_cache.length if kv_cache is not None else 0
-        mask = build_attention_mask(sep, T, offset + T, offset)  # (B, 1, T, S)
+        if kv_cache is None:
+            mask = build_attention_mask(sep, T, T)  # (B, 1, T, T)
+        else:
+            mask = kv_cache.attention_mask(sep, T)  # (B, 1, T, S)
         x = t.wte(input_ids) + t.wpe(position_ids) + t.wbe(block_position_ids)  # (B, T, C)
         x = t.drop(x)
         for block in t.h:
             x = block(x, mask, kv_cache)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T, B)
         x = t.ln_f(x)
         logits = F.linear(x, t.wte.weight)  # (B, T, vocab): output layer tied to the embedding
         loss = None

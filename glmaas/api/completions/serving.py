@@ -1,0 +1,218 @@
+"""Serving a legacy completion: the prompt it needs (a continuation, the middle between a prompt
+and a `suffix`, or a document whose `[MASK]` blanks the model fills), the generation it asks for,
+and its two wire forms (one JSON body, or SSE chunks). Admission and settlement are the metered
+run's (`api/metered.py`), as for chat."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+
+from glmaas.api.chat.protocol import UsageInfo
+from glmaas.api.chat.serving import engine_error
+from glmaas.api.completions.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    TextCompletionRequest,
+)
+from glmaas.api.dialects import OPENAI
+from glmaas.api.errors import ApiError, ErrorKind
+from glmaas.api.metered import MeteredRun
+from glmaas.api.sse import SSE_DONE, sse_event
+from glmaas.api.state import AppState
+from glmaas.engines.base import (
+    BlankFilling,
+    Delta,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    Infilling,
+    PromptTooLong,
+    SamplingParams,
+)
+from glmaas.engines.chat import ChatEngine
+from glmaas.platform.metered import GenerationTimeout
+from glmaas.platform.metering import RequestStatus
+
+log = logging.getLogger("glmaas.api")
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """A completion request made ready for its engine. `segments`: when the prompt holds blanks
+    the engine fills, its text around them (one more segment than blanks); the reply's text is
+    then the whole document, the blanks filled."""
+
+    engine: Engine
+    token_ids: tuple[int, ...]
+    max_tokens: int
+    echo: str = ""  # the prompt's text, when the reply repeats it before the completion
+    segments: tuple[str, ...] | None = None
+
+
+def _invalid(message: str, param: str) -> ApiError:
+    return ApiError(ErrorKind.INVALID_REQUEST, message, param=param)
+
+
+def build_prompt(state: AppState, req: TextCompletionRequest) -> TextPrompt:
+    """The tokenized prompt; raises `ApiError` when the model is unknown or cannot serve the
+    request as asked (an upstream; a suffix a model cannot infill), and when it does not fit."""
+    engine = state.registry.get(req.model)
+    if engine is None:
+        raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {req.model!r} does not exist.", param="model")
+    if isinstance(engine, ChatEngine):
+        raise _invalid(f"The model {req.model!r} is served by an upstream; glmaas does not pass legacy "
+                       "completions through. Use /v1/chat/completions.", "model")
+    ids = list(engine.tokenize(req.prompt)) if isinstance(req.prompt, str) else list(req.prompt)
+    blanks = engine.blank_positions(ids) if isinstance(engine, BlankFilling) else []
+    if req.echo and (blanks or req.suffix is not None):
+        raise _invalid("echo repeats the prompt of a continuation; a prompt with blanks or a suffix has "
+                       "none to repeat.", "echo")
+    if req.suffix is not None:
+        ids = _infill(engine, req, ids)
+        blanks = []
+    if req.echo and req.logprobs is not None:
+        raise _invalid("echo with logprobs would need the prompt's own logprobs, which are not computed.", "echo")
+    room = engine.info.context_length - len(ids)
+    if room < 1:
+        raise ApiError(ErrorKind.PROMPT_TOO_LONG, f"The prompt has {len(ids)} tokens; {req.model} takes at "
+                       f"most {engine.info.context_length - 1} prompt tokens.", param="prompt")
+    segments = None
+    if blanks:
+        cuts = [-1, *blanks, len(ids)]
+        segments = tuple(engine.detokenize(ids[a + 1:b]) for a, b in zip(cuts, cuts[1:]))
+    echo = "" if not req.echo else req.prompt if isinstance(req.prompt, str) else engine.detokenize(ids)
+    return TextPrompt(engine, tuple(ids), min(req.max_tokens, room), echo, segments)
+
+
+def _infill(engine: Engine, req: TextCompletionRequest, prefix: list[int]) -> list[int]:
+    """The prompt of fill-in-the-middle, or a 400 when the model cannot infill."""
+    fim = engine.infill_prompt(prefix, engine.tokenize(req.suffix or "")) if isinstance(engine, Infilling) else None
+    if fim is None:
+        raise _invalid(f"The model {req.model!r} cannot fill in the middle (it has no fill-in-the-middle "
+                       "tokens); send the prompt without 'suffix'.", "suffix")
+    if isinstance(engine, BlankFilling) and len(engine.blank_positions(fim)) != 1:
+        raise _invalid("A prompt with [MASK] blanks takes no suffix: put a [MASK] where the text goes.", "suffix")
+    return fim
+
+
+def generate(req: TextCompletionRequest, prompt: TextPrompt, request_id: str) -> AsyncGenerator[Delta, None]:
+    sampling = SamplingParams(
+        max_tokens=prompt.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
+        frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+        logit_bias=req.logit_bias, logprobs=req.logprobs)
+    return prompt.engine.generate(GenerationRequest(request_id, prompt.token_ids, sampling))  # type: ignore[return-value]
+
+
+class Document:
+    """The text of a reply as it grows: the echoed prompt, then the generated text; for a prompt
+    with blanks, its text around them with each blank's fill in place (`fills`)."""
+
+    def __init__(self, prompt: TextPrompt, logprobs: bool) -> None:
+        self._segments = prompt.segments or ()
+        self._next = 0  # the next segment to hand out
+        self.fills: list[str] | None = [""] * (len(self._segments) - 1) if self._segments else None
+        self._head = prompt.echo
+        self._emitted = 0  # characters of text handed out so far
+        self.logprobs = CompletionLogprobs() if logprobs else None
+
+    def _segments_through(self, blank: int) -> str:
+        """The prompt's text up to blank `blank`, not yet handed out."""
+        out = ""
+        while self._next < len(self._segments) and self._next <= blank:
+            out += self._segments[self._next]
+            self._next += 1
+        return out
+
+    def push(self, delta: Delta) -> tuple[str, CompletionLogprobs | None]:
+        """The text a delta adds (with the prompt's text before its blank), and its logprobs."""
+        text, self._head = self._head, ""
+        text += self._segments_through(delta.blank)
+        start = self._emitted + len(text)
+        text += delta.text
+        if self.fills is not None:
+            self.fills[delta.blank] += delta.text
+        self._emitted += len(text)
+        step = None
+        if delta.logprobs:
+            step = CompletionLogprobs()
+            step.add(delta.logprobs, start)
+            if self.logprobs is not None:
+                self.logprobs.add(delta.logprobs, start)
+        return text, step
+
+    def finish(self) -> str:
+        """What remains of the prompt's text after the last blank (and an echo of an empty reply)."""
+        text, self._head = self._head, ""
+        text += "".join(self._segments[self._next:])
+        self._next = len(self._segments)
+        self._emitted += len(text)
+        return text
+
+
+def _completion_id(run: MeteredRun) -> str:
+    return f"cmpl-{run.request_id}"
+
+
+def _usage(run: MeteredRun) -> UsageInfo:
+    return UsageInfo.of(run)
+
+
+async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], req: TextCompletionRequest,
+                   prompt: TextPrompt) -> Completion:
+    """The whole reply as one response body."""
+    document = Document(prompt, req.logprobs is not None)
+    text = ""
+    try:
+        async for delta in deltas:
+            text += document.push(delta)[0]
+    except PromptTooLong as exc:
+        raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="prompt") from None
+    except (EngineError, GenerationTimeout) as exc:
+        raise engine_error(exc) from None
+    text += document.finish()
+    choice = CompletionChoice(text=text, logprobs=document.logprobs, finish_reason=run.finish_reason,
+                              fills=document.fills)
+    return Completion(id=_completion_id(run), created=run.created, model=req.model, choices=[choice],
+                      usage=_usage(run))
+
+
+async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], req: TextCompletionRequest,
+                 prompt: TextPrompt) -> AsyncIterator[bytes]:
+    """The reply as `text_completion` SSE chunks, the finish chunk (with `fills` for a prompt
+    with blanks), usage in a last chunk of its own when `stream_options.include_usage` asks, and
+    [DONE]."""
+    document = Document(prompt, False)
+
+    def chunk(choice: CompletionChoice | None, usage: UsageInfo | None = None) -> bytes:
+        return sse_event(Completion(id=_completion_id(run), created=run.created, model=req.model,
+                                    choices=[choice] if choice else [], usage=usage))
+
+    def finish_chunk(reason: str, usage: UsageInfo | None = None) -> bytes:
+        return chunk(CompletionChoice(text="", finish_reason=reason), usage)
+
+    try:
+        async for delta in deltas:
+            text, logprobs = document.push(delta)
+            if text or logprobs is not None:
+                yield chunk(CompletionChoice(text=text, logprobs=logprobs))
+    except (EngineError, GenerationTimeout) as exc:
+        yield OPENAI.stream_fault(engine_error(exc), finish_chunk)
+        yield SSE_DONE
+        return
+    except Exception:
+        log.exception("request %s: the stream failed", run.request_id)
+        run.settle_if_open(RequestStatus.ERROR)
+        fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
+                                             f"{run.request_id}); the error has been logged.")
+        yield OPENAI.stream_fault(fault, finish_chunk)
+        yield SSE_DONE
+        return
+    finally:
+        await deltas.aclose()
+    yield chunk(CompletionChoice(text=document.finish(), finish_reason=run.finish_reason, fills=document.fills))
+    if req.include_usage:
+        yield chunk(None, _usage(run))
+    yield SSE_DONE
