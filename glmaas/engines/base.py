@@ -123,6 +123,8 @@ class ModelInfo:
     # The format its tool calls are written in (a key of `engines.tool_formats.TOOL_PARSERS`);
     # None: read from the chat template.
     tool_parser: str | None = None
+    # Token ids of its prompts are below this; None: not known (an upstream's).
+    vocab_size: int | None = None
 
 
 class EngineError(Exception):

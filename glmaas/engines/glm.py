@@ -76,7 +76,7 @@ class GLMEngine:
         self._loop = GLMDecodeLoop(model, self.special, self._bytes, self.slots)
         # No chat template: a GLM pretrained by blank infilling is served by /v1/completions.
         self.info = ModelInfo(model_id=model_id, context_length=model.config.max_seq_len, chat_template=None,
-                              eos_token="<|endofpiece|>")
+                              eos_token="<|endofpiece|>", vocab_size=self.n_vocab)
 
     @classmethod
     def from_spec(cls, model_id: str, folder: Path, options: dict[str, str]) -> GLMEngine:

@@ -140,6 +140,7 @@ class LlamaCppEngine:
             eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
             owned_by="glmaas",
             tool_parser=tool_parser,
+            vocab_size=self._loop.n_vocab,
         )
 
     @classmethod

@@ -58,6 +58,7 @@ class MockEngine:
             chat_template=chat_template,
             eos_token="<|im_end|>",
             tool_parser=tool_parser,
+            vocab_size=VOCAB_SIZE,
         )
         # The last request seen, so tests can check what the API asked of the engine.
         self.last_request: GenerationRequest | None = None

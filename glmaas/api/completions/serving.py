@@ -66,6 +66,10 @@ def build_prompt(state: AppState, req: TextCompletionRequest) -> TextPrompt:
         raise _invalid(f"The model {req.model!r} is served by an upstream; glmaas does not pass legacy "
                        "completions through. Use /v1/chat/completions.", "model")
     ids = list(engine.tokenize(req.prompt)) if isinstance(req.prompt, str) else list(req.prompt)
+    vocab = engine.info.vocab_size
+    if vocab is not None and max(ids, default=0) >= vocab:
+        raise _invalid(f"The prompt holds token ids outside the vocabulary of {req.model} (0..{vocab - 1}).",
+                       "prompt")
     blanks = engine.blank_positions(ids) if isinstance(engine, BlankFilling) else []
     if req.echo and (blanks or req.suffix is not None):
         raise _invalid("echo repeats the prompt of a continuation; a prompt with blanks or a suffix has "

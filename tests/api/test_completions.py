@@ -1,0 +1,180 @@
+"""`POST /v1/completions` through the openai SDK, in process: the mock engine's plain completions
+(whole and streamed), refusals in OpenAI's shape that cost nothing, the usage record and the
+ledger, and GLM filling a suffix's middle and a prompt's [MASK] blanks on a tiny trained
+checkpoint, checked against the one-sequence reference generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from glmaas.engines.glm import GLMEngine
+from glmaas.engines.mock import DEFAULT_REPLY
+from glmaas.model.glm_checkpoint import load_checkpoint
+from glmaas.model.glm_generate import SamplingParams, fill_blanks
+from tests.api.billing_helpers import balance_micro, expected_cost, funded_key, price_all, query
+from tests.fuzz_helpers import assert_error_shape
+from tests.glm_checkpoints import trained_checkpoint
+from tests.inprocess import AppServer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_checkpoint(tmp_path_factory.mktemp("glm-trained"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path):
+    server = AppServer(tmp_path_factory.mktemp("completions"), "--no-default-model", "--model", "mock=mock",
+                       "--model", f"glm=glm:{checkpoint}")
+    price_all(server, "mock", "glm")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def key(server: AppServer) -> str:
+    return funded_key(server, "writer", "100")
+
+
+@pytest.fixture(scope="module")
+def client(server: AppServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key=key, base_url=server.openai_url, http_client=server.client(), max_retries=0)
+
+
+def _reference(checkpoint: Path, engine: GLMEngine, prompt: list[int],
+               max_new: int) -> tuple[list[int], list[str], int]:
+    """Part A, the text of each blank's fill as the one-sequence reference generates them greedily,
+    and the tokens it sampled (each blank's closing [E] included)."""
+    model, tokenizer, _ = load_checkpoint(checkpoint)
+    part_a, _ = engine.part_a(prompt)
+    pieces = fill_blanks(model, part_a, tokenizer.special, SamplingParams(max_new_tokens=max_new, temperature=0))
+    assert all(len(p) < max_new for p in pieces)  # each blank closed by its [E]
+    return part_a, [tokenizer.decode(p) for p in pieces], sum(len(p) + 1 for p in pieces)
+
+
+def test_a_completion_with_the_mock_engine(client: openai.OpenAI) -> None:
+    raw = client.completions.with_raw_response.create(model="mock", prompt="Say it", max_tokens=9, logprobs=1)
+    done = raw.parse()
+    assert done.object == "text_completion" and done.id.startswith("cmpl-")
+    choice = done.choices[0]
+    assert choice.text == DEFAULT_REPLY[:9] and choice.finish_reason == "length"
+    assert choice.logprobs.tokens == list(DEFAULT_REPLY[:9]) and choice.logprobs.text_offset == list(range(9))
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (6, 9)
+
+
+def test_a_streamed_completion_adds_up_to_the_whole_one(client: openai.OpenAI) -> None:
+    chunks = list(client.completions.create(model="mock", prompt=["Say it"], max_tokens=100, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == DEFAULT_REPLY
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(DEFAULT_REPLY.encode())
+    plain = list(client.completions.create(model="mock", prompt="Say it", max_tokens=3, stream=True))
+    assert all(c.usage is None for c in plain)
+
+
+def test_echo_and_stop(client: openai.OpenAI) -> None:
+    done = client.completions.create(model="mock", prompt="Q: ", max_tokens=100, echo=True, stop=["mock"])
+    assert done.choices[0].text == "Q: This is the " and done.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"prompt": "x", "n": 2}, "n"),
+    ({"prompt": "x", "best_of": 3}, "best_of"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": {"text": "x"}}, "prompt"),
+    ({"prompt": [1, "a"]}, "prompt"),
+    ({"prompt": ["one", "two"]}, "prompt"),
+    ({"prompt": "x", "suffix": "y"}, "suffix"),
+    ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": [70, 99999]}, "prompt"),
+])
+def test_bad_input_is_a_400_in_openai_shape_that_costs_nothing(server: AppServer, key: str, body: dict,
+                                                              param: str) -> None:
+    before = balance_micro(server, "writer")
+    records = len(query(server, "SELECT id FROM usage_records"))
+    with server.client() as http:
+        r = http.post("/v1/completions", json={"model": "mock", **body}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 400, r.text
+    assert assert_error_shape(r, "openai")["param"] == param
+    assert balance_micro(server, "writer") == before
+    assert len(query(server, "SELECT id FROM usage_records")) == records
+
+
+def test_an_unknown_model_is_a_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+
+
+def test_a_completion_leaves_one_usage_record_and_its_charge(server: AppServer, client: openai.OpenAI) -> None:
+    before = balance_micro(server, "writer")
+    raw = client.completions.with_raw_response.create(model="mock", prompt="Bill me", max_tokens=7, user="reader-7")
+    done = raw.parse()
+    rows = query(server, "SELECT * FROM usage_records WHERE request_id = ?", raw.headers["x-request-id"])
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["model"], row["status"], row["end_user"]) == ("mock", "ok", "reader-7")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (done.usage.prompt_tokens, 7)
+    cost = expected_cost(done.usage.prompt_tokens, 7)
+    assert row["cost"] == cost and balance_micro(server, "writer") == before - cost
+    assert query(server, "SELECT COUNT(*) AS n FROM holds WHERE state = 'open'")[0]["n"] == 0
+
+
+def test_glm_fills_every_mask_of_a_prompt_in_one_call(server: AppServer, client: openai.OpenAI,
+                                                      checkpoint: Path) -> None:
+    engine = server.app.state.glmaas.registry.get("glm")
+    prompt = "ROMEO: But soft, what [MASK] through yonder window [MASK]? It is the east"
+    part_a, fills, n_generated = _reference(checkpoint, engine, engine.tokenize(prompt), 40)
+    raw = client.completions.with_raw_response.create(model="glm", prompt=prompt, max_tokens=60, temperature=0)
+    done = raw.parse()
+    choice = done.choices[0]
+    assert choice.fills == fills and len(fills) == 2 and choice.finish_reason == "stop"
+    before, middle, after = prompt.replace(" [MASK]", "[MASK]").split("[MASK]")
+    assert choice.text == before + fills[0] + middle + fills[1] + after
+    # Part A is [CLS] + the prompt; each blank costs its tokens and the [E] that closes it.
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (len(part_a), n_generated)
+    rows = query(server, "SELECT * FROM usage_records WHERE request_id = ?", raw.headers["x-request-id"])
+    assert len(rows) == 1 and rows[0]["cost"] == expected_cost(len(part_a), n_generated)
+    # Streamed, the chunks carry the same document, and the last one the fills.
+    chunks = list(client.completions.create(model="glm", prompt=prompt, max_tokens=60, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    assert chunks[-1].choices[0].fills == fills
+
+
+def test_glm_writes_the_middle_between_prompt_and_suffix(server: AppServer, client: openai.OpenAI,
+                                                         checkpoint: Path) -> None:
+    engine = server.app.state.glmaas.registry.get("glm")
+    prefix, suffix = "First Citizen: Before we proceed any further, ", " me speak."
+    middle = engine.infill_prompt(engine.tokenize(prefix), engine.tokenize(suffix))
+    part_a, fills, n_generated = _reference(checkpoint, engine, middle, 40)
+    done = client.completions.create(model="glm", prompt=prefix, suffix=suffix, max_tokens=60, temperature=0)
+    assert done.choices[0].text == fills[0] and "fills" not in done.choices[0].model_dump()
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (len(part_a), n_generated)
+
+
+def test_glm_refuses_a_suffix_beside_masks(server: AppServer, key: str) -> None:
+    with server.client() as http:
+        r = http.post("/v1/completions", json={"model": "glm", "prompt": "a [MASK] b", "suffix": "c"},
+                      headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 400 and assert_error_shape(r, "openai")["param"] == "suffix"
+
+
+def test_the_route_is_in_the_openapi_schema(server: AppServer) -> None:
+    with server.client() as http:
+        schema = http.get("/openapi.json").json()
+    assert "/v1/completions" in schema["paths"]
+    assert "/api/paas/v4/completions" not in schema["paths"]
+
+
+def test_zhipu_has_no_legacy_completions(server: AppServer, key: str) -> None:
+    with server.client() as http:
+        r = http.post("/api/paas/v4/completions", json={"model": "mock", "prompt": "x"},
+                      headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 404 and assert_error_shape(r, "zhipu")
