@@ -145,7 +145,7 @@ class GLMDecodeLoop:
         self.cache.start = 0
         logits, _ = self.model(ids, pos, blk, sep, kv_cache=self.cache)  # (B, 1, V)
         rows = logits[:, -1].float().cpu().numpy()
-        lengths = self.cache.lengths.tolist()
+        lengths = self.cache.lengths
         deliveries: dict[asyncio.AbstractEventLoop, list] = {}
         for row, seq in enumerate(running):
             item: Delta | BaseException

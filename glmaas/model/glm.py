@@ -107,41 +107,49 @@ class SlotKVCache(nn.Module):
         shape = (config.n_layer, slots, config.n_head, max_len, hs)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)  # filled positions per slot
+        self.lengths = [0] * slots  # filled positions per slot
         self.start = 0  # the first slot of the next forward pass
+        self._write: tuple | None = None  # where this pass writes: set by attention_mask, per pass
 
     def attention_mask(self, sep: torch.Tensor, q_len: int) -> torch.Tensor:
         """(B, 1, q_len, S): query i of row b (at position lengths[b] + i) sees key j when
-        j <= lengths[b] + i or j < sep[b]; S covers the longest row."""
-        offsets = self.lengths[self.start : self.start + sep.size(0)]  # (B,)
-        q_pos = offsets[:, None] + torch.arange(q_len, device=sep.device)[None]  # (B, q)
-        k_pos = torch.arange(int(offsets.max()) + q_len, device=sep.device)  # (S,)
+        j <= lengths[b] + i or j < sep[b]; S covers the longest row. Called once per pass, first."""
+        B, device = sep.size(0), sep.device
+        offsets = self.lengths[self.start : self.start + B]
+        end = max(offsets) + q_len
+        rows = slice(self.start, self.start + B)
+        if len(set(offsets)) == 1:  # every row at the same length: slices, not scattered writes
+            self._write = (rows, rows, slice(offsets[0], offsets[0] + q_len), end)
+        else:
+            assert q_len == 1, "rows of different lengths take one token each"
+            slots = torch.arange(self.start, self.start + B, device=device)
+            self._write = (rows, slots, torch.tensor(offsets, device=device), end)
+        at = torch.tensor(offsets, device=device)
+        q_pos = at[:, None] + torch.arange(q_len, device=device)[None]  # (B, q)
+        k_pos = torch.arange(end, device=device)  # (S,)
         visible = (k_pos[None, None] <= q_pos[:, :, None]) | (k_pos[None, None] < sep.view(-1, 1, 1))
         return visible[:, None]  # (B, 1, q, S)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, nh, T, hs) keys/values of the rows at their own lengths; return (B, nh, S, hs)."""
-        B, _, T, _ = k.shape
-        rows = slice(self.start, self.start + B)
-        offsets = self.lengths[rows]
-        if T == 1:
-            slots = torch.arange(self.start, self.start + B, device=k.device)
-            self.k[layer, slots, :, offsets] = k[:, :, 0]
-            self.v[layer, slots, :, offsets] = v[:, :, 0]
-        else:
-            assert B == 1, "a prompt is prefilled one sequence at a time"
-            at = int(offsets[0])
-            self.k[layer, rows, :, at : at + T] = k
-            self.v[layer, rows, :, at : at + T] = v
-        end = int(offsets.max()) + T
+        assert self._write is not None
+        rows, write_rows, write_at, end = self._write
+        if isinstance(write_at, slice):
+            self.k[layer, write_rows, :, write_at] = k
+            self.v[layer, write_rows, :, write_at] = v
+        else:  # one token per row, each at its own position
+            self.k[layer, write_rows, :, write_at] = k[:, :, 0]
+            self.v[layer, write_rows, :, write_at] = v[:, :, 0]
         return self.k[layer, rows, :, :end], self.v[layer, rows, :, :end]
 
     def advance(self, q_len: int, batch: int) -> None:
-        self.lengths[self.start : self.start + batch] += q_len
+        for slot in range(self.start, self.start + batch):
+            self.lengths[slot] += q_len
+        self._write = None
 
     def move(self, src: int, dst: int) -> None:
         """Slot `src`'s keys, values and length, copied onto slot `dst`."""
-        n = int(self.lengths[src])
+        n = self.lengths[src]
         self.k[:, dst, :, :n] = self.k[:, src, :, :n]
         self.v[:, dst, :, :n] = self.v[:, src, :, :n]
         self.lengths[dst] = n
