@@ -8,8 +8,9 @@ does for generation. Fill-in-the-middle is native: the prompt `prefix [MASK] suf
 
 Part A is what the model reads: `[CLS]` (as the reference prepends it to every sample; `cls=false`
 leaves it out for checkpoints trained without it), the prompt, and the `[gMASK]` of a
-continuation; usage counts it as the prompt. Completion tokens are every token sampled, the
-`[E]` that closes each blank included. `max_tokens` bounds them over all blanks together; the
+continuation. Usage counts the prompt's tokens as the request gave them (what admission held
+for; the `[CLS]`, `[gMASK]` and `[S]` the engine adds are its own) and, as completion tokens,
+every token sampled, the `[E]` that closes each blank included. `max_tokens` bounds them over all blanks together; the
 whole of Part A and Part B must fit the model's `max_seq_len`. A stop string ends the blank it
 appears in (for a continuation, the generation).
 
@@ -167,10 +168,10 @@ class GLMEngine:
             raise PromptTooLong(f"the prompt takes {len(part_a)} of the {max_len} positions of "
                                 f"{self.info.model_id}, leaving no room to generate")
         if params.max_tokens <= 0:
-            yield Delta(finish_reason="length", usage=Usage(len(part_a), 0))
+            yield Delta(finish_reason="length", usage=Usage(len(prompt), 0))
             return
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
-        seq = Sequence(request_id=request.request_id, part_a=part_a, blanks=blanks, max_new=params.max_tokens,
+        seq = Sequence(request_id=request.request_id, n_prompt=len(prompt), part_a=part_a, blanks=blanks, max_new=params.max_tokens,
                        sampler=Sampler(params, part_a), stops=params.stop, loop=asyncio.get_running_loop(),
                        queue=queue)
         self._loop.submit(seq)

@@ -36,6 +36,7 @@ class Sequence:
     """One request inside the loop. Fields below `queue` belong to the loop thread."""
 
     request_id: str
+    n_prompt: int  # the prompt's tokens, as the request gave them: usage's prompt tokens
     part_a: list[int]
     blanks: list[int]  # positions in part_a, filled in this order
     max_new: int  # tokens to sample at most, over all blanks, each blank's [E] included
@@ -211,7 +212,7 @@ class GLMDecodeLoop:
         if finish is None:
             return Delta((token,), text, logprobs=logprobs, blank=blank)
         seq.finished = True
-        usage = Usage(len(seq.part_a), seq.n_generated)
+        usage = Usage(seq.n_prompt, seq.n_generated)
         return Delta((token,), text, finish_reason=finish, usage=usage, logprobs=logprobs, blank=blank)
 
     @staticmethod

@@ -138,10 +138,19 @@ def test_glm_fills_every_mask_of_a_prompt_in_one_call(server: AppServer, client:
     assert choice.fills == fills and len(fills) == 2 and choice.finish_reason == "stop"
     before, middle, after = prompt.replace(" [MASK]", "[MASK]").split("[MASK]")
     assert choice.text == before + fills[0] + middle + fills[1] + after
-    # Part A is [CLS] + the prompt; each blank costs its tokens and the [E] that closes it.
-    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (len(part_a), n_generated)
+    # The prompt's own tokens (not the [CLS] the engine puts before them); each blank costs its
+    # tokens and the [E] that closes it.
+    n_prompt = len(engine.tokenize(prompt))
+    assert part_a[1:] == engine.tokenize(prompt)
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (n_prompt, n_generated)
     rows = query(server, "SELECT * FROM usage_records WHERE request_id = ?", raw.headers["x-request-id"])
-    assert len(rows) == 1 and rows[0]["cost"] == expected_cost(len(part_a), n_generated)
+    assert len(rows) == 1 and rows[0]["cost"] == expected_cost(n_prompt, n_generated)
+    # Cut short by max_tokens: billed exactly what ran, within what admission held.
+    raw = client.completions.with_raw_response.create(model="glm", prompt=prompt, max_tokens=2, temperature=0)
+    short = raw.parse()
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+    rows = query(server, "SELECT * FROM usage_records WHERE request_id = ?", raw.headers["x-request-id"])
+    assert len(rows) == 1 and rows[0]["cost"] == expected_cost(n_prompt, 2)
     # Streamed, the chunks carry the same document, and the last one the fills.
     chunks = list(client.completions.create(model="glm", prompt=prompt, max_tokens=60, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == choice.text
@@ -156,7 +165,7 @@ def test_glm_writes_the_middle_between_prompt_and_suffix(server: AppServer, clie
     part_a, fills, n_generated = _reference(checkpoint, engine, middle, 40)
     done = client.completions.create(model="glm", prompt=prefix, suffix=suffix, max_tokens=60, temperature=0)
     assert done.choices[0].text == fills[0] and "fills" not in done.choices[0].model_dump()
-    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (len(part_a), n_generated)
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (len(middle), n_generated)
 
 
 def test_glm_refuses_a_suffix_beside_masks(server: AppServer, key: str) -> None:
