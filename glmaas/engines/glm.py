@@ -14,10 +14,11 @@ every token sampled, the `[E]` that closes each blank included. `max_tokens` bou
 whole of Part A and Part B must fit the model's `max_seq_len`. A stop string ends the blank it
 appears in (for a continuation, the generation).
 
-Spec options (`--model ID=glm:CHECKPOINT_DIR,slots=8,threads=2,cls=true`):
+Spec options (`--model ID=glm:CHECKPOINT_DIR,slots=8,threads=2,cls=true,device=cpu`):
   slots    sequences decoded together, each with its own KV cache slot (default 8)
   threads  PyTorch CPU threads (default: PyTorch's own choice; the setting is process-wide)
   cls      prepend `[CLS]` to Part A (default true)
+  device   where the model and its cache live, a PyTorch device (default cpu)
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ class GLMEngine:
     """A GLM checkpoint served by a batched decode loop; see the module docstring."""
 
     def __init__(self, model_id: str, folder: Path, *, slots: int = DEFAULT_SLOTS, cls: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: str = "cpu") -> None:
         if threads:
             torch.set_num_threads(threads)
         try:
-            model, tokenizer, _ = load_checkpoint(folder)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            model, tokenizer, _ = load_checkpoint(folder, device)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise EngineError(f"model {model_id!r}: cannot load the GLM checkpoint at {folder}: {exc}") from None
         self._tokenizer = tokenizer
         self.special = tokenizer.special
@@ -81,8 +82,8 @@ class GLMEngine:
 
     @classmethod
     def from_spec(cls, model_id: str, folder: Path, options: dict[str, str]) -> GLMEngine:
-        """Build from the options of `--model ID=glm:DIR,slots=8,threads=2,cls=true`."""
-        unknown = set(options) - {"slots", "threads", "cls"}
+        """Build from the options of `--model ID=glm:DIR,slots=8,threads=2,cls=true,device=cpu`."""
+        unknown = set(options) - {"slots", "threads", "cls", "device"}
         if unknown:
             raise EngineError(f"model {model_id!r}: unknown glm options {sorted(unknown)}")
         flag = options.get("cls", "true").lower()
@@ -93,7 +94,8 @@ class GLMEngine:
             threads = int(options["threads"]) if "threads" in options else None
         except ValueError as exc:
             raise EngineError(f"model {model_id!r}: slots and threads are integers ({exc})") from None
-        return cls(model_id, folder, slots=slots, cls=flag == "true", threads=threads)
+        return cls(model_id, folder, slots=slots, cls=flag == "true", threads=threads,
+                   device=options.get("device", "cpu"))
 
     # -- tokenizer ---------------------------------------------------------------------------
 

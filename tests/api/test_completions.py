@@ -187,3 +187,21 @@ def test_zhipu_has_no_legacy_completions(server: AppServer, key: str) -> None:
         r = http.post("/api/paas/v4/completions", json={"model": "mock", "prompt": "x"},
                       headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 404 and assert_error_shape(r, "zhipu")
+
+
+def test_a_prompt_glm_has_no_room_to_continue_is_a_400_streamed_or_not(server: AppServer, key: str) -> None:
+    """It fits the window by its own tokens, but not with the [CLS], [gMASK] and [S] GLM adds."""
+    engine = server.app.state.glmaas.registry.get("glm")
+    ids = [20] * (engine.info.context_length - 1)
+    with server.client() as http:
+        for stream in (False, True):
+            r = http.post("/v1/completions", json={"model": "glm", "prompt": ids, "stream": stream},
+                          headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 400 and assert_error_shape(r, "openai")["code"] == "context_length_exceeded"
+
+
+def test_glm_has_no_chat(server: AppServer, key: str) -> None:
+    with server.client() as http:
+        r = http.post("/v1/chat/completions", json={"model": "glm", "messages": [{"role": "user", "content": "hi"}]},
+                      headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 400 and "/v1/completions" in assert_error_shape(r, "openai")["message"]

@@ -120,3 +120,33 @@ def test_the_glm_spec_loads_a_checkpoint_and_names_a_missing_one(checkpoint: Pat
     asyncio.run(engine.close())
     with pytest.raises(SpecError, match="no GLM checkpoint"):
         build_engine("g", f"glm:{tmp_path}")
+
+
+def test_a_stop_string_ends_the_blank_it_appears_in(checkpoint: Path) -> None:
+    engine = GLMEngine("glm", checkpoint)
+    prompt = "ROMEO: [MASK] is the [MASK] and Juliet"
+    no_specials = {t: -100.0 for t in range(8)}  # random weights: text, and no [E] to end a blank
+
+    async def texts(**sampling) -> tuple[list[str], list]:  # type: ignore[no-untyped-def]
+        out = ["", ""]
+        deltas = []
+        request = GenerationRequest("s", tuple(engine.tokenize(prompt)),
+                                    SamplingParams(max_tokens=8, temperature=0, logit_bias=no_specials, **sampling))
+        async for delta in engine.generate(request):
+            deltas.append(delta)
+            out[delta.blank] += delta.text
+        return out, deltas
+
+    async def run():  # type: ignore[no-untyped-def]
+        try:
+            free, _ = await texts()
+            stop = free[0][2:4]
+            return free, stop, await texts(stop=(stop,))
+        finally:
+            await engine.close()
+
+    free, stop, (stopped, deltas) = asyncio.run(run())
+    assert stop and stopped[0] == free[0][: free[0].index(stop)]
+    # The second blank is filled after it (and ends at the stop string too, if it writes it).
+    assert any(d.blank == 1 and d.token_ids for d in deltas)
+    assert deltas[-1].usage.completion_tokens == sum(len(d.token_ids) for d in deltas) <= 8

@@ -87,6 +87,9 @@ def render_prompt(state: AppState, chat: ChatRequest) -> tuple[Engine, str, tupl
     if isinstance(engine, ChatEngine):
         raise ApiError(ErrorKind.INVALID_REQUEST, f"The model {chat.model!r} is served by an upstream, which "
                        "renders and tokenizes its own prompts.", param="model")
+    if info.chat_template is None:  # a GLM pretrained by blank infilling, a GGUF without one
+        raise ApiError(ErrorKind.INVALID_REQUEST, f"The model {chat.model!r} has no chat template; send it "
+                       "a prompt through /v1/completions.", param="model")
     try:
         text = render_chat(info.chat_template or "", chat.messages, bos_token=info.bos_token,
                            eos_token=info.eos_token, tools=prompt_tools(chat),
@@ -211,6 +214,8 @@ def piece_of(delta: Delta, parser: ChatOutputParser) -> ChatPiece:
 
 
 def engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
+    if isinstance(exc, PromptTooLong):  # the engine's own count of what the prompt needs
+        return ApiError(ErrorKind.PROMPT_TOO_LONG, f"The prompt does not fit: {exc}.")
     if isinstance(exc, InvalidRequest):
         return ApiError(ErrorKind.INVALID_REQUEST, f"The request cannot be served as asked: {exc}.")
     # Tell clients whether sending it again can help, so that retrying wrappers do not multiply
