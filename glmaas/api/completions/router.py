@@ -26,7 +26,7 @@ async def completions(request: Request) -> Response:
     req = to_canonical(await parse_body(request, CompletionRequest))
     request_id = take_request_id(request, req.request_id)
     prompt = build_prompt(state, req)
-    run = admit(state, principal, req.model, request_id, prompt_tokens=len(prompt.token_ids),
+    run = admit(state, principal, req.model, request_id, prompt_tokens=prompt.prompt_tokens,
                 max_tokens=prompt.max_tokens, arrived=arrived, stream=req.stream, end_user=req.user)
     # The run settles when its deltas end, however they end.
     deltas = run.generate(generate(req, prompt, request_id))

@@ -32,7 +32,7 @@ from glmaas.engines.base import (
     PromptTooLong,
     SamplingParams,
 )
-from glmaas.engines.chat import ChatEngine
+from glmaas.engines.chat import ChatEngine, TextCall, TextEngine
 from glmaas.platform.metered import GenerationTimeout
 from glmaas.platform.metering import RequestStatus
 
@@ -43,11 +43,13 @@ log = logging.getLogger("glmaas.api")
 class TextPrompt:
     """A completion request made ready for its engine. `segments`: when the prompt holds blanks
     the engine fills, its text around them (one more segment than blanks); the reply's text is
-    then the whole document, the blanks filled."""
+    then the whole document, the blanks filled. An upstream (`TextEngine`) takes the request as
+    it came: no token ids, and `prompt_tokens` is our estimate until it reports usage."""
 
-    engine: Engine
+    engine: Engine | TextEngine
     token_ids: tuple[int, ...]
     max_tokens: int
+    prompt_tokens: int
     echo: str = ""  # the prompt's text, when the reply repeats it before the completion
     segments: tuple[str, ...] | None = None
 
@@ -57,14 +59,14 @@ def _invalid(message: str, param: str) -> ApiError:
 
 
 def build_prompt(state: AppState, req: TextCompletionRequest) -> TextPrompt:
-    """The tokenized prompt; raises `ApiError` when the model is unknown or cannot serve the
-    request as asked (an upstream; a suffix a model cannot infill), and when it does not fit."""
+    """The tokenized prompt (an upstream's: the request as it came); raises `ApiError` when the
+    model is unknown or cannot serve the request as asked (a Zhipu upstream; a suffix a model
+    cannot infill; echo beside blanks), and when it does not fit."""
     engine = state.registry.get(req.model)
     if engine is None:
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {req.model!r} does not exist.", param="model")
     if isinstance(engine, ChatEngine):
-        raise _invalid(f"The model {req.model!r} is served by an upstream; glmaas does not pass legacy "
-                       "completions through. Use /v1/chat/completions.", "model")
+        return _upstream_prompt(engine, req)
     ids = list(engine.tokenize(req.prompt)) if isinstance(req.prompt, str) else list(req.prompt)
     vocab = engine.info.vocab_size
     if vocab is not None and max(ids, default=0) >= vocab:
@@ -88,7 +90,18 @@ def build_prompt(state: AppState, req: TextCompletionRequest) -> TextPrompt:
         cuts = [-1, *blanks, len(ids)]
         segments = tuple(engine.detokenize(ids[a + 1:b]) for a, b in zip(cuts, cuts[1:]))
     echo = "" if not req.echo else req.prompt if isinstance(req.prompt, str) else engine.detokenize(ids)
-    return TextPrompt(engine, tuple(ids), min(req.max_tokens, room), echo, segments)
+    return TextPrompt(engine, tuple(ids), min(req.max_tokens, room), len(ids), echo, segments)
+
+
+def _upstream_prompt(engine: ChatEngine, req: TextCompletionRequest) -> TextPrompt:
+    """An upstream's prompt: passed on as it came (suffix, echo and all: the upstream answers for
+    them), our estimate of its tokens held for."""
+    if not (isinstance(engine, TextEngine) and engine.serves_completions()):
+        raise _invalid(f"The model {req.model!r} is served by a Zhipu-dialect upstream, and the Zhipu API "
+                       "has no legacy completions. Use /v1/chat/completions.", "model")
+    estimate = engine.count_text(req.prompt if isinstance(req.prompt, str) else list(req.prompt))
+    room = max(1, engine.info.context_length - estimate)
+    return TextPrompt(engine, (), min(req.max_tokens, room), estimate)
 
 
 def _infill(engine: Engine, req: TextCompletionRequest, prefix: list[int]) -> list[int]:
@@ -103,11 +116,27 @@ def _infill(engine: Engine, req: TextCompletionRequest, prefix: list[int]) -> li
 
 
 def generate(req: TextCompletionRequest, prompt: TextPrompt, request_id: str) -> AsyncGenerator[Delta, None]:
+    """Start the engine on the request: token ids for a local engine, the request for an upstream."""
+    if isinstance(prompt.engine, TextEngine):
+        return prompt.engine.complete(text_call_of(req, prompt, request_id))  # type: ignore[return-value]
     sampling = SamplingParams(
         max_tokens=prompt.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
         frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
         logit_bias=req.logit_bias, logprobs=req.logprobs)
     return prompt.engine.generate(GenerationRequest(request_id, prompt.token_ids, sampling))  # type: ignore[return-value]
+
+
+def text_call_of(req: TextCompletionRequest, prompt: TextPrompt, request_id: str) -> TextCall:
+    """The request as an upstream takes it: besides temperature and top_p, only the sampling
+    fields the client set travel."""
+    optional = {"seed": req.seed, "stop": list(req.stop), "frequency_penalty": req.frequency_penalty,
+                "presence_penalty": req.presence_penalty,
+                "logit_bias": {str(token): bias for token, bias in req.logit_bias.items()}}
+    sampling = {"temperature": req.temperature, "top_p": req.top_p,
+                **{k: v for k, v in optional.items() if v not in (None, 0, [], {})}}
+    text = req.prompt if isinstance(req.prompt, str) else list(req.prompt)
+    return TextCall(request_id, text, prompt.max_tokens, sampling, suffix=req.suffix, echo=req.echo,
+                    logprobs=req.logprobs, user=req.user, stream=req.stream)
 
 
 class Document:

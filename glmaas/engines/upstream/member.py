@@ -21,6 +21,8 @@ from glmaas.engines.chat import ChatCall
 from glmaas.engines.upstream.config import UpstreamConfig
 from glmaas.engines.upstream.wire import as_chunk, authorization, request_body
 
+CHAT_PATH = "/chat/completions"
+
 
 class Unavailable(Exception):
     """The upstream could not take the request (no connection, 5xx, 429, timeout before any
@@ -84,11 +86,11 @@ class Member:
         """The request `call` makes of this upstream."""
         return request_body(self.config, call, model, self._key)
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST the chat request and yield its stream's chunks as JSON objects. Raises
+    async def stream(self, body: dict[str, Any], path: str = CHAT_PATH) -> AsyncIterator[dict[str, Any]]:
+        """POST the chat request (or, with `path`, another) and yield its stream's chunks as JSON objects. Raises
         `Unavailable` or `Refused` before the first chunk; closing the iterator closes the
         connection, so the upstream sees the client leave at once."""
-        request = self._chat_request(body)
+        request = self._request(body, path)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 response = await self.client.send(request, stream=True)
@@ -120,12 +122,12 @@ class Member:
         finally:
             await response.aclose()
 
-    async def whole(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST the chat request unstreamed and yield its whole reply as one stream chunk
+    async def whole(self, body: dict[str, Any], path: str = CHAT_PATH) -> AsyncIterator[dict[str, Any]]:
+        """POST the chat request (or, with `path`, another) unstreamed and yield its whole reply as one stream chunk
         (`wire.as_chunk`). The reply must come within `first_token_timeout` (servers send nothing
         before the end of a non-streamed reply). Raises `Unavailable` or `Refused`; closing the
         iterator while it waits closes the connection."""
-        request = self._chat_request(body)
+        request = self._request(body, path)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 response = await self.client.send(request, stream=True)
@@ -146,10 +148,10 @@ class Member:
             raise Unavailable(f"{self.config.describe()}: a reply that is not a JSON object")
         yield as_chunk(reply)
 
-    def _chat_request(self, body: dict[str, Any]) -> httpx.Request:
+    def _request(self, body: dict[str, Any], path: str) -> httpx.Request:
         if self.state == "half_open":
             self._probing = True  # this request is the breaker's one probe
-        return self.client.build_request("POST", "/chat/completions", json=body, headers=self._auth())
+        return self.client.build_request("POST", path, json=body, headers=self._auth())
 
     def _unreachable(self, exc: Exception) -> Unavailable:
         """A failure to reach the upstream or to hear from it in time: counted against it (a
