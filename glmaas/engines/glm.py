@@ -173,9 +173,9 @@ class GLMEngine:
             yield Delta(finish_reason="length", usage=Usage(len(prompt), 0))
             return
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
-        seq = Sequence(request_id=request.request_id, n_prompt=len(prompt), part_a=part_a, blanks=blanks, max_new=params.max_tokens,
-                       sampler=Sampler(params, part_a), stops=params.stop, loop=asyncio.get_running_loop(),
-                       queue=queue)
+        seq = Sequence(request_id=request.request_id, n_prompt=len(prompt), part_a=part_a, blanks=blanks,
+                       max_new=params.max_tokens, sampler=Sampler(params, part_a), stops=params.stop,
+                       loop=asyncio.get_running_loop(), queue=queue)
         self._loop.submit(seq)
         try:
             while True:

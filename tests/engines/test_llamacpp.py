@@ -251,3 +251,13 @@ def test_batched_outputs_match_unbatched_at_temperature_0(engine) -> None:
         return await asyncio.gather(*(collect(engine, p, max_tokens=12) for p in prompts))
 
     assert [token_ids(d) for d in asyncio.run(together())] == alone
+
+
+def test_fill_in_the_middle_uses_the_tokens_the_gguf_names(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2's GGUF names none, so there is no middle to write; a GGUF that names them gets
+    `<fim_prefix> prefix <fim_suffix> suffix <fim_middle>` (ids stand in for a FIM model's)."""
+    prefix, suffix = engine.tokenize("def f(x):"), engine.tokenize("    return y")
+    assert engine.infill_prompt(prefix, suffix) is None
+    for name, token in (("llama_vocab_fim_pre", 1), ("llama_vocab_fim_suf", 2), ("llama_vocab_fim_mid", 3)):
+        monkeypatch.setattr(llamacpp.llama_cpp, name, lambda _vocab, token=token: token)
+    assert engine.infill_prompt(prefix, suffix) == [1, *prefix, 2, *suffix, 3]
