@@ -124,6 +124,11 @@ def test_a_completion_leaves_one_usage_record_and_its_charge(server: AppServer, 
     assert (row["prompt_tokens"], row["completion_tokens"]) == (done.usage.prompt_tokens, 7)
     cost = expected_cost(done.usage.prompt_tokens, 7)
     assert row["cost"] == cost and balance_micro(server, "writer") == before - cost
+    # The ledger: the hold taken at admission, released, and the one charge.
+    entries = query(server, "SELECT kind, amount FROM ledger_entries WHERE request_id = ? ORDER BY id",
+                    raw.headers["x-request-id"])
+    assert sum(e["amount"] for e in entries if e["kind"] != "hold" and e["kind"] != "release") == -cost
+    assert [e["kind"] for e in entries].count("settlement") == 1
     assert query(server, "SELECT COUNT(*) AS n FROM holds WHERE state = 'open'")[0]["n"] == 0
 
 
