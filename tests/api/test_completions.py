@@ -5,6 +5,7 @@ checkpoint, checked against the one-sequence reference generation."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import openai
@@ -15,6 +16,7 @@ from glmaas.engines.mock import DEFAULT_REPLY
 from glmaas.model.glm_checkpoint import load_checkpoint
 from glmaas.model.glm_generate import SamplingParams, fill_blanks
 from tests.api.billing_helpers import balance_micro, expected_cost, funded_key, price_all, query
+from tests.conftest import Server
 from tests.fuzz_helpers import assert_error_shape
 from tests.glm_checkpoints import trained_checkpoint
 from tests.inprocess import AppServer
@@ -74,6 +76,20 @@ def test_a_streamed_completion_adds_up_to_the_whole_one(client: openai.OpenAI) -
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(DEFAULT_REPLY.encode())
     plain = list(client.completions.create(model="mock", prompt="Say it", max_tokens=3, stream=True))
     assert all(c.usage is None for c in plain)
+
+
+def test_a_server_process_streams_a_completion_as_it_is_made(mock_server: Server, api_key: str) -> None:
+    """`glmaas serve` itself (the mock engine, one token every 50 ms): chunks arrive one by one."""
+    client = openai.OpenAI(api_key=api_key, base_url=mock_server.openai_url, max_retries=0)
+    done = client.completions.create(model="slow", prompt="Say it", max_tokens=6)
+    assert done.choices[0].text == DEFAULT_REPLY[:6] and done.usage.completion_tokens == 6
+    arrivals, texts = [], []
+    for chunk in client.completions.create(model="slow", prompt="Say it", max_tokens=6, stream=True,
+                                           stream_options={"include_usage": True}):
+        arrivals.append(time.monotonic())
+        texts.append(chunk.choices[0].text if chunk.choices else None)
+    assert "".join(t for t in texts if t) == DEFAULT_REPLY[:6] and texts[-1] is None
+    assert arrivals[5] - arrivals[0] > 0.15  # streamed as generated, not buffered to the end
 
 
 def test_echo_and_stop(client: openai.OpenAI) -> None:
