@@ -1,7 +1,9 @@
-"""`POST /v1/completions` through the openai SDK, in process: the mock engine's plain completions
-(whole and streamed), refusals in OpenAI's shape that cost nothing, the usage record and the
-ledger, and GLM filling a suffix's middle and a prompt's [MASK] blanks on a tiny trained
-checkpoint, checked against the one-sequence reference generation."""
+"""`POST /v1/completions` through the openai SDK, in process (and streamed by a `glmaas serve`
+process): the mock engine's plain completions (whole and streamed), refusals in OpenAI's shape that
+cost nothing, the usage record and the ledger, and GLM filling a suffix's middle and a prompt's
+[MASK] blanks on a tiny trained checkpoint, checked against the one-sequence reference generation.
+The default llama.cpp model's completions are in test_default_model.py, an upstream's in
+test_upstream.py."""
 
 from __future__ import annotations
 

@@ -189,10 +189,6 @@ def _completion_id(run: MeteredRun) -> str:
     return f"cmpl-{run.request_id}"
 
 
-def _usage(run: MeteredRun) -> UsageInfo:
-    return UsageInfo.of(run)
-
-
 async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], req: TextCompletionRequest,
                    prompt: TextPrompt) -> Completion:
     """The whole reply as one response body."""
@@ -209,7 +205,7 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], req: TextCompl
     choice = CompletionChoice(text=text, logprobs=document.logprobs, finish_reason=run.finish_reason,
                               fills=document.fills)
     return Completion(id=_completion_id(run), created=run.created, model=req.model, choices=[choice],
-                      usage=_usage(run))
+                      usage=UsageInfo.of(run))
 
 
 async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], req: TextCompletionRequest,
@@ -247,5 +243,5 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], req: Text
         await deltas.aclose()
     yield chunk(CompletionChoice(text=document.finish(), finish_reason=run.finish_reason, fills=document.fills))
     if req.include_usage:
-        yield chunk(None, _usage(run))
+        yield chunk(None, UsageInfo.of(run))
     yield SSE_DONE
