@@ -129,11 +129,12 @@ def generate(req: TextCompletionRequest, prompt: TextPrompt, request_id: str) ->
 def text_call_of(req: TextCompletionRequest, prompt: TextPrompt, request_id: str) -> TextCall:
     """The request as an upstream takes it: besides temperature and top_p, only the sampling
     fields the client set travel."""
-    optional = {"seed": req.seed, "stop": list(req.stop), "frequency_penalty": req.frequency_penalty,
+    optional = {"stop": list(req.stop), "frequency_penalty": req.frequency_penalty,
                 "presence_penalty": req.presence_penalty,
                 "logit_bias": {str(token): bias for token, bias in req.logit_bias.items()}}
     sampling = {"temperature": req.temperature, "top_p": req.top_p,
-                **{k: v for k, v in optional.items() if v not in (None, 0, [], {})}}
+                **({"seed": req.seed} if req.seed is not None else {}),  # 0 is a seed
+                **{k: v for k, v in optional.items() if v not in (0, [], {})}}
     text = req.prompt if isinstance(req.prompt, str) else list(req.prompt)
     return TextCall(request_id, text, prompt.max_tokens, sampling, suffix=req.suffix, echo=req.echo,
                     logprobs=req.logprobs, user=req.user, stream=req.stream)
