@@ -94,6 +94,25 @@ def test_a_server_process_streams_a_completion_as_it_is_made(mock_server: Server
     assert arrivals[5] - arrivals[0] > 0.15  # streamed as generated, not buffered to the end
 
 
+def test_several_prompts_make_a_choice_each_billed_together(server: AppServer, client: openai.OpenAI) -> None:
+    prompts = ["Say it", "CD", "Again, please"]
+    raw = client.completions.with_raw_response.create(model="mock", prompt=prompts, max_tokens=5, echo=True)
+    done = raw.parse()
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    assert [c.text for c in done.choices] == [p + DEFAULT_REPLY[:5] for p in ("Say it", "CD", "Again, please")]
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (6 + 2 + 13, 15)
+    rows = query(server, "SELECT * FROM usage_records WHERE request_id = ?", raw.headers["x-request-id"])
+    assert len(rows) == 1 and rows[0]["cost"] == expected_cost(21, 15)
+    chunks = list(client.completions.create(model="mock", prompt=prompts, max_tokens=100, stream=True,
+                                            stream_options={"include_usage": True}))
+    for index in range(3):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert "".join(c.text for c in mine) == DEFAULT_REPLY and mine[-1].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == 3 * len(DEFAULT_REPLY.encode())
+    as_ids = client.completions.create(model="mock", prompt=[[70, 71], [72]], max_tokens=2, echo=True)
+    assert [c.text for c in as_ids.choices] == ["CD" + DEFAULT_REPLY[:2], "E" + DEFAULT_REPLY[:2]]
+
+
 def test_echo_and_stop(client: openai.OpenAI) -> None:
     done = client.completions.create(model="mock", prompt="Q: ", max_tokens=100, echo=True, stop=["mock"])
     assert done.choices[0].text == "Q: This is the " and done.choices[0].finish_reason == "stop"
@@ -107,7 +126,9 @@ def test_echo_and_stop(client: openai.OpenAI) -> None:
     ({"prompt": 5}, "prompt"),
     ({"prompt": {"text": "x"}}, "prompt"),
     ({"prompt": [1, "a"]}, "prompt"),
-    ({"prompt": ["one", "two"]}, "prompt"),
+    ({"prompt": ["one", ""]}, "prompt"),
+    ({"prompt": ["x"] * 17}, "prompt"),
+    ({"prompt": [[70], []]}, "prompt"),
     ({"prompt": "x", "suffix": "y"}, "suffix"),
     ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
     ({"prompt": "x", "logprobs": 21}, "logprobs"),

@@ -1,9 +1,9 @@
 """Wire schemas of OpenAI's legacy completions (`POST /v1/completions`): the request, the canonical
 request it maps to, the response body and its stream chunks, in the order of the OpenAI reference.
 
-`null` means absent and unknown fields are ignored. One prompt per request (a string, a list of
-one string, token ids or a list of one list of token ids) and one choice (`n`, `best_of` = 1);
-anything else is a 400 that names the field. Extension: `fills`, on a choice whose prompt held
+`null` means absent and unknown fields are ignored. The prompt is a string, token ids, or a list of
+up to `MAX_PROMPTS` of either (a choice each); one choice per prompt (`n`, `best_of` = 1): anything
+else is a 400 that names the field. Extension: `fills`, on a choice whose prompt held
 `[MASK]` blanks, lists what the model wrote into each (docs: README, "Completions").
 """
 
@@ -21,6 +21,7 @@ from glmaas.engines.base import TokenLogprob
 # OpenAI's own default for a completion without max_tokens.
 DEFAULT_MAX_TOKENS = 16
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI allows 5)
+MAX_PROMPTS = 16
 
 PromptIn = str | list[str] | list[int] | list[list[int]]
 
@@ -72,15 +73,17 @@ class CompletionRequest(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: PromptIn) -> PromptIn:
-        if isinstance(value, list) and value and not isinstance(value[0], int):
-            if len(value) != 1:
-                raise ValueError(f"one prompt per request is supported, got {len(value)}")
-            value = value[0]  # type: ignore[assignment]
-        if not value:
+    def _some_prompts(cls, value: PromptIn) -> PromptIn:
+        prompts = prompts_of(value)
+        if not prompts:
             raise ValueError("the prompt must not be empty")
-        if isinstance(value, list) and min(value) < 0:  # type: ignore[type-var]
-            raise ValueError("token ids are not negative")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}")
+        for prompt in prompts:
+            if not prompt:
+                raise ValueError("a prompt must not be empty")
+            if isinstance(prompt, list) and min(prompt) < 0:
+                raise ValueError("token ids are not negative")
         return value
 
     @field_validator("n", "best_of")
@@ -112,12 +115,22 @@ class CompletionRequest(BaseModel):
         return value
 
 
+def prompts_of(value: PromptIn) -> list:
+    """The prompts of a `prompt` field: one string or token-id list, or a list of them."""
+    if isinstance(value, str) or (value and isinstance(value[0], int)):
+        return [value]
+    return list(value)
+
+
+Prompt = str | tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class TextCompletionRequest:
-    """The canonical completion request: one prompt, as text or as token ids."""
+    """The canonical completion request: its prompts (a choice each), as text or as token ids."""
 
     model: str
-    prompt: str | tuple[int, ...]
+    prompts: tuple[Prompt, ...]
     suffix: str | None
     max_tokens: int
     temperature: float
@@ -136,12 +149,9 @@ class TextCompletionRequest:
 
 
 def to_canonical(body: CompletionRequest) -> TextCompletionRequest:
-    prompt: Any = body.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-        prompt = prompt[0]
     return TextCompletionRequest(
         model=body.model,
-        prompt=tuple(prompt) if isinstance(prompt, list) else prompt,
+        prompts=tuple(p if isinstance(p, str) else tuple(p) for p in prompts_of(body.prompt)),
         suffix=body.suffix,
         max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS,
         temperature=1.0 if body.temperature is None else body.temperature,

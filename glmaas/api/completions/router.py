@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from glmaas.api.chat.serving import first_delta_ahead
 from glmaas.api.completions.protocol import Completion, CompletionRequest, to_canonical
-from glmaas.api.completions.serving import build_prompt, complete, generate, stream
+from glmaas.api.completions.serving import build_prompts, complete, generate, stream
 from glmaas.api.dialects import OPENAI
 from glmaas.api.metered import MeteredStream, admit
 from glmaas.api.openapi import BodyRoute
@@ -25,17 +25,17 @@ async def completions(request: Request) -> Response:
     principal = authenticate(request)
     req = to_canonical(await parse_body(request, CompletionRequest))
     request_id = take_request_id(request, req.request_id)
-    prompt = build_prompt(state, req)
-    run = admit(state, principal, req.model, request_id, prompt_tokens=prompt.prompt_tokens,
-                max_tokens=prompt.max_tokens, arrived=arrived, stream=req.stream, end_user=req.user)
+    prompts = build_prompts(state, req)
+    run = admit(state, principal, req.model, request_id, prompt_tokens=sum(p.prompt_tokens for p in prompts),
+                max_tokens=sum(p.max_tokens for p in prompts), arrived=arrived, stream=req.stream, end_user=req.user)
     # The run settles when its deltas end, however they end.
-    deltas = run.generate(generate(req, prompt, request_id))
+    deltas = run.generate(generate(req, prompts, request_id))
     headers = {"x-request-id": request_id, **run.rate_limit_headers()}
     if req.stream:
         # An engine that refuses the prompt (too long for its blanks) still answers with an HTTP error.
         deltas = await first_delta_ahead(deltas)
-        return MeteredStream(run, stream(run, deltas, req, prompt), headers)
-    return JSONModelResponse(await complete(run, deltas, req, prompt), headers=headers)
+        return MeteredStream(run, stream(run, deltas, req, prompts), headers)
+    return JSONModelResponse(await complete(run, deltas, req, prompts), headers=headers)
 
 
 routes = [Route(OPENAI.path("/completions"), completions, methods=["POST"])]

@@ -5,9 +5,10 @@ run's (`api/metered.py`), as for chat."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from glmaas.api.chat.protocol import UsageInfo
 from glmaas.api.chat.serving import engine_error
@@ -15,6 +16,7 @@ from glmaas.api.completions.protocol import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    Prompt,
     TextCompletionRequest,
 )
 from glmaas.api.dialects import OPENAI
@@ -31,6 +33,7 @@ from glmaas.engines.base import (
     Infilling,
     PromptTooLong,
     SamplingParams,
+    Usage,
 )
 from glmaas.engines.chat import ChatEngine, TextCall, TextEngine
 from glmaas.platform.metered import GenerationTimeout
@@ -58,16 +61,21 @@ def _invalid(message: str, param: str) -> ApiError:
     return ApiError(ErrorKind.INVALID_REQUEST, message, param=param)
 
 
-def build_prompt(state: AppState, req: TextCompletionRequest) -> TextPrompt:
-    """The tokenized prompt (an upstream's: the request as it came); raises `ApiError` when the
-    model is unknown or cannot serve the request as asked (a Zhipu upstream; a suffix a model
-    cannot infill; echo beside blanks), and when it does not fit."""
+def build_prompts(state: AppState, req: TextCompletionRequest) -> list[TextPrompt]:
+    """The tokenized prompts, a choice each (an upstream's: the request as it came); raises
+    `ApiError` when the model is unknown or cannot serve the request as asked (a Zhipu upstream;
+    several prompts to an upstream; a suffix a model cannot infill; echo beside blanks), and when
+    a prompt does not fit."""
     engine = state.registry.get(req.model)
     if engine is None:
         raise ApiError(ErrorKind.MODEL_NOT_FOUND, f"The model {req.model!r} does not exist.", param="model")
     if isinstance(engine, ChatEngine):
-        return _upstream_prompt(engine, req)
-    ids = list(engine.tokenize(req.prompt)) if isinstance(req.prompt, str) else list(req.prompt)
+        return [_upstream_prompt(engine, req)]
+    return [_local_prompt(engine, req, prompt) for prompt in req.prompts]
+
+
+def _local_prompt(engine: Engine, req: TextCompletionRequest, prompt: Prompt) -> TextPrompt:
+    ids = list(engine.tokenize(prompt)) if isinstance(prompt, str) else list(prompt)
     vocab = engine.info.vocab_size
     if vocab is not None and max(ids, default=0) >= vocab:
         raise _invalid(f"The prompt holds token ids outside the vocabulary of {req.model} (0..{vocab - 1}).",
@@ -89,7 +97,7 @@ def build_prompt(state: AppState, req: TextCompletionRequest) -> TextPrompt:
     if blanks:
         cuts = [-1, *blanks, len(ids)]
         segments = tuple(engine.detokenize(ids[a + 1:b]) for a, b in zip(cuts, cuts[1:]))
-    echo = "" if not req.echo else req.prompt if isinstance(req.prompt, str) else engine.detokenize(ids)
+    echo = "" if not req.echo else prompt if isinstance(prompt, str) else engine.detokenize(ids)
     return TextPrompt(engine, tuple(ids), min(req.max_tokens, room), len(ids), echo, segments)
 
 
@@ -99,7 +107,10 @@ def _upstream_prompt(engine: ChatEngine, req: TextCompletionRequest) -> TextProm
     if not (isinstance(engine, TextEngine) and engine.serves_completions()):
         raise _invalid(f"The model {req.model!r} is served by a Zhipu-dialect upstream, and the Zhipu API "
                        "has no legacy completions. Use /v1/chat/completions.", "model")
-    estimate = engine.count_text(req.prompt if isinstance(req.prompt, str) else list(req.prompt))
+    if len(req.prompts) != 1:
+        raise _invalid(f"The model {req.model!r} is served by an upstream: one prompt per request.", "prompt")
+    prompt = req.prompts[0]
+    estimate = engine.count_text(prompt if isinstance(prompt, str) else list(prompt))
     room = max(1, engine.info.context_length - estimate)
     return TextPrompt(engine, (), min(req.max_tokens, room), estimate)
 
@@ -115,8 +126,14 @@ def _infill(engine: Engine, req: TextCompletionRequest, prefix: list[int]) -> li
     return fim
 
 
-def generate(req: TextCompletionRequest, prompt: TextPrompt, request_id: str) -> AsyncGenerator[Delta, None]:
-    """Start the engine on the request: token ids for a local engine, the request for an upstream."""
+def generate(req: TextCompletionRequest, prompts: list[TextPrompt], request_id: str
+             ) -> AsyncGenerator[ChoiceDelta, None]:
+    """Start the engine on each prompt; their deltas as they come, each with its choice."""
+    return choices([_generate(req, prompt, request_id) for prompt in prompts])
+
+
+def _generate(req: TextCompletionRequest, prompt: TextPrompt, request_id: str) -> AsyncGenerator[Delta, None]:
+    """Start the engine on one prompt: token ids for a local engine, the request for an upstream."""
     if isinstance(prompt.engine, TextEngine):
         return prompt.engine.complete(text_call_of(req, prompt, request_id))  # type: ignore[return-value]
     sampling = SamplingParams(
@@ -135,9 +152,86 @@ def text_call_of(req: TextCompletionRequest, prompt: TextPrompt, request_id: str
     sampling = {"temperature": req.temperature, "top_p": req.top_p,
                 **({"seed": req.seed} if req.seed is not None else {}),  # 0 is a seed
                 **{k: v for k, v in optional.items() if v not in (0, [], {})}}
-    text = req.prompt if isinstance(req.prompt, str) else list(req.prompt)
+    text = req.prompts[0] if isinstance(req.prompts[0], str) else list(req.prompts[0])
     return TextCall(request_id, text, prompt.max_tokens, sampling, suffix=req.suffix, echo=req.echo,
                     logprobs=req.logprobs, user=req.user, stream=req.stream)
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    """A delta of one choice (one prompt's generation), as the metered run reads it: `usage`
+    and `finish_reason` only on the request's last delta (`index` -1), which sums the choices'
+    usage; a choice's own end is `choice_finish`."""
+
+    index: int
+    delta: Delta
+    choice_finish: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+    @property
+    def token_count(self) -> int:
+        return self.delta.token_count
+
+    @property
+    def exact_count(self) -> bool:
+        return self.delta.exact_count
+
+
+async def choices(generations: list[AsyncGenerator[Delta, None]]) -> AsyncGenerator[ChoiceDelta, None]:
+    """The deltas of every generation as they come, tagged with its choice; then one last delta
+    with their usage summed and the request's finish reason (`length` if any choice ran out).
+    However it ends, every generation is closed (so each engine stops within a step)."""
+    ends: dict[int, Delta] = {}
+    async for index, delta in _interleave(generations):
+        if delta.usage is None:
+            yield ChoiceDelta(index, delta)
+        else:
+            ends[index] = delta
+            yield ChoiceDelta(index, replace(delta, usage=None, finish_reason=None), choice_finish=delta.finish_reason)
+    usages = [d.usage for d in ends.values() if d.usage is not None]
+    usage = Usage(sum(u.prompt_tokens for u in usages), sum(u.completion_tokens for u in usages),
+                  sum(u.cached_prompt_tokens for u in usages), any(u.estimated for u in usages))
+    finish = "length" if any(d.finish_reason == "length" for d in ends.values()) else "stop"
+    yield ChoiceDelta(-1, Delta(), usage=usage, finish_reason=finish)
+
+
+async def _interleave(generations: list[AsyncGenerator[Delta, None]]) -> AsyncGenerator[tuple[int, Delta], None]:
+    """(index, delta) of each generation, run concurrently; the first failure ends them all."""
+    if len(generations) == 1:
+        try:
+            async for delta in generations[0]:
+                yield 0, delta
+        finally:
+            await generations[0].aclose()
+        return
+    queue: asyncio.Queue[tuple[int, Delta | Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int, generation: AsyncGenerator[Delta, None]) -> None:
+        try:
+            async for delta in generation:
+                queue.put_nowait((index, delta))
+            queue.put_nowait((index, None))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        finally:
+            await generation.aclose()
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Document:
@@ -190,31 +284,34 @@ def _completion_id(run: MeteredRun) -> str:
     return f"cmpl-{run.request_id}"
 
 
-async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], req: TextCompletionRequest,
-                   prompt: TextPrompt) -> Completion:
-    """The whole reply as one response body."""
-    document = Document(prompt, req.logprobs is not None)
-    text = ""
+async def complete(run: MeteredRun, deltas: AsyncIterator[ChoiceDelta], req: TextCompletionRequest,
+                   prompts: list[TextPrompt]) -> Completion:
+    """The whole reply as one response body: a choice per prompt."""
+    documents = [Document(prompt, req.logprobs is not None) for prompt in prompts]
+    texts = [""] * len(prompts)
+    finishes: list[str | None] = [None] * len(prompts)
     try:
-        async for delta in deltas:
-            text += document.push(delta)[0]
+        async for step in deltas:
+            if step.index >= 0:
+                texts[step.index] += documents[step.index].push(step.delta)[0]
+                finishes[step.index] = step.choice_finish or finishes[step.index]
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="prompt") from None
     except (EngineError, GenerationTimeout) as exc:
         raise engine_error(exc) from None
-    text += document.finish()
-    choice = CompletionChoice(text=text, logprobs=document.logprobs, finish_reason=run.finish_reason,
-                              fills=document.fills)
-    return Completion(id=_completion_id(run), created=run.created, model=req.model, choices=[choice],
+    choices = [CompletionChoice(text=text + document.finish(), index=i, logprobs=document.logprobs,
+                                finish_reason=finish, fills=document.fills)
+               for i, (text, document, finish) in enumerate(zip(texts, documents, finishes))]
+    return Completion(id=_completion_id(run), created=run.created, model=req.model, choices=choices,
                       usage=UsageInfo.of(run))
 
 
-async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], req: TextCompletionRequest,
-                 prompt: TextPrompt) -> AsyncIterator[bytes]:
-    """The reply as `text_completion` SSE chunks, the finish chunk (with `fills` for a prompt
-    with blanks), usage in a last chunk of its own when `stream_options.include_usage` asks, and
-    [DONE]."""
-    document = Document(prompt, False)
+async def stream(run: MeteredRun, deltas: AsyncGenerator[ChoiceDelta, None], req: TextCompletionRequest,
+                 prompts: list[TextPrompt]) -> AsyncIterator[bytes]:
+    """The reply as `text_completion` SSE chunks, each choice's text as it comes and its finish
+    chunk (with `fills` for a prompt with blanks) when it ends, usage in a last chunk of its own
+    when `stream_options.include_usage` asks, and [DONE]."""
+    documents = [Document(prompt, False) for prompt in prompts]
 
     def chunk(choice: CompletionChoice | None, usage: UsageInfo | None = None) -> bytes:
         return sse_event(Completion(id=_completion_id(run), created=run.created, model=req.model,
@@ -224,10 +321,16 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], req: Text
         return chunk(CompletionChoice(text="", finish_reason=reason), usage)
 
     try:
-        async for delta in deltas:
-            text, logprobs = document.push(delta)
-            if text or logprobs is not None:
-                yield chunk(CompletionChoice(text=text, logprobs=logprobs))
+        async for step in deltas:
+            if step.index < 0:
+                continue
+            document = documents[step.index]
+            text, logprobs = document.push(step.delta)
+            if step.choice_finish is not None:
+                yield chunk(CompletionChoice(text=text + document.finish(), index=step.index, logprobs=logprobs,
+                                             finish_reason=step.choice_finish, fills=document.fills))
+            elif text or logprobs is not None:
+                yield chunk(CompletionChoice(text=text, index=step.index, logprobs=logprobs))
     except (EngineError, GenerationTimeout) as exc:
         yield OPENAI.stream_fault(engine_error(exc), finish_chunk)
         yield SSE_DONE
@@ -242,7 +345,6 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], req: Text
         return
     finally:
         await deltas.aclose()
-    yield chunk(CompletionChoice(text=document.finish(), finish_reason=run.finish_reason, fills=document.fills))
     if req.include_usage:
         yield chunk(None, UsageInfo.of(run))
     yield SSE_DONE
