@@ -7,12 +7,16 @@ test_upstream.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import openai
 import pytest
 
+from glmaas.api.completions.serving import choices
+from glmaas.engines.base import GenerationRequest
+from glmaas.engines.base import SamplingParams as Sampling
 from glmaas.engines.glm import GLMEngine
 from glmaas.engines.mock import DEFAULT_REPLY
 from glmaas.model.glm_checkpoint import load_checkpoint
@@ -249,3 +253,33 @@ def test_glm_has_no_chat(server: AppServer, key: str) -> None:
         r = http.post("/v1/chat/completions", json={"model": "glm", "messages": [{"role": "user", "content": "hi"}]},
                       headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 400 and "/v1/completions" in assert_error_shape(r, "openai")["message"]
+
+
+def test_closing_a_reply_of_several_prompts_stops_every_generation(server: AppServer) -> None:
+    """A client that leaves closes the reply's deltas: each prompt's sequence leaves the engine."""
+    engine = server.app.state.glmaas.registry.get("glm")
+    endless = Sampling(max_tokens=50, logit_bias={engine.special.eop: -100.0, engine.special.eod: -100.0})
+
+    closed: set[int] = set()
+
+    async def tracked(i: int):  # type: ignore[no-untyped-def]
+        try:
+            async for delta in engine.generate(GenerationRequest(f"leave-{i}", tuple(engine.tokenize("KING")),
+                                                                 endless)):
+                yield delta
+        finally:
+            closed.add(i)
+
+    async def run() -> int:
+        merged = choices([tracked(i) for i in range(3)])
+        await anext(merged)
+        assert engine.active_sequences() == 3
+        await merged.aclose()
+        assert closed == {0, 1, 2}  # at once, not when they would have ended
+        for _ in range(200):
+            if engine.active_sequences() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return engine.active_sequences()
+
+    assert asyncio.run(run()) == 0
