@@ -273,7 +273,6 @@ def test_closing_a_reply_of_several_prompts_stops_every_generation(server: AppSe
     async def run() -> int:
         merged = choices([tracked(i) for i in range(3)])
         await anext(merged)
-        assert engine.active_sequences() == 3
         await merged.aclose()
         assert closed == {0, 1, 2}  # at once, not when they would have ended
         for _ in range(200):
