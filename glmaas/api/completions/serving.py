@@ -183,12 +183,17 @@ async def choices(generations: list[AsyncGenerator[Delta, None]]) -> AsyncGenera
     with their usage summed and the request's finish reason (`length` if any choice ran out).
     However it ends, every generation is closed (so each engine stops within a step)."""
     ends: dict[int, Delta] = {}
-    async for index, delta in _interleave(generations):
-        if delta.usage is None:
-            yield ChoiceDelta(index, delta)
-        else:
-            ends[index] = delta
-            yield ChoiceDelta(index, replace(delta, usage=None, finish_reason=None), choice_finish=delta.finish_reason)
+    merged = _interleave(generations)
+    try:
+        async for index, delta in merged:
+            if delta.usage is None:
+                yield ChoiceDelta(index, delta)
+            else:
+                ends[index] = delta
+                yield ChoiceDelta(index, replace(delta, usage=None, finish_reason=None),
+                                  choice_finish=delta.finish_reason)
+    finally:
+        await merged.aclose()  # an async for leaves its iterator open when this generator is closed
     usages = [d.usage for d in ends.values() if d.usage is not None]
     usage = Usage(sum(u.prompt_tokens for u in usages), sum(u.completion_tokens for u in usages),
                   sum(u.cached_prompt_tokens for u in usages), any(u.estimated for u in usages))
