@@ -58,11 +58,13 @@ CHAT_TOOLS_BODY = {**CHAT_BODY, "messages": [
     "tools": [WEATHER_TOOL], "tool_choice": "auto", "parallel_tool_calls": False,
     "thinking": {"type": "disabled"}, "tool_stream": True}
 TOKENIZER_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER_TOOL]}
+COMPLETION_BODY = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stop": ["x"], "logprobs": 1}
 TARGETS = [
     Target("/v1/chat/completions", "openai", CHAT_BODY),
     Target("/api/paas/v4/chat/completions", "zhipu", CHAT_BODY),
     Target("/api/paas/v4/chat/completions", "zhipu", CHAT_TOOLS_BODY),
     Target("/api/paas/v4/tokenizer", "zhipu", TOKENIZER_BODY),
+    Target("/v1/completions", "openai", COMPLETION_BODY),
 ]
 # The plain chat route of each dialect: the routes that generate, for tests that break generation.
 CHAT_TARGETS = TARGETS[:2]

@@ -25,6 +25,8 @@ from glmaas.api.batches.router import routes as batch_routes
 from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import body_routes as chat_body_routes
 from glmaas.api.chat.router import routes as chat_routes
+from glmaas.api.completions.router import body_routes as completion_body_routes
+from glmaas.api.completions.router import routes as completion_routes
 from glmaas.api.console.app import CONSOLE_PREFIX, create_console
 from glmaas.api.dialects import response_for
 from glmaas.api.embeddings.background import run_embedding_item
@@ -127,8 +129,8 @@ def create_app(state: AppState) -> FastAPI:
     # /openapi.json is served below: the admin routes are listed to the admin only.
     app = FastAPI(title="glmaas", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmaas = state
-    app.router.routes.extend([*chat_routes, *tokenizer_routes, *embedding_routes, *file_routes, *batch_routes,
-                              *async_chat_routes, *fine_tuning_routes])
+    app.router.routes.extend([*chat_routes, *completion_routes, *tokenizer_routes, *embedding_routes, *file_routes,
+                              *batch_routes, *async_chat_routes, *fine_tuning_routes])
     app.include_router(models_router)
     app.include_router(admin_router)
     app.mount(CONSOLE_PREFIX, create_console(state))
@@ -160,8 +162,8 @@ def create_app(state: AppState) -> FastAPI:
     async def openapi(request: Request) -> JSONResponse:
         admin = caller_is_admin(request)
         if admin not in schemas:
-            body_routes = (chat_body_routes + tokenizer_body_routes + embedding_body_routes + batch_body_routes
-                           + async_chat_body_routes + fine_tuning_body_routes)
+            body_routes = (chat_body_routes + completion_body_routes + tokenizer_body_routes + embedding_body_routes
+                           + batch_body_routes + async_chat_body_routes + fine_tuning_body_routes)
             schemas[admin] = openapi_schema(app, body_routes, admin=admin)
         return JSONResponse(schemas[admin])
 

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=config.DEFAULT_PORT)
     p.add_argument("--model", action="append", metavar="ID=SPEC",
                    help="serve another model: ID=PATH.gguf, ID=llamacpp:PATH[,embedding=true,pooling=mean], "
+                        "ID=glm:CHECKPOINT_DIR[,slots=8] (a GLM of `glmaas train`), "
                         "ID=sentence:DIR (an embedding model), ID=mock, ID=openai+http://HOST/v1[,opt=v...], "
                         "ID=zhipu+https://HOST/api/paas/v4[,...] (repeatable; an id given several "
                         "upstreams is served by a pool of them)")

@@ -91,13 +91,15 @@ class Delta:
     """A step of output. `text` is the decoded piece; it may be empty while a multi-byte
     character is still incomplete, and is never split inside a character. `logprobs`, when the
     request asked for them, has one entry per id in `token_ids` but an end-of-generation token,
-    which is counted in usage and never reported."""
+    which is counted in usage and never reported. `blank`: which blank of the prompt the tokens
+    fill, for an engine that fills several in one generation (`BlankFilling`); 0 otherwise."""
 
     token_ids: tuple[int, ...] = ()
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    blank: int = 0
 
     # Whether `token_count` is exact (engines that see token ids) or an estimate (upstreams).
     exact_count: ClassVar[bool] = True
@@ -121,6 +123,8 @@ class ModelInfo:
     # The format its tool calls are written in (a key of `engines.tool_formats.TOOL_PARSERS`);
     # None: read from the chat template.
     tool_parser: str | None = None
+    # Token ids of its prompts are below this; None: not known (an upstream's).
+    vocab_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,4 +184,24 @@ class Engine(Protocol):
 
     async def close(self) -> None:
         """Free the model."""
+        ...
+
+
+@runtime_checkable
+class Infilling(Protocol):
+    """An engine that may write the middle between a prefix and a suffix (fill-in-the-middle)."""
+
+    def infill_prompt(self, prefix: list[int], suffix: list[int]) -> list[int] | None:
+        """The prompt whose generation is the text between `prefix` and `suffix`, or None when
+        the model has no way to infill (a GGUF without fill-in-the-middle tokens)."""
+        ...
+
+
+@runtime_checkable
+class BlankFilling(Protocol):
+    """An engine whose prompt may hold several blanks, all filled in one generation (GLM): its
+    deltas say which blank they fill (`Delta.blank`), blanks in the order of the prompt."""
+
+    def blank_positions(self, prompt: list[int]) -> list[int]:
+        """Where the blanks of `prompt` are (indices into it); empty for a plain continuation."""
         ...

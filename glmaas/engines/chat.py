@@ -43,6 +43,23 @@ class ChatCall:
 
 
 @dataclass(frozen=True)
+class TextCall:
+    """A legacy completion (OpenAI's `/completions`) as an engine that speaks text receives it:
+    one prompt (text or token ids of the upstream's own vocabulary); `sampling` holds only the
+    sampling fields the client set, by their OpenAI names."""
+
+    request_id: str
+    prompt: str | list[int]
+    max_tokens: int
+    sampling: dict[str, Any] = field(default_factory=dict)
+    suffix: str | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    user: str | None = None
+    stream: bool = True
+
+
+@dataclass(frozen=True)
 class ToolCallPiece:
     """A piece of a tool call, as streams send them: the first piece of call `index` has its
     id and function name; arguments arrive as text, possibly over several pieces."""
@@ -105,3 +122,22 @@ def asks_in_messages(engine: object) -> bool:
     if known is None:
         known = _ASKS_IN_MESSAGES[kind] = isinstance(engine, ChatEngine)
     return known
+
+
+@runtime_checkable
+class TextEngine(Protocol):
+    """A chat engine that also serves legacy completions (an OpenAI-compatible upstream's
+    `/completions`)."""
+
+    def serves_completions(self) -> bool:
+        """Whether the servers behind it have legacy completions at all."""
+        ...
+
+    def count_text(self, prompt: str | list[int]) -> int:
+        """Our estimate of a prompt's tokens (token ids count as themselves)."""
+        ...
+
+    def complete(self, call: TextCall) -> AsyncIterator[ChatDelta]:
+        """Stream the completion; the last delta has `finish_reason` and `usage` set. Raises
+        `InvalidRequest` when refused as invalid, `EngineError` on a fault."""
+        ...

@@ -153,6 +153,7 @@ class LlamaCppEngine:
             eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
             owned_by="glmaas",
             tool_parser=tool_parser,
+            vocab_size=self._loop.n_vocab,
         )
 
     @classmethod
@@ -197,6 +198,15 @@ class LlamaCppEngine:
         """The text of `token_ids` (special tokens rendered as their text)."""
         return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
 
+    def infill_prompt(self, prefix: list[int], suffix: list[int]) -> list[int] | None:
+        """`<fim_prefix> prefix <fim_suffix> suffix <fim_middle>` (prefix-suffix-middle order) with
+        the fill-in-the-middle tokens the GGUF names; None when it names none."""
+        pre, suf, mid = (llama_cpp.llama_vocab_fim_pre(self._vocab), llama_cpp.llama_vocab_fim_suf(self._vocab),
+                         llama_cpp.llama_vocab_fim_mid(self._vocab))
+        if min(pre, suf, mid) < 0:
+            return None
+        return [pre, *prefix, suf, *suffix, mid]
+
     def _token_text(self, token: int) -> str:
         return self.token_bytes(token).decode("utf-8", errors="replace") if token >= 0 else ""
 
@@ -223,7 +233,7 @@ class LlamaCppEngine:
             raise EngineError("the prompt is empty")
         if min(prompt) < 0 or max(prompt) >= self._loop.n_vocab:
             # Checked here: inside the shared batch a bad id would fail every request in flight.
-            raise EngineError(f"the prompt holds token ids outside the vocabulary of {self._loop.n_vocab}")
+            raise InvalidRequest(f"the prompt holds token ids outside the vocabulary of {self._loop.n_vocab}")
         params = request.sampling
         if params.logit_bias and not all(0 <= t < self._loop.n_vocab for t in params.logit_bias):
             raise InvalidRequest(f"logit_bias names token ids outside the vocabulary of {self._loop.n_vocab}")

@@ -35,6 +35,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+VOCAB_SIZE = len(SPECIALS) + 256
 DEFAULT_REPLY = "This is the mock engine. 你好，世界。"
 
 
@@ -58,6 +59,7 @@ class MockEngine:
             chat_template=chat_template,
             eos_token="<|im_end|>",
             tool_parser=tool_parser,
+            vocab_size=VOCAB_SIZE,
         )
         # The last request seen, so tests can check what the API asked of the engine.
         self.last_request: GenerationRequest | None = None
@@ -104,7 +106,10 @@ class MockEngine:
     def _bytes(self, token_ids: list[int]) -> bytes:
         out = bytearray()
         for t in token_ids:
-            out += SPECIALS[t].encode() if t < len(SPECIALS) else bytes([t - len(SPECIALS)])
+            if 0 <= t < len(SPECIALS):
+                out += SPECIALS[t].encode()
+            elif t < VOCAB_SIZE:
+                out.append(t - len(SPECIALS))
         return bytes(out)
 
     def load(self) -> EngineLoad:
@@ -127,6 +132,8 @@ class MockEngine:
                 f"prompt has {n_prompt} tokens; the context window of "
                 f"{self.info.model_id} is {self.info.context_length}"
             )
+        if any(not 0 <= t < VOCAB_SIZE for t in request.prompt_token_ids):
+            raise InvalidRequest(f"the prompt holds token ids outside the vocabulary of {VOCAB_SIZE}")
         if request.sampling.constraint is not None:
             raise InvalidRequest(f"the model {self.info.model_id} cannot constrain its output")
         want_logprobs = request.sampling.logprobs is not None

@@ -3,6 +3,8 @@
 SPEC is `KIND:REST`, and `ENGINE_KINDS` maps each kind to the factory that builds it:
   llamacpp:PATH[,opt=v...]   a local GGUF file run in process by llama.cpp (a bare PATH.gguf too);
                              with `embedding=true,pooling=mean|cls|last` an embedding model
+  glm:DIR[,opt=v...]         a GLM checkpoint folder of `glmaas train`, run in process by PyTorch
+                             (`engines/glm.py`): blank filling, fill-in-the-middle, continuation
   sentence:DIR[,opt=v...]    a sentence-transformers folder (BERT, mean pooling): an embedding model
   mock[:opt=v,...]           the deterministic test engine (`engines/mock.py`)
   openai+http(s)://HOST/v1[,opt=v...]           an OpenAI-compatible server (`engines/upstream/`)
@@ -115,6 +117,16 @@ def _sentence(model_id: str, rest: str) -> Served:
     return SentenceEncoder.from_spec(model_id, folder, _options(opts))
 
 
+def _glm(model_id: str, rest: str) -> Served:
+    path, _, opts = rest.partition(",")
+    from glmaas.engines.glm import GLMEngine, checkpoint_folder
+
+    folder = checkpoint_folder(path)
+    if not (folder / "model.safetensors").is_file():
+        raise SpecError(f"model {model_id!r}: no GLM checkpoint (config.json, model.safetensors) at {path}")
+    return GLMEngine.from_spec(model_id, folder, _options(opts))
+
+
 def _upstream_config(spec: str):  # type: ignore[no-untyped-def]
     from glmaas.engines.upstream import UpstreamConfigError, parse_upstream
 
@@ -145,6 +157,7 @@ def is_upstream(spec: str) -> bool:
 # so serving the mock engine never loads llama.cpp.
 ENGINE_KINDS: dict[str, Callable[[str, str], Served]] = {
     "llamacpp": _llamacpp,
+    "glm": _glm,
     "sentence": _sentence,
     "mock": _mock,
     **{f"{dialect}+{scheme}": (lambda model_id, rest, kind=f"{dialect}+{scheme}":

@@ -65,7 +65,8 @@ def build_attention_mask(sep: torch.Tensor, q_len: int, k_len: int, offset: int 
 
 
 class KVCache(nn.Module):
-    """Keys and values of every layer for up to max_len positions; `length` are filled."""
+    """Keys and values of every layer for up to max_len positions; `length` are filled, the same
+    number in every row of the batch."""
 
     def __init__(self, config: GLMConfig, batch_size: int, max_len: int, dtype=torch.float32, device=None):
         super().__init__()
@@ -75,6 +76,10 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.length = 0
 
+    def attention_mask(self, sep: torch.Tensor, q_len: int) -> torch.Tensor:
+        """The GLM mask of `q_len` new positions after those cached: (B, 1, q_len, length + q_len)."""
+        return build_attention_mask(sep, q_len, self.length + q_len, self.length)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, nh, T, hs) keys/values for `layer`; return all so far."""
         t = k.size(2)
@@ -82,6 +87,72 @@ class KVCache(nn.Module):
         self.v[layer, :, :, self.length : self.length + t] = v
         end = self.length + t
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, q_len: int, batch: int) -> None:
+        self.length += q_len  # every row alike
+
+
+class SlotKVCache(nn.Module):
+    """Keys and values of `slots` sequences, each with its own length (a ragged batch).
+
+    A forward pass works on the slots `start .. start + B`: one sequence's prompt (B = 1, T = its
+    length) or one token of each of B sequences (T = 1), each written at its own length. Keys past
+    a row's length hold stale values that its mask hides. `move` copies a slot onto another, so a
+    caller can keep its live sequences in the first slots and every decode step one slice.
+    """
+
+    def __init__(self, config: GLMConfig, slots: int, max_len: int, dtype=torch.float32, device=None):
+        super().__init__()
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, slots, config.n_head, max_len, hs)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.lengths = [0] * slots  # filled positions per slot
+        self.start = 0  # the first slot of the next forward pass
+        self._write: tuple | None = None  # where this pass writes: set by attention_mask, per pass
+
+    def attention_mask(self, sep: torch.Tensor, q_len: int) -> torch.Tensor:
+        """(B, 1, q_len, S): query i of row b (at position lengths[b] + i) sees key j when
+        j <= lengths[b] + i or j < sep[b]; S covers the longest row. Called once per pass, first."""
+        B, device = sep.size(0), sep.device
+        offsets = self.lengths[self.start : self.start + B]
+        end = max(offsets) + q_len
+        rows = slice(self.start, self.start + B)
+        if len(set(offsets)) == 1:  # every row at the same length: slices, not scattered writes
+            self._write = (rows, rows, slice(offsets[0], offsets[0] + q_len), end)
+        else:
+            assert q_len == 1, "rows of different lengths take one token each"
+            slots = torch.arange(self.start, self.start + B, device=device)
+            self._write = (rows, slots, torch.tensor(offsets, device=device), end)
+        at = torch.tensor(offsets, device=device)
+        q_pos = at[:, None] + torch.arange(q_len, device=device)[None]  # (B, q)
+        k_pos = torch.arange(end, device=device)  # (S,)
+        visible = (k_pos[None, None] <= q_pos[:, :, None]) | (k_pos[None, None] < sep.view(-1, 1, 1))
+        return visible[:, None]  # (B, 1, q, S)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, nh, T, hs) keys/values of the rows at their own lengths; return (B, nh, S, hs)."""
+        assert self._write is not None
+        rows, write_rows, write_at, end = self._write
+        if isinstance(write_at, slice):
+            self.k[layer, write_rows, :, write_at] = k
+            self.v[layer, write_rows, :, write_at] = v
+        else:  # one token per row, each at its own position
+            self.k[layer, write_rows, :, write_at] = k[:, :, 0]
+            self.v[layer, write_rows, :, write_at] = v[:, :, 0]
+        return self.k[layer, rows, :, :end], self.v[layer, rows, :, :end]
+
+    def advance(self, q_len: int, batch: int) -> None:
+        for slot in range(self.start, self.start + batch):
+            self.lengths[slot] += q_len
+        self._write = None
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot `src`'s keys, values and length, copied onto slot `dst`."""
+        n = self.lengths[src]
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
 
 
 class SelfAttention(nn.Module):
@@ -95,7 +166,7 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | SlotKVCache | None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -131,7 +202,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv_cache: KVCache | SlotKVCache | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask, kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -182,18 +253,20 @@ class GLM(nn.Module):
         sep: torch.Tensor,  # (B,) length of Part A
         targets: torch.Tensor | None = None,  # (B, T), aligned with input_ids (not shifted)
         loss_mask: torch.Tensor | None = None,  # (B, T), 1 where the loss counts
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | SlotKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = input_ids.size()
         t = self.transformer
-        offset = kv_cache.length if kv_cache is not None else 0
-        mask = build_attention_mask(sep, T, offset + T, offset)  # (B, 1, T, S)
+        if kv_cache is None:
+            mask = build_attention_mask(sep, T, T)  # (B, 1, T, T)
+        else:
+            mask = kv_cache.attention_mask(sep, T)  # (B, 1, T, S)
         x = t.wte(input_ids) + t.wpe(position_ids) + t.wbe(block_position_ids)  # (B, T, C)
         x = t.drop(x)
         for block in t.h:
             x = block(x, mask, kv_cache)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T, B)
         x = t.ln_f(x)
         logits = F.linear(x, t.wte.weight)  # (B, T, vocab): output layer tied to the embedding
         loss = None

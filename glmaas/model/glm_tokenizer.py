@@ -63,6 +63,18 @@ class GLMTokenizer:
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special)
 
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each token id stands for (special tokens: none), for decoding a stream token
+        by token without splitting a character: byte-level BPE writes byte b as GPT-2's
+        printable stand-in for it."""
+        to_byte = {ch: b for b, ch in enumerate(_byte_level_alphabet())}
+        specials = set(SPECIAL_TOKENS)
+        out = []
+        for token_id in range(self.vocab_size):
+            token = self._tok.id_to_token(token_id) or ""
+            out.append(b"" if token in specials else bytes(to_byte[c] for c in token if c in to_byte))
+        return out
+
     def sentence_end_ids(self) -> list[int]:
         """Ids of tokens that end a sentence (glm.md §1.3: `. ? ! ; :` ... or a newline)."""
         out = []
@@ -80,6 +92,19 @@ class GLMTokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_file(str(path)))
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's `bytes_to_unicode`: the character that stands for each byte 0..255, in order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> GLMTokenizer:

@@ -404,3 +404,46 @@ def test_the_models_file_names_a_pool(tmp_path_factory: pytest.TempPathFactory, 
     finally:
         server.stop()
 
+
+
+def test_legacy_completions_pass_through_to_an_openai_upstream(front: Server, upstream: tuple[Server, str]) -> None:
+    """The back glmaas serves /v1/completions too: the front bills the usage it reports."""
+    key = funded_key(front, "completions", "1")
+    client = openai.OpenAI(base_url=front.openai_url, api_key=key, max_retries=0)
+    raw = client.completions.with_raw_response.create(model="mock-up", prompt="Say it", max_tokens=100, logprobs=1)
+    done = raw.parse()
+    n = len(DEFAULT_REPLY.encode())  # the mock's tokens are bytes
+    assert done.choices[0].text == DEFAULT_REPLY and done.choices[0].finish_reason == "stop"
+    assert len(done.choices[0].logprobs.tokens) == n and done.choices[0].logprobs.tokens[:4] == list("This")
+    record = _record(front, raw.headers["x-request-id"])
+    assert (record["prompt_tokens"], record["completion_tokens"], record["usage_source"]) == (6, n, "exact")
+    assert record["cost"] == expected_cost(6, n)
+    chunks = list(client.completions.create(model="mock-up", prompt="Say it", max_tokens=100, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == DEFAULT_REPLY
+    assert chunks[-1].usage.completion_tokens == len(DEFAULT_REPLY.encode())
+    # What the upstream refuses (a suffix its model cannot infill) is a 400 here too, free.
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="mock-up", prompt="Say it", suffix="done")
+
+
+def test_legacy_completions_reach_llama_cpp_server(front: Server) -> None:
+    key = funded_key(front, "completions-llama", "1")
+    client = openai.OpenAI(base_url=front.openai_url, api_key=key, max_retries=0)
+    raw = client.completions.with_raw_response.create(model="smol", prompt="The capital of France is",
+                                                      max_tokens=5, temperature=0)
+    done = raw.parse()
+    assert done.choices[0].text and 1 <= done.usage.completion_tokens <= 5
+    record = _record(front, raw.headers["x-request-id"])
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (done.usage.prompt_tokens,
+                                                                     done.usage.completion_tokens)
+
+
+def test_a_zhipu_upstream_has_no_legacy_completions(front: Server) -> None:
+    key = funded_key(front, "completions-zhipu", "1")
+    client = openai.OpenAI(base_url=front.openai_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="zhipu-up", prompt="hi")
+    assert refused.value.body["param"] == "model"
+    assert query(front, "SELECT COUNT(*) AS n FROM usage_records WHERE account_id IN "
+                        "(SELECT id FROM accounts WHERE name = 'completions-zhipu')")[0]["n"] == 0

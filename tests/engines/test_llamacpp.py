@@ -279,3 +279,13 @@ def test_load_reports_busy_slots_and_the_kv_cells_a_request_leaves(engine) -> No
     assert during.kv_cells == SLOTS * 256 and during.kv_cells_used >= len(chat(engine, "Name three colours."))
     # The slot is free again, and keeps its cells for the next request's shared prefix.
     assert after.busy == 0 and after.kv_cells_used >= during.kv_cells_used
+
+
+def test_fill_in_the_middle_uses_the_tokens_the_gguf_names(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2's GGUF names none, so there is no middle to write; a GGUF that names them gets
+    `<fim_prefix> prefix <fim_suffix> suffix <fim_middle>` (ids stand in for a FIM model's)."""
+    prefix, suffix = engine.tokenize("def f(x):"), engine.tokenize("    return y")
+    assert engine.infill_prompt(prefix, suffix) is None
+    for name, token in (("llama_vocab_fim_pre", 1), ("llama_vocab_fim_suf", 2), ("llama_vocab_fim_mid", 3)):
+        monkeypatch.setattr(llamacpp.llama_cpp, name, lambda _vocab, token=token: token)
+    assert engine.infill_prompt(prefix, suffix) == [1, *prefix, 2, *suffix, 3]

@@ -144,3 +144,28 @@ def test_tokenizer_keeps_special_tokens_whole():
     assert tok.encode("The[MASK] sat")[1] == ids.mask
     assert tok.decode(tok.encode("The cat sat on the mat.")) == "The cat sat on the mat."
     assert tok.encode("[gMASK]") == [ids.gmask] and tok.encode("<|startofpiece|>") == [ids.sop]
+
+
+def test_slot_cache_decodes_rows_of_different_lengths_as_each_alone(model):
+    """Two Part A's of different lengths prefilled into two slots, then one Part B token each in
+    one pass: each row's logits are those of its sequence decoded alone."""
+    from glmaas.model.glm import KVCache, SlotKVCache
+
+    parts = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
+    cache = SlotKVCache(CFG, slots=2, max_len=CFG.max_seq_len)
+    with torch.no_grad():
+        for slot, part in enumerate(parts):
+            cache.start = slot
+            pos = torch.arange(len(part))[None]
+            model(torch.tensor([part]), pos, torch.zeros_like(pos), torch.tensor([len(part)]), kv_cache=cache)
+        cache.start = 0
+        both, _ = model(torch.tensor([[6], [6]]), torch.tensor([[1], [3]]), torch.tensor([[1], [1]]),
+                        torch.tensor([4, 6]), kv_cache=cache)
+        for row, (part, blank) in enumerate(zip(parts, (1, 3))):
+            alone = KVCache(CFG, 1, CFG.max_seq_len)
+            pos = torch.arange(len(part))[None]
+            model(torch.tensor([part]), pos, torch.zeros_like(pos), torch.tensor([len(part)]), kv_cache=alone)
+            one, _ = model(torch.tensor([[6]]), torch.tensor([[blank]]), torch.tensor([[1]]),
+                           torch.tensor([len(part)]), kv_cache=alone)
+            assert torch.allclose(both[row, -1], one[0, -1], atol=1e-5)
+    assert cache.lengths == [5, 7]

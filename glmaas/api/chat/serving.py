@@ -87,6 +87,9 @@ def render_prompt(state: AppState, chat: ChatRequest, account_id: str) -> tuple[
     if asks_in_messages(engine):
         raise ApiError(ErrorKind.INVALID_REQUEST, f"The model {chat.model!r} is served by an upstream, which "
                        "renders and tokenizes its own prompts.", param="model")
+    if info.chat_template is None:  # a GLM pretrained by blank infilling, a GGUF without one
+        raise ApiError(ErrorKind.INVALID_REQUEST, f"The model {chat.model!r} has no chat template; send it "
+                       "a prompt through /v1/completions.", param="model")
     try:
         text = render_chat(info.chat_template or "", chat.messages, bos_token=info.bos_token,
                            eos_token=info.eos_token, tools=prompt_tools(chat),
@@ -179,7 +182,7 @@ async def first_delta_ahead(deltas: AsyncGenerator[Delta, None]) -> AsyncGenerat
     try:
         first = await anext(deltas)
     except (EngineError, GenerationTimeout) as exc:
-        raise _engine_error(exc) from None
+        raise engine_error(exc) from None
 
     async def chained() -> AsyncGenerator[Delta, None]:
         try:
@@ -210,7 +213,9 @@ def piece_of(delta: Delta, parser: ChatOutputParser) -> ChatPiece:
     return parser.push(delta.text, len(delta.token_ids))
 
 
-def _engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
+def engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
+    if isinstance(exc, PromptTooLong):  # the engine's own count of what the prompt needs
+        return ApiError(ErrorKind.PROMPT_TOO_LONG, f"The prompt does not fit: {exc}.")
     if isinstance(exc, InvalidRequest):
         return ApiError(ErrorKind.INVALID_REQUEST, f"The request cannot be served as asked: {exc}.")
     # Tell clients whether sending it again can help, so that retrying wrappers do not multiply
@@ -250,7 +255,7 @@ async def complete(run: MeteredRun, deltas: AsyncIterator[Delta], chat: ChatRequ
     except PromptTooLong as exc:
         raise ApiError(ErrorKind.PROMPT_TOO_LONG, str(exc), param="messages") from None
     except (EngineError, GenerationTimeout) as exc:
-        raise _engine_error(exc) from None
+        raise engine_error(exc) from None
     reply.extend(parser.finish())
     return ChatCompletion(
         id=dialect.completion_id(run.request_id),
@@ -326,7 +331,7 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: Cha
                 yield event
     except (EngineError, GenerationTimeout) as exc:
         # Headers are gone: the fault is told in-band, as the dialect does it.
-        yield dialect.stream_fault(_engine_error(exc), fault_chunk)
+        yield dialect.stream_fault(engine_error(exc), fault_chunk)
         yield SSE_DONE
         return
     except Exception:

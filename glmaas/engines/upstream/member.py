@@ -26,6 +26,7 @@ from glmaas.engines.upstream.wire import as_chunk, authorization, request_body
 
 # How long the end of a stream's body may take to follow its [DONE].
 DRAIN_S = 0.25
+CHAT_PATH = "/chat/completions"
 
 
 class Unavailable(Exception):
@@ -56,8 +57,8 @@ class Member:
         key_header = authorization(config, self._key) if config.auth == "key" else {}
         self.client = httpx.AsyncClient(base_url=config.base_url, headers=key_header, timeout=timeout,
                                         transport=self.transport)
-        # What every chat request carries, worked out once.
-        self._chat_url = self.client.base_url.join("chat/completions")
+        # What every request carries, worked out once (its URL once per path: `_request`).
+        self._urls: dict[str, httpx.URL] = {}
         self._chat_headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
                               "user-agent": "glmaas", **key_header}
         self._timeouts = {"timeout": timeout.as_dict()}
@@ -95,11 +96,11 @@ class Member:
         """The request `call` makes of this upstream."""
         return request_body(self.config, call, model, self._key)
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST the chat request and yield its stream's chunks as JSON objects. Raises
-        `Unavailable` or `Refused` before the first chunk; closing the iterator closes the
+    async def stream(self, body: dict[str, Any], path: str = CHAT_PATH) -> AsyncIterator[dict[str, Any]]:
+        """POST the chat request (or, with `path`, another) and yield its stream's chunks as JSON
+        objects. Raises `Unavailable` or `Refused` before the first chunk; closing the iterator closes the
         connection, so the upstream sees the client leave at once."""
-        request = self._chat_request(body)
+        request = self._request(body, path)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 response = await self.transport.handle_async_request(request)
@@ -145,12 +146,12 @@ class Member:
         except (httpx.HTTPError, TimeoutError):
             pass  # the reply was whole; the connection is closed instead
 
-    async def whole(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST the chat request unstreamed and yield its whole reply as one stream chunk
-        (`wire.as_chunk`). The reply must come within `first_token_timeout` (servers send nothing
+    async def whole(self, body: dict[str, Any], path: str = CHAT_PATH) -> AsyncIterator[dict[str, Any]]:
+        """POST the chat request (or, with `path`, another) unstreamed and yield its whole reply as
+        one stream chunk (`wire.as_chunk`). The reply must come within `first_token_timeout` (servers send nothing
         before the end of a non-streamed reply). Raises `Unavailable` or `Refused`; closing the
         iterator while it waits closes the connection."""
-        request = self._chat_request(body)
+        request = self._request(body, path)
         try:
             async with asyncio.timeout(self.config.first_token_timeout):
                 response = await self.transport.handle_async_request(request)
@@ -171,12 +172,15 @@ class Member:
             raise Unavailable(f"{self.config.describe()}: a reply that is not a JSON object")
         yield as_chunk(reply)
 
-    def _chat_request(self, body: dict[str, Any]) -> httpx.Request:
+    def _request(self, body: dict[str, Any], path: str) -> httpx.Request:
         if self.state == "half_open":
             self._probing = True  # this request is the breaker's one probe
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self.client.base_url.join(path.lstrip("/"))
         headers = {**self._chat_headers, **self._auth()}
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        return httpx.Request("POST", self._chat_url, headers=headers, content=content, extensions=self._timeouts)
+        return httpx.Request("POST", url, headers=headers, content=content, extensions=self._timeouts)
 
     def _unreachable(self, exc: Exception) -> Unavailable:
         """A failure to reach the upstream or to hear from it in time: counted against it (a

@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 
 from glmaas.engines.base import EngineError, EngineLoad, InvalidRequest, ModelInfo, Usage
-from glmaas.engines.chat import ChatCall, ChatDelta
+from glmaas.engines.chat import ChatCall, ChatDelta, TextCall
 from glmaas.engines.upstream.config import UpstreamConfig
-from glmaas.engines.upstream.member import Member, Refused, Unavailable
+from glmaas.engines.upstream.member import CHAT_PATH, Member, Refused, Unavailable
 from glmaas.engines.upstream.tokens import TokenCounter
-from glmaas.engines.upstream.wire import ToolCallAssembler, UpstreamFault, read_chunk
+from glmaas.engines.upstream.wire import ToolCallAssembler, UpstreamFault, read_chunk, text_request_body
 
 log = logging.getLogger("glmaas.upstream")
 
@@ -59,16 +59,35 @@ class UpstreamEngine:
         level = [m for m in candidates if m.config.priority == best]
         return min(level, key=lambda m: (m.outstanding + 1) / m.config.weight)
 
-    async def chat(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+    def count_text(self, prompt: str | list[int]) -> int:
+        return len(prompt) if isinstance(prompt, list) else self.counter.text(prompt)
+
+    def chat(self, call: ChatCall) -> AsyncIterator[ChatDelta]:
+        return self._ask(lambda member: member.body(call, self.info.model_id), CHAT_PATH, call.stream,
+                         lambda: self.count_prompt(call.messages, call.tools))
+
+    def serves_completions(self) -> bool:
+        """Whether every member has legacy completions: OpenAI-compatible servers do; the Zhipu
+        API has no such resource."""
+        return all(m.config.dialect == "openai" for m in self.members)
+
+    def complete(self, call: TextCall) -> AsyncIterator[ChatDelta]:
+        """A legacy completion, from the upstreams' `/completions`."""
+        return self._ask(lambda member: text_request_body(member.config, call, self.info.model_id), "/completions",
+                         call.stream, lambda: self.count_text(call.prompt))
+
+    async def _ask(self, body_for: Callable[[Member], dict[str, Any]], path: str, stream: bool,
+                   estimate_prompt: Callable[[], int]) -> AsyncIterator[ChatDelta]:
+        """The reply of the first member that answers (see the module docstring's failover)."""
         tried: list[Member] = []
         while (member := self.choose(tried)) is not None:
             tried.append(member)
             yielded = False
             member.outstanding += 1
-            body = member.body(call, self.info.model_id)
-            chunks = member.stream(body) if call.stream else member.whole(body)
+            body = body_for(member)
+            chunks = member.stream(body, path) if stream else member.whole(body, path)
             try:
-                async for delta in self._relay(chunks, call):
+                async for delta in self._relay(chunks, stream, estimate_prompt):
                     yielded = True
                     yield delta
                 member.succeeded()
@@ -88,7 +107,8 @@ class UpstreamEngine:
                 await chunks.aclose()
         raise EngineError(f"no upstream of {self.info.model_id} is available")
 
-    async def _relay(self, chunks: AsyncIterator[dict], call: ChatCall) -> AsyncIterator[ChatDelta]:
+    async def _relay(self, chunks: AsyncIterator[dict], stream: bool,
+                     estimate_prompt: Callable[[], int]) -> AsyncIterator[ChatDelta]:
         """The upstream's chunks as deltas, then the last delta with the finish reason and the
         usage: the upstream's, or our estimate when it sent none. Tool calls are passed on whole,
         once the stream has ended (their pieces are counted as they come)."""
@@ -105,7 +125,7 @@ class UpstreamEngine:
             arguments = "".join(p.arguments for p in chunk.tool_pieces)
             if chunk.delta is not None or chunk.tool_pieces:
                 delta = chunk.delta or ChatDelta()
-                tokens = self._count(delta.text + delta.reasoning + arguments, whole=not call.stream)
+                tokens = self._count(delta.text + delta.reasoning + arguments, whole=not stream)
                 produced += tokens
                 if delta.reasoning:
                     reasoned += tokens if not (delta.text or arguments) else self._count(delta.reasoning, whole=True)
@@ -115,7 +135,7 @@ class UpstreamEngine:
         if whole := calls.calls():
             yield ChatDelta(tool_calls=whole)
         if usage is None:
-            usage = Usage(self.count_prompt(call.messages, call.tools), produced, estimated=True,
+            usage = Usage(estimate_prompt(), produced, estimated=True,
                           reasoning_tokens=min(reasoned, produced))
         yield ChatDelta(finish_reason=finish if finish in ("stop", "length", "tool_calls") else "stop",  # type: ignore[arg-type]
                         usage=usage)

@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 
 from glmaas.engines.base import TokenLogprob, Usage
-from glmaas.engines.chat import ChatCall, ChatDelta, ToolCallPiece
+from glmaas.engines.chat import ChatCall, ChatDelta, TextCall, ToolCallPiece
 from glmaas.engines.tool_calls import ToolCall
 from glmaas.engines.upstream.config import UpstreamConfig
 
@@ -73,6 +73,19 @@ def request_body(config: UpstreamConfig, call: ChatCall, model: str, key: str | 
     if call.thinking is not None:
         # vLLM and SGLang take the GLM templates' switch this way.
         body["chat_template_kwargs"] = {"enable_thinking": call.thinking}
+    return body
+
+
+def text_request_body(config: UpstreamConfig, call: TextCall, model: str) -> dict[str, Any]:
+    """The legacy completion request for an OpenAI-compatible upstream: streamed (with usage)
+    when the client streams, else asked whole."""
+    body: dict[str, Any] = {"model": config.model or model, "prompt": call.prompt, "max_tokens": call.max_tokens}
+    if call.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    optional = {"suffix": call.suffix, "echo": call.echo or None, "logprobs": call.logprobs, "user": call.user}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    body.update({k: v for k, v in call.sampling.items() if k in OPENAI_SAMPLING})
     return body
 
 
@@ -139,7 +152,8 @@ def read_chunk(chunk: dict[str, Any]) -> Chunk:
     finish = choice.get("finish_reason")
     if finish in FAULT_FINISHES:
         raise UpstreamFault(f"the upstream ended its stream with {finish}")
-    delta = choice.get("delta") or {}
+    # A legacy completion's chunk carries `text` where a chat chunk carries `delta`.
+    delta = choice.get("delta") or ({"content": choice["text"]} if "text" in choice else {})
     text = delta.get("content") or ""
     reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
     pieces = tuple(_tool_call(i, c) for i, c in enumerate(delta.get("tool_calls") or []) if isinstance(c, dict))
@@ -155,7 +169,8 @@ def as_chunk(reply: dict[str, Any]) -> dict[str, Any]:
         return reply
     choices = reply.get("choices") or []
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    return {"choices": [{"index": 0, "delta": choice.get("message") or {}, "logprobs": choice.get("logprobs"),
+    message = choice.get("message") or ({"content": choice["text"]} if "text" in choice else {})
+    return {"choices": [{"index": 0, "delta": message, "logprobs": choice.get("logprobs"),
                          "finish_reason": choice.get("finish_reason")}],
             "usage": reply.get("usage")}
 
@@ -180,8 +195,10 @@ def _tool_call(position: int, raw: dict[str, Any]) -> ToolCallPiece:
 
 
 def _logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
-    """OpenAI-form logprobs (`{"content": [{token, logprob, top_logprobs}]}`); upstream token
-    ids are unknown, so they read -1."""
+    """OpenAI-form logprobs (`{"content": [{token, logprob, top_logprobs}]}`, or a legacy
+    completion's parallel lists); upstream token ids are unknown, so they read -1."""
+    if isinstance(raw, dict) and isinstance(raw.get("tokens"), list):
+        return _legacy_logprobs(raw)
     if not isinstance(raw, dict) or not raw.get("content"):
         return None
     return tuple(
@@ -189,3 +206,16 @@ def _logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
                      tuple((-1, str(t.get("token", "")), float(t.get("logprob", 0.0)))
                            for t in item.get("top_logprobs") or []))
         for item in raw["content"] if isinstance(item, dict))
+
+
+def _legacy_logprobs(raw: dict[str, Any]) -> tuple[TokenLogprob, ...] | None:
+    """A legacy completion's `{tokens, token_logprobs, top_logprobs}`."""
+    tokens, values, tops = raw.get("tokens") or [], raw.get("token_logprobs") or [], raw.get("top_logprobs") or []
+    out = []
+    for i, token in enumerate(tokens):
+        value = values[i] if i < len(values) and isinstance(values[i], (int, float)) else 0.0
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        out.append(TokenLogprob(-1, str(token), float(value),
+                                tuple((-1, str(t), float(lp)) for t, lp in top.items()
+                                      if isinstance(lp, (int, float)))))
+    return tuple(out) or None

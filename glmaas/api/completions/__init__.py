@@ -1,0 +1,1 @@
+"""`/v1/completions`: OpenAI's legacy completions, for every generating engine."""
