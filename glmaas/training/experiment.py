@@ -35,7 +35,6 @@ from glmaas.training.probes import (
     model_span_scorer,
     span_items,
     span_probe,
-    word_token_ids,
 )
 from glmaas.training.report import write_report
 from glmaas.training.train import TrainConfig, train
@@ -88,7 +87,7 @@ def prepare_corpus(plan: ExperimentPlan, data_dir: Path, work_dir: Path) -> Path
 class ProbeSet:
     """The held-out items every checkpoint is probed on, rebuilt identically in every process."""
 
-    def __init__(self, root: Path, plan: ExperimentPlan):
+    def __init__(self, data: Path, root: Path, plan: ExperimentPlan):
         self.tok = GLMTokenizer.load(root / "tokenizer.json")
         self.ids, self.seq_len = self.tok.special, plan.seq_len
         train_tokens = np.asarray(TokenShards(root / "data" / "train").arrays[0], dtype=np.int64)
@@ -100,7 +99,8 @@ class ProbeSet:
         self.select = span_items(select, self.ids, plan.seq_len, plan.n_spans)
         self.report = span_items(report, self.ids, plan.seq_len, plan.n_spans)
         self.report_corrupted = corrupt_neighbours(self.report, v)
-        self.cloze = build_cloze_items(report, self.unigram, word_token_ids(self.tok), plan.n_cloze)
+        text = (data / plan.eval_file).read_text(encoding="utf-8")
+        self.cloze = build_cloze_items(text[len(text) // 2 :], self.tok, self.unigram, plan.n_cloze)
 
     def __call__(self, model, fam: str) -> dict[str, float]:
         scorer = model_span_scorer(model, fam, self.ids, self.seq_len)
@@ -122,7 +122,7 @@ def run_one(plan: ExperimentPlan, data: Path, root: Path, arm: str, seed: int) -
     if done.exists():
         return json.loads(done.read_text())
     torch.set_num_threads(1)
-    probes = ProbeSet(root, plan)
+    probes = ProbeSet(data, root, plan)
     fam = family(arm)
     curve: list[dict] = []
 
@@ -151,7 +151,7 @@ def run_objectives_experiment(plan: ExperimentPlan, data_dir: str | None, work_d
     t0 = time.perf_counter()
     load_start = os.getloadavg()
     root = prepare_corpus(plan, data, work)
-    probes = ProbeSet(root, plan)
+    probes = ProbeSet(data, root, plan)
     baselines = probes.baselines()
     print(json.dumps({"baselines": baselines, "n_span_items": len(probes.report), "n_cloze": len(probes.cloze)}), flush=True)
     jobs = [(arm, seed) for seed in range(plan.seeds) for arm in plan.arms]

@@ -9,9 +9,9 @@ count model (`baselines.py`), so a number can be read against "knows only word f
 - Neighbours: the first-token NLL again after the token just left and just right of every blank
   is replaced by a random token. A model that reads its blank's neighbours pays for it; one that
   fills blanks from word frequencies does not.
-- Frequency-matched cloze: a one-token word whose evidence (the same word again) follows the blank;
-  the three distractors are the words next to it in the training-frequency ranking, with the answer
-  at a uniformly drawn place among them, so a unigram scorer is at chance (25%). GLM scores the
+- Frequency-matched cloze: a word whose evidence (the same word again) follows the blank; the three
+  distractors have its token count and are its neighbours in the unigram model's ranking, with the
+  answer at a uniformly drawn place among them, so a unigram scorer is at chance (25%). GLM scores the
   candidate as a blank, MLM as a `[MASK]`, CLM as log p(candidate + right context | left) (and,
   for comparison, log p(candidate | left)).
 
@@ -21,6 +21,7 @@ log-probabilities.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -184,52 +185,60 @@ def span_probe(scorer: SpanScorer, items: list[SpanItem], corrupted: list[SpanIt
 class ClozeItem:
     left: list[int]
     right: list[int]  # ends with the evidence: the answer again
-    candidates: list[int]  # one-token words; four of them
+    candidates: list[list[int]]  # four words, each with the answer's token count
     answer: int  # index of the right one in candidates
 
 
-def word_token_ids(tok) -> np.ndarray:
-    """Token ids that are a whole word after a space (" river"), three letters or more."""
-    out = []
-    for t in range(tok.vocab_size):
-        text = tok.decode([t])
-        if text.startswith(" ") and len(text) >= 4 and text[1:].isalpha():
-            out.append(t)
-    return np.array(out, dtype=np.int64)
+_WORD = re.compile(r"(?<![\w@<])([A-Za-z]{3,})(?![\w>])")
 
 
 def build_cloze_items(
-    tokens: np.ndarray, unigram: CountModel, word_ids: np.ndarray, n: int = 200, context: int = 24, seed: int = PROBE_SEED
+    text: str, tok, unigram: CountModel, n: int = 200, context: int = 24, reach: int = 200, seed: int = PROBE_SEED
 ) -> list[ClozeItem]:
-    """Blank a one-token word at a place where it recurs within `context` tokens to the right and not
-    to the left. Distractors: the 4 words at ranks r-j .. r-j+3 of the training-count ranking, the
-    answer at rank r and j drawn uniformly from 0..3 (none of them elsewhere in the passage), so a
-    scorer that knows only the counts picks the answer one time in four."""
-    tokens = np.asarray(tokens, dtype=np.int64)
+    """Blank a word at a place where it occurs again within `reach` characters to the right and not
+    within `reach` to the left. The words of the text with the answer's token count are ranked by
+    the unigram model's log-probability; the answer has rank r, and the candidates are ranks
+    r-j .. r-j+3 with j uniform in 0..3. An item is kept only if none of ranks r-3 .. r+3 other
+    than the answer occurs in its passage, which does not depend on j: so a unigram scorer picks the
+    answer exactly when j = 0, one time in four."""
     rng = np.random.default_rng(seed + 2)
-    known = word_ids[unigram.counts[word_ids] > 0]
-    ranked = known[np.lexsort((known, -unigram.counts[known]))]  # most frequent first; ties by id
-    rank_of = {int(t): r for r, t in enumerate(ranked)}
+    matches = list(_WORD.finditer(text))
+    encoded = {w: tuple(tok.encode(" " + w)) for w in sorted({m.group(1) for m in matches})}
+    groups: dict[int, list[str]] = {}
+    for w, t in encoded.items():
+        if 1 <= len(t) <= 3:
+            groups.setdefault(len(t), []).append(w)
+    rank: dict[str, tuple[int, int]] = {}
+    for k, ws in groups.items():
+        ws.sort(key=lambda w: (-float(unigram.unigram_logp[list(encoded[w])].sum()), w))
+        rank.update({w: (k, r) for r, w in enumerate(ws)})
     items: list[ClozeItem] = []
-    for i in rng.permutation(np.arange(context, len(tokens) - context)):
-        t = int(tokens[i])
-        if t not in rank_of:
+    for i in rng.permutation(len(matches)):
+        m = matches[i]
+        w = m.group(1)
+        if w not in rank or text.find(" " + w, max(0, m.start() - reach), m.start()) >= 0:
             continue
-        left, ahead = tokens[i - context : i], tokens[i + 1 : i + 1 + context]
-        again = np.flatnonzero(ahead == t)
-        if not len(again) or t in left:
+        nxt = _WORD.search(text, m.end(), m.end() + reach)
+        while nxt and nxt.group(1) != w:
+            nxt = _WORD.search(text, nxt.end(), m.end() + reach)
+        if nxt is None or text[m.start() - 1 : m.start()] != " ":
             continue
-        right = ahead[: again[0] + 1]
-        r, j = rank_of[t], int(rng.integers(4))
-        if r - j < 0 or r - j + 4 > len(ranked):
+        k, r = rank[w]
+        ws = groups[k]
+        if r < 3 or r + 3 >= len(ws):
             continue
-        group = ranked[r - j : r - j + 4]
-        passage = set(left.tolist()) | set(right.tolist())
-        if any(int(c) != t and int(c) in passage for c in group):
+        passage = text[max(0, m.start() - reach) : nxt.end()]
+        present = set(_WORD.findall(passage))
+        if any(ws[q] in present for q in range(r - 3, r + 4) if q != r):
             continue
+        j = int(rng.integers(4))
         order = rng.permutation(4)
-        cands = [int(c) for c in group[order]]
-        items.append(ClozeItem(left.tolist(), right.tolist(), cands, cands.index(t)))
+        cands = [list(encoded[ws[r - j + q]]) for q in order]
+        left = tok.encode(text[: m.start() - 1][-8 * context :])[-context:]
+        right = tok.encode(text[m.end() : nxt.end()])
+        if not left or len(right) > context:
+            continue
+        items.append(ClozeItem(left, right, cands, int(np.flatnonzero(order == j)[0])))
         if len(items) >= n:
             break
     return items
@@ -242,22 +251,23 @@ def cloze_scores(scorer: str, items: list[ClozeItem], ids: SpecialIds, seq_len: 
         rows = []
         for it in items:
             for c in it.candidates:
-                x = np.array(it.left + [c] + it.right)
+                x = np.array(it.left + c + it.right)
                 rows.append(counts.sequence_logp(x, np.arange(len(x)) >= len(it.left)).sum())
         return np.array(rows).reshape(len(items), 4)
     samples = []
     for it in items:
         for c in it.candidates:
-            x = np.array(it.left + [c] + it.right, dtype=np.int64)
-            a = len(it.left)
+            x = np.array(it.left + c + it.right, dtype=np.int64)
+            a, b = len(it.left), len(it.left) + len(c)
             if scorer == "glm":
-                samples.append(glm_infill_sample(with_cls(x, ids), [(a + 1, a + 2)], ids))
+                samples.append(glm_infill_sample(with_cls(x, ids), [(a + 1, b + 1)], ids))
             elif scorer == "mlm":
-                samples.append(mlm_sample(with_cls(x, ids), np.arange(len(x) + 1) == a + 1, ids))
+                pos = np.arange(len(x) + 1)
+                samples.append(mlm_sample(with_cls(x, ids), (pos > a) & (pos <= b), ids))
             elif scorer == "clm":
                 samples.append(clm_sample(x, np.arange(len(x)) >= a))
             else:
-                samples.append(clm_sample(x, np.arange(len(x)) == a))
+                samples.append(clm_sample(x, (np.arange(len(x)) >= a) & (np.arange(len(x)) < b)))
     return np.array([lp.sum() for lp in score(model, samples, seq_len, ids.pad)]).reshape(len(items), 4)
 
 
