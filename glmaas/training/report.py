@@ -65,7 +65,7 @@ def verdict(results: list[dict], baselines: dict, pick) -> list[tuple[str, str, 
     cost = float(np.mean([g["neighbour_cost"] for g in glm]))
     return [
         (f"GLM's span NLL at least {MIN_SPAN_GAP:.2f} nats/token below CLM's", f"CLM − GLM = {gap:+.3f}", gap >= MIN_SPAN_GAP),
-        (f"the gap over {GAP_STDS:.0f} std of the per-seed gaps ({len(gaps)} seed{"s" if len(gaps) > 1 else ""})",
+        (f"the gap over {GAP_STDS:.0f} std of the per-seed gaps ({len(gaps)} seed{'s' if len(gaps) > 1 else ''})",
          f"std {spread:.3f}" if not math.isnan(spread) else "one seed: no std", not math.isnan(spread) and gap > GAP_STDS * spread),
         (f"GLM's first-token NLL at least {FIRST_TOKEN_MARGIN:.2f} under the unigram model's, every seed",
          f"{firsts.mean():.3f} (seeds {', '.join(f'{f:.3f}' for f in firsts)}) vs unigram {uni:.3f}",
