@@ -110,13 +110,14 @@ def corrupt_neighbours(items: list[SpanItem], vocab_size: int, seed: int = PROBE
     """The same items with the token just before and just after every span replaced by a random
     (different, non-special) token; the spans themselves are untouched."""
     rng = np.random.default_rng(seed + 3)
+    normal = vocab_size - FIRST_NORMAL_ID
     out = []
     for it in items:
         x = it.text.copy()
         for s, e in it.spans:
             for j in (s - 1, e):
-                if 0 < j < len(x):
-                    x[j] = FIRST_NORMAL_ID + (x[j] - FIRST_NORMAL_ID + rng.integers(1, vocab_size - FIRST_NORMAL_ID)) % (vocab_size - FIRST_NORMAL_ID)
+                if 0 < j < len(x):  # a shift by 1..normal-1 inside the normal ids: never the same token
+                    x[j] = FIRST_NORMAL_ID + (x[j] - FIRST_NORMAL_ID + rng.integers(1, normal)) % normal
         out.append(SpanItem(x, it.spans))
     return out
 
@@ -161,7 +162,7 @@ def span_metrics(per_item: list[list[np.ndarray]]) -> dict[str, float]:
     """Mean NLL over all span tokens, by position in the span, and over one-token blanks."""
     spans = [lp for item in per_item for lp in item]
     pick = {
-        "span_nll": [lp for lp in spans],
+        "span_nll": spans,
         "first_nll": [lp[:1] for lp in spans],
         "middle_nll": [lp[1:-1] for lp in spans if len(lp) >= 3],
         "last_nll": [lp[-1:] for lp in spans if len(lp) >= 2],
