@@ -131,7 +131,7 @@ def _add_experiment(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="runs at a time, one torch thread each (default 2)")
     p.add_argument("--arms", nargs="+", help="objectives to compare (default: glm-token clm mlm)")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke version of the plan")
-    p.add_argument("--report-only", action="store_true", help="rewrite the report from --work-dir/results.json")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from --work-dir/results.json (or --work-dir FILE.json)")
     p.set_defaults(func=run_experiment)
 
 

@@ -183,8 +183,10 @@ def run_objectives_experiment(plan: ExperimentPlan, data_dir: str | None, work_d
 
 
 def rewrite_report(work_dir: str, report: str) -> Path:
-    """The report again from a finished experiment's results.json (e.g. after a report change)."""
-    return write_report(json.loads((Path(work_dir) / "results.json").read_text()), Path(report))
+    """The report again from a finished experiment's results.json (e.g. after a report change);
+    `work_dir` is its folder or the file itself (e.g. a copy under runs/results/)."""
+    path = Path(work_dir)
+    return write_report(json.loads((path if path.suffix == ".json" else path / "results.json").read_text()), Path(report))
 
 
 def _param_count(plan: ExperimentPlan, vocab_size: int) -> int:
