@@ -194,3 +194,22 @@ def test_report_has_both_tables_the_baselines_the_verdict_and_curves(tmp_path):
 def test_span_item_type_is_what_the_scorers_take():
     it = SpanItem(np.array([2, 10, 11, 12, 13]), [(2, 3)])
     assert count_span_scorer(CountModel(np.arange(8, 20), 20, 1))([it])[0][0].shape == (1,)
+
+
+def test_the_experiment_runs_end_to_end_and_reports_the_verdict(tmp_path):
+    """The whole pipeline on 200 KB of each file: training with probes, baselines, report, curves."""
+    from glmaas.training.experiment import ExperimentPlan, rewrite_report, run_objectives_experiment
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("wikitext2-valid.txt", "wikitext2-test.txt"):
+        (data / name).write_text((DATA / name).read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    plan = ExperimentPlan(steps=4, warmup=1, eval_every=2, seeds=2, n_spans=4, n_cloze=8, workers=2)
+    saved = run_objectives_experiment(plan, str(data), str(tmp_path / "work"), str(tmp_path / "report.md"))
+    assert sorted((r["arm"], r["seed"]) for r in saved["results"]) == sorted((a, s) for a in ("glm-token", "clm", "mlm") for s in (0, 1))
+    assert all([row["step"] for row in r["curve"]] == [2, 4] for r in saved["results"])
+    assert set(saved["baselines"]) == {"unigram", "bigram"} and saved["baselines"]["unigram"]["neighbour_cost"] == 0.0
+    md = (tmp_path / "report.md").read_text()
+    assert "### Reproduced?" in md and "| glm-token |" in md and (tmp_path / "report-curves.png").exists()
+    again = rewrite_report(str(tmp_path / "work" / "results.json"), str(tmp_path / "again.md")).read_text()
+    assert again == md.replace("report-curves.png", "again-curves.png")
