@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: serve test clean
+.PHONY: serve test chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +27,16 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(PY) -m glmaas serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The console's browser tests drive Debian's Chromium (Playwright's own browser download is not
+# used). Installed here only when missing; `make serve` does not need it.
+chromium:
+	@test -x $(CHROMIUM) || { \
+		echo "chromium is missing: installing it with apt-get for the console's browser tests"; \
+		SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		$$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

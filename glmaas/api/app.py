@@ -24,6 +24,7 @@ from glmaas.api.batches.router import routes as batch_routes
 from glmaas.api.chat.background import run_chat_item
 from glmaas.api.chat.router import body_routes as chat_body_routes
 from glmaas.api.chat.router import routes as chat_routes
+from glmaas.api.console.app import CONSOLE_PREFIX, create_console
 from glmaas.api.dialects import response_for
 from glmaas.api.embeddings.background import run_embedding_item
 from glmaas.api.embeddings.router import body_routes as embedding_body_routes
@@ -112,6 +113,7 @@ def create_app(state: AppState) -> FastAPI:
                               *async_chat_routes])
     app.include_router(models_router)
     app.include_router(admin_router)
+    app.mount(CONSOLE_PREFIX, create_console(state))
     # Each add goes outside the ones before it.
     app.add_middleware(BodySizeLimit, limit=state.max_body_bytes,
                        upload_limit=max(state.max_body_bytes, state.max_file_bytes + MULTIPART_OVERHEAD_BYTES))

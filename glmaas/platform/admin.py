@@ -1,8 +1,11 @@
-"""Operator actions, shared by the `glmaas` CLI and the `/admin` API: accounts, top-ups, keys,
-prices, limits and usage reports. Each takes an open session inside the caller's transaction."""
+"""Operator actions, shared by the `glmaas` CLI, the `/admin` API and the web console: accounts,
+top-ups, keys, prices, limits and usage reports. Each takes an open session inside the caller's
+transaction."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import func, select
@@ -13,7 +16,7 @@ from glmaas.platform.accounts import create_account, get_account
 from glmaas.platform.keys import create_key, key_view, list_keys
 from glmaas.platform.pricing import PriceSheet, all_prices, format_amount, set_price
 from glmaas.platform.secrets import SecretBox
-from glmaas.store.tables import Account, AccountModelLimit, Hold, UsageDaily
+from glmaas.store.tables import Account, AccountModelLimit, ApiKey, Hold, LedgerEntry, UsageDaily
 
 USAGE_DIMENSIONS = ("day", "account", "key", "model")
 MAX_LIMIT = 2**31 - 1  # limits are 32-bit integer columns
@@ -75,6 +78,47 @@ def account_summary(session: Session, name: str) -> dict:
         "limits": [{"model": r.model, "rpm": r.rpm, "tpm": r.tpm, "concurrency": r.concurrency}
                    for r in limits],
     }
+
+
+def accounts_overview(session: Session) -> list[dict]:
+    """Every account by name: its balance, what its open holds reserve and how many keys it has
+    (and of those, how many are usable: not revoked nor expired)."""
+    now = time.time()
+    held = dict(session.execute(select(Hold.account_id, func.sum(Hold.amount)).where(Hold.state == "open")
+                                .group_by(Hold.account_id)).all())
+    keys: dict[str, list[int]] = {}
+    for account_id, revoked_at, expires_at in session.execute(
+            select(ApiKey.account_id, ApiKey.revoked_at, ApiKey.expires_at)):
+        counts = keys.setdefault(account_id, [0, 0])
+        counts[0] += 1
+        counts[1] += revoked_at is None and (expires_at is None or expires_at > now)
+    return [{"id": a.id, "name": a.name, "created_at": a.created_at, "balance": format_amount(a.balance),
+             "balance_micro": a.balance, "held_micro": int(held.get(a.id) or 0),
+             "keys": keys.get(a.id, [0, 0])[0], "usable_keys": keys.get(a.id, [0, 0])[1]}
+            for a in session.scalars(select(Account).order_by(Account.name))]
+
+
+def ledger_entries(session: Session, name: str, limit: int = 100,
+                   kinds: Collection[str] | None = None) -> list[dict]:
+    """The account's latest ledger entries (of `kinds`, or all), newest first."""
+    account = get_account(session, name)
+    query = select(LedgerEntry).where(LedgerEntry.account_id == account.id)
+    if kinds is not None:
+        query = query.where(LedgerEntry.kind.in_(list(kinds)))
+    rows = session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit))
+    return [{"id": r.id, "kind": r.kind, "amount": format_amount(r.amount), "amount_micro": r.amount,
+             "request_id": r.request_id, "key_id": r.key_id, "note": r.note, "created_at": r.created_at}
+            for r in rows]
+
+
+def keys_with_limits(session: Session, account: str | None = None) -> list[dict]:
+    """Keys as `list_keys` shows them, with their limits, budget and what they spent and hold."""
+    extra = {r.id: r for r in session.execute(select(ApiKey.id, ApiKey.rpm, ApiKey.tpm, ApiKey.concurrency,
+                                                     ApiKey.budget, ApiKey.spent, ApiKey.held))}
+    return [{**asdict(k), "rpm": extra[k.id].rpm, "tpm": extra[k.id].tpm,
+             "concurrency": extra[k.id].concurrency, "budget_micro": extra[k.id].budget,
+             "spent_micro": extra[k.id].spent, "held_micro": extra[k.id].held}
+            for k in list_keys(session, account)]
 
 
 def new_key(session: Session, box: SecretBox, account_name: str, options: KeyOptions) -> tuple[dict, str]:

@@ -3,7 +3,8 @@
 The master key is 32 random bytes, from `GLMAAS_MASTER_KEY` (urlsafe base64) or from the file
 `master.key` in the data dir (created with mode 0600 on first use). From it we derive, with HKDF,
 one key to hash key secrets (so a raw key can be verified without storing its secret) and one key
-to seal secrets with AES-GCM (JWT verification needs the secret itself).
+to seal secrets with AES-GCM (JWT verification needs the secret itself), and one more to seal
+short-lived state handed to a browser (the console's session cookie).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -56,11 +58,12 @@ def create_private_file(path: Path, content: bytes) -> None:
 
 
 class SecretBox:
-    """Keyed hashing and sealing of key secrets."""
+    """Keyed hashing and sealing of key secrets, and sealing of state a client keeps for us."""
 
     def __init__(self, master: bytes) -> None:
         self._hash_key = _derive(master, b"glmaas key-secret hash v1")
         self._aead = AESGCM(_derive(master, b"glmaas key-secret seal v1"))
+        self._state_aead = AESGCM(_derive(master, b"glmaas client-state seal v1"))
 
     def digest(self, secret: str) -> bytes:
         return hmac.new(self._hash_key, secret.encode(), hashlib.sha256).digest()
@@ -74,3 +77,18 @@ class SecretBox:
 
     def open(self, sealed: bytes, *, key_id: str) -> str:
         return self._aead.decrypt(sealed[:12], sealed[12:], key_id.encode()).decode()
+
+    def seal_state(self, data: bytes, *, purpose: str) -> str:
+        """`data` encrypted and authenticated for `purpose`, as URL-safe text a client may keep
+        (a cookie): it can neither read it nor change it unnoticed."""
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + self._state_aead.encrypt(nonce, data, purpose.encode())
+        return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+    def open_state(self, text: str, *, purpose: str) -> bytes | None:
+        """What `seal_state` sealed for `purpose`; None when `text` is not such a thing."""
+        try:
+            sealed = base64.urlsafe_b64decode(text.encode() + b"=" * (-len(text) % 4))
+            return self._state_aead.decrypt(sealed[:12], sealed[12:], purpose.encode())
+        except (ValueError, InvalidTag):
+            return None
