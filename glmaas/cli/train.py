@@ -26,7 +26,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", nargs="*", default=[], help="held-out files (default: the last 5%% of --data)")
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, loss.png, data/")
     p.add_argument("--model", default="glm-tiny", help="preset: glm-micro, glm-tiny, glm-small, glm-base")
-    p.add_argument("--objective", default="glm", help="glm, glm-noshuffle, glm-token, glm-doc, glm-multitask, clm, mlm")
+    p.add_argument("--objective", default="glm", help="glm, glm-noshuffle, glm-token, glm-doc, glm-multitask, clm, mlm (span), mlm-bert")
     p.add_argument("--tokenizer", help="an existing tokenizer.json (default: train a byte-level BPE on --data)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--seq-len", type=int, default=128)
@@ -37,7 +37,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=0.1, help="attention and hidden dropout (THUDM/GLM: 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--eval-every", type=int, default=100)
@@ -122,37 +122,35 @@ def run_generate(args: argparse.Namespace) -> int:
 def _add_experiment(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("experiment", help="reproduce GLM's objective comparison at small scale")
     p.add_argument("name", choices=["objectives"])
-    p.add_argument("--data-dir", help="folder with wikitext2-*.txt and tinyshakespeare.txt (default ../shared/data)")
+    p.add_argument("--data-dir", help="folder with the wikitext2-*.txt files (default ../shared/data)")
     p.add_argument("--work-dir", default="runs/objectives", help="checkpoints, logs and per-run metrics")
-    p.add_argument("--report", default="docs/experiments.md")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default from the plan)")
-    p.add_argument("--seeds", type=int, help="seeds per arm on WikiText-2 (default from the plan: 3)")
-    p.add_argument("--shakespeare-steps", type=int, help="training steps per Tiny Shakespeare run")
-    p.add_argument("--shakespeare-seeds", type=int, help="seeds per arm on Tiny Shakespeare (0 skips it)")
-    p.add_argument("--arms", nargs="+", help="objectives to compare (default: glm glm-noshuffle clm mlm)")
+    p.add_argument("--report", default="docs/experiments-objectives.md", help="generated report (+ -curves.png)")
+    p.add_argument("--steps", type=int, help="training steps per run (default from the plan: 20000)")
+    p.add_argument("--seeds", type=int, help="seeds per arm (default from the plan: 3)")
+    p.add_argument("--eval-every", type=int, help="steps between probes (default from the plan: 1000)")
+    p.add_argument("--workers", type=int, help="runs at a time, one torch thread each (default 2)")
+    p.add_argument("--arms", nargs="+", help="objectives to compare (default: glm-token clm mlm)")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke version of the plan")
-    p.add_argument("--report-only", action="store_true", help="rewrite the report from --work-dir/results.json")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from --work-dir/results.json (or --work-dir FILE.json)")
     p.set_defaults(func=run_experiment)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    import torch
-
     from glmaas.training.experiment import (
         ExperimentPlan,
         rewrite_report,
         run_objectives_experiment,
     )
+    from glmaas.training.report import verdict_lines
 
     if args.report_only:
-        rewrite_report(args.work_dir, args.report)
+        print(rewrite_report(args.work_dir, args.report).read_text())
         return 0
-
-    torch.set_num_threads(args.threads)
     plan = ExperimentPlan.quick() if args.quick else ExperimentPlan()
-    for name in ("steps", "seeds", "shakespeare_steps", "shakespeare_seeds", "arms"):
+    for name in ("steps", "seeds", "eval_every", "workers", "arms"):
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
-    run_objectives_experiment(plan, data_dir=args.data_dir, work_dir=args.work_dir, report=args.report)
+    saved = run_objectives_experiment(plan, data_dir=args.data_dir, work_dir=args.work_dir, report=args.report)
+    print("\n".join(["Reproduced? (docs/experiments.md, issue criterion)"] + verdict_lines(saved["results"], saved["baselines"])))
+    print(f"report: {args.report}")
     return 0

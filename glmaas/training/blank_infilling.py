@@ -51,10 +51,10 @@ def sample_span_lengths(rng: np.random.Generator, n: int, ratio: float = 0.15, l
     return lengths
 
 
-def place_spans(rng: np.random.Generator, n: int, lengths: list[int]) -> list[tuple[int, int]]:
-    """Place spans uniformly, non-overlapping and non-adjacent (`sample_spans` in THUDM/GLM).
-
-    Returns sorted half-open (start, end) ranges. Lengths that cannot fit are dropped from the end.
+def place_spans(rng: np.random.Generator, n: int, lengths: list[int], offset: int = 0) -> list[tuple[int, int]]:
+    """Place spans uniformly in [offset, offset + n), non-overlapping and non-adjacent (`sample_spans`
+    in THUDM/GLM). Returns sorted half-open (start, end) ranges. Lengths that cannot fit are dropped
+    from the end.
     """
     lengths = list(lengths)
     while lengths and n - sum(lengths) - (len(lengths) - 1) < 0:
@@ -64,12 +64,57 @@ def place_spans(rng: np.random.Generator, n: int, lengths: list[int]) -> list[tu
     lengths = [int(x) for x in rng.permutation(lengths)]
     free = n - sum(lengths) - len(lengths) + 1  # gap slots left after the mandatory 1-token gaps
     places = np.sort(rng.integers(0, free + 1, size=len(lengths)))
-    spans, offset = [], 0
+    spans = []
     for place, k in zip(places, lengths):
         start = offset + int(place)
         spans.append((start, start + k))
         offset += k + 1
     return spans
+
+
+def document_ranges(tokens: np.ndarray, ids: SpecialIds) -> list[tuple[int, int]]:
+    """Where blanks may go, as (offset, length): each document between `<|endoftext|>` tokens,
+    after a leading `[CLS]`, and never the sample's last token (`sample_span_in_document`)."""
+    tokens = np.asarray(tokens)
+    n = len(tokens)
+    bounds = [-1] + np.flatnonzero(tokens == ids.eod).tolist()
+    out, end = [], n
+    for eod in reversed(bounds):
+        start = eod + 1
+        if start < n and tokens[start] == ids.cls:
+            start += 1
+        length = end - start
+        if end == n and length > 0:
+            length -= 1  # the last token of the sample is never masked
+        out.append((start, max(length, 0)))
+        end = eod
+    return out
+
+
+def spans_in_documents(
+    rng: np.random.Generator, tokens: np.ndarray, lengths: list[int], ids: SpecialIds, ratio: float = 0.15
+) -> list[tuple[int, int]]:
+    """Place span `lengths` inside documents, never across `<|endoftext|>`: every document but the
+    longest gets up to `ratio` of its length, the longest takes what is left (what does not fit is
+    dropped). Sorted half-open ranges."""
+    lengths = [int(x) for x in rng.permutation(lengths)]
+    docs = sorted(document_ranges(tokens, ids), key=lambda d: d[1])
+    spans: list[tuple[int, int]] = []
+    i = 0
+    for d, (offset, length) in enumerate(docs):
+        take, covered = 0, 0
+        budget = int(length * ratio)
+        while i + take < len(lengths):
+            k = lengths[i + take]
+            fits = covered + k + take <= length if d == len(docs) - 1 else covered + k <= budget
+            if not fits:
+                break
+            covered += k
+            take += 1
+        if take:
+            spans += place_spans(rng, length, lengths[i : i + take], offset)
+            i += take
+    return sorted(spans)
 
 
 def make_block_data(
@@ -128,8 +173,9 @@ def _cat(parts: list) -> np.ndarray:
 def token_infilling(
     rng: np.random.Generator, tokens: np.ndarray, ids: SpecialIds, ratio: float = 0.15, lam: float = 3.0, shuffle: bool = True
 ) -> Sample:
-    """Token-level blank infilling: Poisson(lam) spans covering >= ratio, `[MASK]`, shuffled Part B."""
-    spans = place_spans(rng, len(tokens), sample_span_lengths(rng, len(tokens), ratio, lam))
+    """Token-level blank infilling: Poisson(lam) spans covering >= ratio of the sample, placed inside
+    documents (never the `[CLS]` or the last token), `[MASK]`, shuffled Part B."""
+    spans = spans_in_documents(rng, tokens, sample_span_lengths(rng, len(tokens), ratio, lam), ids, ratio)
     order = list(spans)
     if shuffle:
         order = [order[i] for i in rng.permutation(len(order))]
@@ -159,11 +205,25 @@ def sentence_infilling(
     return make_block_data(tokens, spans, order, ids, ids.smask)
 
 
-def document_infilling(rng: np.random.Generator, tokens: np.ndarray, ids: SpecialIds, min_ratio: float = 0.5) -> Sample:
-    """Document-level `[gMASK]`: generate a suffix of min_ratio..100% of the text (at least one
-    prefix token stays). No `[E]` is appended, as in THUDM/GLM's suffix branch."""
+def document_infilling(
+    rng: np.random.Generator, tokens: np.ndarray, ids: SpecialIds, min_ratio: float = 0.5, suffix_prob: float = 0.5
+) -> Sample:
+    """Document-level `[gMASK]`: one blank of int(min_ratio * n) .. n - 2 tokens. With `suffix_prob`,
+    and always when the sample holds more than one document, the blank is the suffix (generated
+    without `[E]`); otherwise it is one span placed inside the document, `[gMASK]` in Part A and
+    `[S] span [E]` in Part B, like a long token-level blank."""
+    tokens = np.asarray(tokens, dtype=np.int64)
     n = len(tokens)
-    g = int(rng.integers(max(1, int(min_ratio * n)), n)) if n > 1 else 0
+    if n < 3:
+        return gmask_sample(tokens[:1], tokens[1:], ids)
+    lo = min(max(1, int(min_ratio * n)), n - 2)
+    g = int(rng.integers(lo, n - 2, endpoint=True))
+    eods = np.flatnonzero(tokens == ids.eod)
+    multi_document = bool(len(eods)) and eods[0] != n - 1
+    if not multi_document and rng.random() >= suffix_prob:
+        spans = spans_in_documents(rng, tokens, [g], ids)
+        if spans:
+            return make_block_data(tokens, spans, spans, ids, ids.gmask)
     return gmask_sample(tokens[: n - g], tokens[n - g :], ids)
 
 

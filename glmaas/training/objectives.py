@@ -15,13 +15,20 @@ from glmaas.model.glm_tokenizer import SpecialIds
 from glmaas.training.blank_infilling import (
     Sample,
     document_infilling,
+    sample_span_lengths,
     sentence_infilling,
+    spans_in_documents,
     token_infilling,
 )
 
 # GLM token-level samples grow by 2 tokens per span (a mask in A, an [S] in B): about 1.1x at 15%
-# masking with Poisson(3) spans; reading 88% of seq_len raw tokens leaves headroom.
+# masking with Poisson(3) spans; reading 88% of seq_len raw tokens (the [CLS] included) leaves headroom.
 GLM_RAW_FRACTION = 0.88
+
+
+def with_cls(tokens: np.ndarray, ids: SpecialIds) -> np.ndarray:
+    """`[CLS]` + the window: THUDM/GLM's blank data always starts with it."""
+    return np.concatenate([[ids.cls], np.asarray(tokens, dtype=np.int64)]).astype(np.int64)
 
 
 @dataclass
@@ -31,23 +38,25 @@ class GLMObjective:
     ids: SpecialIds
     token_prob: float = 1.0  # `[MASK]`, Poisson(lam) spans
     sentence_prob: float = 0.0  # `[sMASK]`, whole sentences
-    document_prob: float = 0.0  # `[gMASK]`, a 50-100% suffix
+    document_prob: float = 0.0  # `[gMASK]`, one blank of 50-100%: a suffix or a middle span
     shuffle: bool = True  # shuffle spans in Part B (ablation: --no-shuffle-block)
     mask_ratio: float = 0.15
     lam: float = 3.0
     doc_min_ratio: float = 0.5
+    doc_suffix_prob: float = 0.5  # THUDM/GLM's --gpt-infill-prob: how often the document blank is a suffix
     sentence_end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def raw_len(self, seq_len: int) -> int:
-        return int(seq_len * GLM_RAW_FRACTION)
+        return int(seq_len * GLM_RAW_FRACTION) - 1  # the [CLS] takes one slot
 
     def build(self, rng: np.random.Generator, tokens: np.ndarray) -> Sample:
+        x = with_cls(tokens, self.ids)
         r = rng.random() * (self.token_prob + self.sentence_prob + self.document_prob)
         if r < self.token_prob:
-            return token_infilling(rng, tokens, self.ids, self.mask_ratio, self.lam, self.shuffle)
+            return token_infilling(rng, x, self.ids, self.mask_ratio, self.lam, self.shuffle)
         if r < self.token_prob + self.sentence_prob:
-            return sentence_infilling(rng, tokens, self.ids, self.sentence_end, self.mask_ratio, self.shuffle)
-        return document_infilling(rng, tokens, self.ids, self.doc_min_ratio)
+            return sentence_infilling(rng, x, self.ids, self.sentence_end, self.mask_ratio, self.shuffle)
+        return document_infilling(rng, x, self.ids, self.doc_min_ratio, self.doc_suffix_prob)
 
 
 @dataclass
@@ -66,9 +75,33 @@ class CausalLMObjective:
 
 
 @dataclass
-class MaskedLMObjective:
-    """BERT-style MLM (GLM's `--masked-lm` path): 15% of tokens, 80% `[MASK]` / 10% random /
-    10% kept, full bidirectional attention (`sep` = length), loss on the chosen tokens."""
+class SpanMaskedLMObjective:
+    """THUDM/GLM's `--masked-lm` path: the same Poisson(lam) spans as GLM's token-level blanks
+    (15%, inside documents, never the `[CLS]` or the last token), every span token replaced by
+    `[MASK]` in place, full bidirectional attention (`sep` = length), loss on the masked tokens."""
+
+    ids: SpecialIds
+    mask_ratio: float = 0.15
+    lam: float = 3.0
+
+    def raw_len(self, seq_len: int) -> int:
+        return seq_len - 1  # the [CLS] takes one slot
+
+    def build(self, rng: np.random.Generator, tokens: np.ndarray) -> Sample:
+        x = with_cls(tokens, self.ids)
+        n = len(x)
+        spans = spans_in_documents(rng, x, sample_span_lengths(rng, n, self.mask_ratio, self.lam), self.ids, self.mask_ratio)
+        masked = np.zeros(n, np.int64)
+        for s, e in spans:
+            masked[s:e] = 1
+        inp = np.where(masked == 1, self.ids.mask, x)
+        return Sample(inp, x.copy(), masked, np.arange(n), np.zeros(n, np.int64), n)
+
+
+@dataclass
+class BertMaskedLMObjective:
+    """BERT-style MLM: 15% single tokens, 80% `[MASK]` / 10% random / 10% kept, full bidirectional
+    attention, loss on the chosen tokens. Not GLM's baseline; an extra arm (`mlm-bert`)."""
 
     ids: SpecialIds
     vocab_size: int
@@ -94,11 +127,13 @@ class MaskedLMObjective:
 
 
 def make_objective(name: str, ids: SpecialIds, vocab_size: int, sentence_end=None):
-    """Objectives by name: glm, glm-noshuffle, glm-token, glm-doc, glm-multitask, clm, mlm.
+    """Objectives by name: glm, glm-noshuffle, glm-token, glm-doc, glm-multitask, clm, mlm, mlm-bert.
 
-    `glm` is the Token+Doc mixture (50% `[MASK]` spans, 50% `[gMASK]` suffixes) used by GLM-Doc
-    and GLM-410M/515M; `glm-token` is token-level only (GLM-Base/Large); `glm-multitask` adds
-    sentence-level infilling with GLM-10B's 0.5 / 0.3 / 0.2 mix.
+    `glm` is the Token+Doc mixture (50% `[MASK]` spans, 50% `[gMASK]` document blanks) used by
+    GLM-Doc and GLM-410M/515M; `glm-token` is token-level only (`--bert-prob 1.0`, GLM-Base/Large,
+    the models the paper compares on infilling and NLU); `glm-multitask` adds sentence-level
+    infilling with GLM-10B's 0.5 / 0.3 / 0.2 mix. `mlm` masks GLM's Poisson(3) spans in place
+    (`--masked-lm`); `mlm-bert` is BERT's single-token 80/10/10 masking.
     """
     se = np.asarray(sentence_end if sentence_end is not None else [], dtype=np.int64)
     table = {
@@ -108,7 +143,8 @@ def make_objective(name: str, ids: SpecialIds, vocab_size: int, sentence_end=Non
         "glm-doc": lambda: GLMObjective(ids, token_prob=0.0, document_prob=1.0),
         "glm-multitask": lambda: GLMObjective(ids, 0.5, 0.3, 0.2, sentence_end=se),
         "clm": lambda: CausalLMObjective(ids),
-        "mlm": lambda: MaskedLMObjective(ids, vocab_size),
+        "mlm": lambda: SpanMaskedLMObjective(ids),
+        "mlm-bert": lambda: BertMaskedLMObjective(ids, vocab_size),
     }
     if name not in table:
         raise ValueError(f"unknown objective {name!r}; choose from {sorted(table)}")

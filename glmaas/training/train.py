@@ -15,6 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,7 @@ class TrainConfig:
     warmup: int = 20
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    dropout: float = 0.0
+    dropout: float = 0.1  # attention and hidden dropout, THUDM/GLM's default
     seed: int = 0
     bf16: bool = False
     eval_every: int = 100
@@ -126,8 +127,12 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> GLM:
     return GLM(GLMConfig.from_name(cfg.model, vocab_size=vocab_size, dropout=cfg.dropout, max_seq_len=max(preset.max_seq_len, cfg.seq_len)))
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) as configured; returns the last logged losses and eval metrics."""
+def train(cfg: TrainConfig, probe: Callable[[GLM, int], dict] | None = None) -> dict:
+    """Train (or resume) as configured; returns the last logged losses and eval metrics.
+
+    `probe(model, step)`, if given, runs at every evaluation (the model in eval mode) and what it
+    returns is logged with that step, e.g. the objectives experiment's probes.
+    """
     rank, world, device = _setup_distributed(cfg.device)
     tok, train_shards, eval_shards = prepare_data(cfg, rank, world)
     ids = tok.special
@@ -191,7 +196,11 @@ def train(cfg: TrainConfig) -> dict:
                 held = evaluate(model, eval_shards, objective, cfg.seq_len, ids.pad, cfg.eval_batches, cfg.batch_size, device)
                 acc = evaluate(model, eval_shards, infill, cfg.seq_len, ids.pad, cfg.eval_batches, cfg.batch_size, device)
                 result.update(eval_loss=held["loss"], infill_acc=acc["acc"])
-                log.write({"step": done, "eval_loss": held["loss"], "infill_acc": acc["acc"]})
+                record = {"step": done, "eval_loss": held["loss"], "infill_acc": acc["acc"]}
+                if probe is not None:
+                    record.update(probe(model, done))
+                    model.train()
+                log.write(record)
             if done % cfg.checkpoint_every == 0 or done == end:
                 _save(ckpt, model, optimizer, tok, cfg, done)
     if bar is not None:

@@ -111,10 +111,10 @@ def test_spans_cover_15_percent_and_never_touch(n, seed):
 
 @settings(max_examples=100, deadline=None)
 @given(text=texts, seed=st.integers(0, 2**32 - 1))
-def test_document_infilling_generates_a_50_to_100_percent_suffix(text, seed):
-    s = document_infilling(np.random.default_rng(seed), text, IDS)
+def test_document_infilling_suffix_branch_generates_a_50_to_100_percent_suffix(text, seed):
+    s = document_infilling(np.random.default_rng(seed), text, IDS, suffix_prob=1.0)
     g = int(s.loss_mask.sum())
-    assert max(1, int(0.5 * len(text))) <= g < len(text)
+    assert g == 1 if len(text) < 3 else int(0.5 * len(text)) <= g <= len(text) - 2
     assert s.targets[s.sep :].tolist() == text[-g:].tolist()
     assert s.tokens[s.sep - 1] == IDS.gmask and s.tokens[s.sep] == IDS.sop
     assert len(s) == len(text) + 1

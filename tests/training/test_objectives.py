@@ -27,8 +27,8 @@ def test_causal_lm_predicts_the_next_token_with_a_causal_mask():
     assert s.sep == 0 and s.loss_mask.all()
 
 
-def test_mlm_masks_15_percent_and_sees_everything():
-    s = make_objective("mlm", IDS, 1000).build(np.random.default_rng(0), TEXT[:100])
+def test_bert_mlm_masks_15_percent_and_sees_everything():
+    s = make_objective("mlm-bert", IDS, 1000).build(np.random.default_rng(0), TEXT[:100])
     assert s.loss_mask.sum() == 15 and s.sep == 100
     assert (s.targets == TEXT[:100]).all()
     changed = s.tokens != s.targets
@@ -56,7 +56,7 @@ def test_noshuffle_keeps_part_b_in_text_order():
 
 def test_collate_pads_every_objective_to_the_same_length():
     rng = np.random.default_rng(0)
-    for name in ("glm", "glm-multitask", "clm", "mlm"):
+    for name in ("glm", "glm-token", "glm-multitask", "clm", "mlm", "mlm-bert"):
         obj = make_objective(name, IDS, 1000, sentence_end=[100, 150])
         batch = collate([obj.build(rng, TEXT[: obj.raw_len(64)]) for _ in range(3)], 64, IDS.pad)
         assert batch["input_ids"].shape == (3, 64) and batch["sep"].shape == (3,)
