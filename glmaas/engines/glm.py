@@ -38,6 +38,7 @@ from glmaas.engines.base import (
     ModelInfo,
     PromptTooLong,
     Usage,
+    followed,
 )
 from glmaas.engines.glm_batch import GLMDecodeLoop, Sequence
 from glmaas.engines.sampling import Sampler
@@ -176,20 +177,8 @@ class GLMEngine:
         seq = Sequence(request_id=request.request_id, n_prompt=len(prompt), part_a=part_a, blanks=blanks,
                        max_new=params.max_tokens, sampler=Sampler(params, part_a), stops=params.stop,
                        loop=asyncio.get_running_loop(), queue=queue)
-        self._loop.submit(seq)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            # Reached on normal end, on aclose() and on cancellation: the loop drops a cancelled
-            # sequence before its next step.
-            if not seq.finished:
-                self._loop.cancel(seq)
+        async for delta in followed(self._loop, seq, queue):
+            yield delta
 
     async def close(self) -> None:
         """Stop the decode loop."""

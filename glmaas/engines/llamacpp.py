@@ -38,6 +38,7 @@ from glmaas.engines.base import (
     ModelInfo,
     PromptTooLong,
     Usage,
+    followed,
 )
 from glmaas.engines.constrained import GrammarMatcher, Grammars
 from glmaas.engines.llamacpp_batch import DecodeLoop, LoopConfig, Sequence
@@ -255,20 +256,8 @@ class LlamaCppEngine:
             loop=asyncio.get_running_loop(),
             queue=queue,
         )
-        self._loop.submit(seq)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            # Reached on normal end, on aclose() (GeneratorExit) and on task cancellation; the
-            # decode loop drops a cancelled sequence before building its next batch.
-            if not seq.finished:
-                self._loop.cancel(seq)
+        async for delta in followed(self._loop, seq, queue):
+            yield delta
 
     async def close(self) -> None:
         """Stop the decode loop and free the context and the model."""

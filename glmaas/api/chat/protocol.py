@@ -39,6 +39,20 @@ MAX_TOKENS = 2**31 - 1
 MAX_SEED = 2**64 - 1
 
 
+
+def checked_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    """`logit_bias` as OpenAI bounds it (chat and legacy completions alike), or a ValueError."""
+    if value is None:
+        return value
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+    for key, bias in value.items():
+        if not key.isdigit():
+            raise ValueError(f"keys are token ids as strings; got {key!r}")
+        if not -100.0 <= bias <= 100.0:
+            raise ValueError(f"biases are between -100 and 100; got {bias} for token {key}")
+    return value
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -244,16 +258,7 @@ class ChatCompletionRequest(_Lenient):
     @field_validator("logit_bias")
     @classmethod
     def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return value
-        if len(value) > MAX_LOGIT_BIAS:
-            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
-        for key, bias in value.items():
-            if not key.isdigit():
-                raise ValueError(f"keys are token ids as strings; got {key!r}")
-            if not -100.0 <= bias <= 100.0:
-                raise ValueError(f"biases are between -100 and 100; got {bias} for token {key}")
-        return value
+        return checked_logit_bias(value)
 
     @field_validator("top_logprobs")
     @classmethod

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,6 +225,23 @@ def engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
                     headers={"x-should-retry": "true" if retry else "false"})
 
 
+async def stream_fault_events(run: MeteredRun, exc: Exception, dialect: Dialect,
+                              fault_chunk: Callable[[str], bytes]) -> tuple[bytes, ...]:
+    """The events that end a stream whose generation failed after its headers went out: the
+    fault told in-band, as the dialect does it. Called from the `except` that caught `exc`. An
+    engine fault or timeout is the engine's; anything else is the server itself failing mid-stream
+    (a bug, the database): logged once here, with its traceback, and billed as produced with
+    status `error` (settled now, before the stream's deltas are closed, which would record it as
+    aborted)."""
+    if isinstance(exc, EngineError | GenerationTimeout):
+        return dialect.stream_fault(engine_error(exc), fault_chunk), SSE_DONE
+    log.exception("request %s: the stream failed", run.request_id)
+    await run.settle_if_open(RequestStatus.ERROR)
+    fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
+                                         f"{run.request_id}); the error has been logged.")
+    return dialect.stream_fault(fault, fault_chunk), SSE_DONE
+
+
 def output_constraint(chat: ChatRequest) -> tuple[OutputConstraint | None, str]:
     """The grammar the reply must follow (a required or named tool call's, or the response
     format's; the request schema refuses both at once) and the field that set it."""
@@ -329,21 +346,9 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: Cha
             for event in pieces(piece_of(delta, parser),
                                 ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None):
                 yield event
-    except (EngineError, GenerationTimeout) as exc:
-        # Headers are gone: the fault is told in-band, as the dialect does it.
-        yield dialect.stream_fault(engine_error(exc), fault_chunk)
-        yield SSE_DONE
-        return
-    except Exception:
-        # The server itself failed mid-stream (a bug, the database): logged once here, with its
-        # traceback, and told in-band like an engine fault; billed as produced, status `error`
-        # (settled before the deltas are closed below, which would record it as aborted).
-        log.exception("request %s: the stream failed", run.request_id)
-        await run.settle_if_open(RequestStatus.ERROR)
-        fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
-                                             f"{run.request_id}); the error has been logged.")
-        yield dialect.stream_fault(fault, fault_chunk)
-        yield SSE_DONE
+    except Exception as exc:
+        for event in await stream_fault_events(run, exc, dialect, fault_chunk):
+            yield event
         return
     finally:
         # However this generator ends, the engine stops within a step.

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
-from glmaas.api.chat.protocol import MAX_LOGIT_BIAS, MAX_SEED, MAX_STOP_STRINGS, MAX_TOKENS, UsageInfo
+from glmaas.api.chat.protocol import MAX_SEED, MAX_STOP_STRINGS, MAX_TOKENS, UsageInfo, checked_logit_bias
 from glmaas.api.requests import EndUserId, RequestId
 from glmaas.engines.base import TokenLogprob
 
@@ -103,16 +103,7 @@ class CompletionRequest(BaseModel):
     @field_validator("logit_bias")
     @classmethod
     def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return value
-        if len(value) > MAX_LOGIT_BIAS:
-            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
-        for key, bias in value.items():
-            if not key.isdigit():
-                raise ValueError(f"keys are token ids as strings; got {key!r}")
-            if not -100.0 <= bias <= 100.0:
-                raise ValueError(f"biases are between -100 and 100; got {bias} for token {key}")
-        return value
+        return checked_logit_bias(value)
 
 
 def prompts_of(value: PromptIn) -> list:

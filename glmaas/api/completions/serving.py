@@ -6,12 +6,11 @@ run's (`api/metered.py`), as for chat."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 
 from glmaas.api.chat.protocol import UsageInfo
-from glmaas.api.chat.serving import engine_error
+from glmaas.api.chat.serving import engine_error, stream_fault_events
 from glmaas.api.completions.protocol import (
     Completion,
     CompletionChoice,
@@ -37,9 +36,6 @@ from glmaas.engines.base import (
 )
 from glmaas.engines.chat import ChatEngine, TextCall, TextEngine, asks_in_messages
 from glmaas.platform.metered import GenerationTimeout
-from glmaas.platform.metering import RequestStatus
-
-log = logging.getLogger("glmaas.api")
 
 
 @dataclass(frozen=True)
@@ -336,17 +332,9 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[ChoiceDelta, None], req
                                              finish_reason=step.choice_finish, fills=document.fills))
             elif text or logprobs is not None:
                 yield chunk(CompletionChoice(text=text, index=step.index, logprobs=logprobs))
-    except (EngineError, GenerationTimeout) as exc:
-        yield OPENAI.stream_fault(engine_error(exc), finish_chunk)
-        yield SSE_DONE
-        return
-    except Exception:
-        log.exception("request %s: the stream failed", run.request_id)
-        await run.settle_if_open(RequestStatus.ERROR)
-        fault = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id "
-                                             f"{run.request_id}); the error has been logged.")
-        yield OPENAI.stream_fault(fault, finish_chunk)
-        yield SSE_DONE
+    except Exception as exc:
+        for event in await stream_fault_events(run, exc, OPENAI, finish_chunk):
+            yield event
         return
     finally:
         await deltas.aclose()

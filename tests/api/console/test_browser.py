@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import openai
 import pytest
+from playwright.sync_api import expect
 
 from glmaas.benchmarks.browser import follow
 from glmaas.benchmarks.harness import GlmaasProcess
@@ -71,7 +72,8 @@ def test_an_operator_funds_an_account_and_sees_its_usage(server: GlmaasProcess, 
     key = page.input_value("#new-key")
     assert key.count(".") == 1 and len(key) == 65
     page.click("button[data-copy]")
-    assert page.inner_text("button[data-copy]") == "Copied"
+    # The clipboard answers asynchronously: wait for the label to change.
+    expect(page.locator("button[data-copy]")).to_have_text("Copied")
 
     reply = _chat(key, server)
     assert reply.usage.total_tokens > 0
