@@ -6,14 +6,15 @@ waiting prompt into a single `llama_batch` (one sequence id per request slot), s
 sequence's next token and hands the deltas to the request's event loop. This module is the
 `Engine` face of it: loading, GGUF metadata, tokenizer, and the asyncio side of each request.
 
-Spec options (`--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,cells=8192,chunk=256`):
+Spec options (`--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,cells=0,chunk=256`):
   threads  CPU threads for llama.cpp (default: all cores)
   slots    sequences decoded together (default 16)
   ctx      context window of one sequence, in tokens (default: min(2048, trained context))
-  cells    KV cache cells all sequences share (default 8192, at least ctx): the cache holds
-           this many tokens in all, and a request waits until the tokens it may come to hold fit;
-           0: a region of ctx cells per slot (slots x ctx in memory; a sequence's greedy output
-           then never depends on its neighbours, see llamacpp_batch.py)
+  cells    0 (the default): a region of ctx cells per slot (slots x ctx in memory; a sequence's
+           seeded or greedy output never depends on its neighbours, see llamacpp_batch.py);
+           N (at least ctx): KV cache cells all sequences share: the cache holds N tokens in all,
+           a request waits until the tokens it may come to hold fit, and far less memory is
+           reserved, but a sequence's sums follow how full the cache is
   chunk    most prompt tokens fed per step; longer prompts are prefilled over several steps
            interleaved with decoding (default 256)
 """
@@ -49,9 +50,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 16
 DEFAULT_SLOT_CONTEXT = 2048
-# 16 sequences of ~500 tokens: a chat turn each with room to spare, in ~190 MB for SmolLM2-135M
-# (23 KB a cell), where 16 slots of a full context each would hold 750 MB.
-DEFAULT_CELLS = 8192
+# A region of ctx cells per slot (0) by default: a seeded or greedy sequence's output then never
+# depends on its neighbours, which the shared cache (cells=N) gives up for memory: 16 sequences of
+# ~500 tokens fit in 8192 shared cells, ~190 MB for SmolLM2-135M (23 KB a cell), where 16 regions
+# of a full context hold 750 MB. See docs/performance.md, "Slots and the KV cache".
+DEFAULT_CELLS = 0
 DEFAULT_CHUNK = 256
 _GGML_LOG_WARN, _GGML_LOG_ERROR = 3, 4  # enum ggml_log_level
 

@@ -37,15 +37,18 @@ def test_the_reported_kv_cache_is_the_one_allocated() -> None:
     assert held.model_bytes > 50 * 2**20
 
 
-def test_the_default_engine_reserves_a_shared_cache_not_slots_times_context() -> None:
+def test_the_default_reserves_a_region_per_slot_and_a_shared_cache_far_less() -> None:
     engine = llamacpp.LlamaCppEngine.from_spec("smollm2", default_model_path(), {"threads": "1"})
+    shared = llamacpp.LlamaCppEngine.from_spec("smollm2", default_model_path(), {"threads": "1", "cells": "8192"})
     try:
-        assert engine.info.context_length == llamacpp.DEFAULT_SLOT_CONTEXT
-        assert engine.reservation.kv_cells == llamacpp.DEFAULT_CELLS < engine.slots * llamacpp.DEFAULT_SLOT_CONTEXT
+        assert engine.info.context_length == shared.info.context_length == llamacpp.DEFAULT_SLOT_CONTEXT
+        assert engine.reservation.kv_cells == engine.slots * llamacpp.DEFAULT_SLOT_CONTEXT
+        assert shared.reservation.kv_cells == 8192 < engine.reservation.kv_cells
     finally:
         import asyncio
 
         asyncio.run(engine.close())
+        asyncio.run(shared.close())
 
 
 @pytest.fixture(scope="module")
