@@ -11,10 +11,9 @@ work on that sequence within one decode step.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -207,29 +206,3 @@ class BlankFilling(Protocol):
         """Where the blanks of `prompt` are (indices into it); empty for a plain continuation."""
         ...
 
-
-class DecodeLoop(Protocol):
-    """A decode loop on its own thread, as the local engines run one: sequences go in with
-    `submit`, their deltas come back on each sequence's queue."""
-
-    def submit(self, seq: Any) -> None: ...
-
-    def cancel(self, seq: Any) -> None: ...
-
-
-async def followed(loop: DecodeLoop, seq: Any, queue: asyncio.Queue) -> AsyncIterator[Delta]:
-    """Submit `seq` to `loop` and yield the deltas it puts on `queue` until the last (an
-    exception put there is raised). Stopped early (aclose(), task cancellation), the sequence is
-    cancelled: the loop drops it before its next step."""
-    loop.submit(seq)
-    try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.finish_reason is not None:
-                return
-    finally:
-        if not seq.finished:
-            loop.cancel(seq)

@@ -38,8 +38,8 @@ from glmaas.engines.base import (
     ModelInfo,
     PromptTooLong,
     Usage,
-    followed,
 )
+from glmaas.engines.decode_thread import followed
 from glmaas.engines.glm_batch import GLMDecodeLoop, Sequence
 from glmaas.engines.sampling import Sampler
 from glmaas.model.glm_checkpoint import CONFIG, load_checkpoint

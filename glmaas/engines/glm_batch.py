@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 
 from glmaas.engines.base import Delta, EngineError, FinishReason, TokenLogprob, Usage
+from glmaas.engines.decode_thread import DecodeThread, deliver
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
 from glmaas.model.glm import GLM, SlotKVCache
@@ -58,12 +57,7 @@ class Sequence:
         self.matcher = StopMatcher(self.stops)
 
 
-def _deliver(items: list[tuple[asyncio.Queue, Delta | BaseException]]) -> None:
-    for queue, item in items:
-        queue.put_nowait(item)
-
-
-class GLMDecodeLoop:
+class GLMDecodeLoop(DecodeThread[Sequence]):
     """Owns a GLM, its slot cache and the thread that decodes all sequences; see module docstring."""
 
     def __init__(self, model: GLM, special: SpecialIds, token_bytes: list[bytes], slots: int) -> None:
@@ -76,64 +70,24 @@ class GLMDecodeLoop:
         weight = next(model.parameters())
         self.cache = SlotKVCache(model.config, slots, self.max_len, dtype=weight.dtype, device=weight.device)
         self._device = weight.device
-        self._cv = threading.Condition()
-        self._inbox: list[Sequence] = []
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []  # running[i] holds slot i
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="glm-decode", daemon=True)
-        self._thread.start()
-
-    # -- called from any thread ------------------------------------------------------------
-
-    def submit(self, seq: Sequence) -> None:
-        with self._cv:
-            if self._closing:
-                raise EngineError("the engine is closed", retryable=True)
-            self._inbox.append(seq)
-            self._cv.notify()
-
-    def cancel(self, seq: Sequence) -> None:
-        with self._cv:
-            seq.cancelled = True
-            self._cv.notify()
-
-    def active_sequences(self) -> int:
-        with self._cv:
-            return len(self._inbox) + len(self._waiting) + len(self._running)
+        # running[i] holds slot i (`_compact`).
+        self._start_thread("glm-decode")
 
     def close(self) -> None:
-        with self._cv:
-            self._closing = True
-            self._cv.notify()
-        self._thread.join()
+        self._stop_thread()
 
     # -- the loop thread -------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not (self._closing or self._inbox or self._waiting or self._running):
-                    self._cv.wait()
-                if self._closing:
-                    break
-                self._waiting.extend(self._inbox)
-                self._inbox.clear()
-                for seq in self._running:
-                    seq.finished = seq.finished or seq.cancelled
-                self._waiting = deque(s for s in self._waiting if not s.cancelled)
-            self._compact()
-            try:
-                with torch.no_grad():
-                    self.step()
-            except Exception as exc:  # a fault fails the requests in flight, not the engine
-                log.exception("GLM decode step failed")
-                self._fail_all(EngineError(f"decode failed: {exc}"))
-        self._fail_all(EngineError("the engine was closed", retryable=True))
+    def _drop_cancelled(self) -> None:
+        for seq in self._running:
+            seq.finished = seq.finished or seq.cancelled
+        super()._drop_cancelled()
 
+    @torch.no_grad()
     def step(self) -> None:
-        """Prefill waiting prompts into free slots, then feed one token of every sequence, sample
-        and deliver each sequence's token."""
+        """Drop finished sequences, prefill waiting prompts into free slots, then feed one token
+        of every sequence, sample and deliver each sequence's token."""
+        self._compact()
         self._admit()
         running = self._running
         if not running:
@@ -159,7 +113,7 @@ class GLMDecodeLoop:
         self._compact()
         for loop, items in deliveries.items():
             try:
-                loop.call_soon_threadsafe(_deliver, items)
+                loop.call_soon_threadsafe(deliver, items)
             except RuntimeError:  # the request's event loop is gone: nobody is listening
                 for seq in running:
                     seq.cancelled = seq.cancelled or seq.loop is loop
@@ -240,13 +194,3 @@ class GLMDecodeLoop:
                 seq.slot = slot
         self._running = kept
 
-    def _fail_all(self, error: EngineError) -> None:
-        with self._cv:
-            doomed = list(self._running) + list(self._waiting) + self._inbox
-            self._running, self._waiting, self._inbox = [], deque(), []
-        for seq in doomed:
-            seq.finished = True
-            try:
-                seq.loop.call_soon_threadsafe(seq.queue.put_nowait, error)
-            except RuntimeError:
-                pass

@@ -39,9 +39,9 @@ from glmaas.engines.base import (
     ModelInfo,
     PromptTooLong,
     Usage,
-    followed,
 )
 from glmaas.engines.constrained import GrammarMatcher, Grammars
+from glmaas.engines.decode_thread import followed
 from glmaas.engines.llamacpp_batch import DecodeLoop, LoopConfig, Sequence
 from glmaas.engines.sampling import Sampler
 from glmaas.engines.tool_formats import TOOL_PARSERS

@@ -33,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import threading
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,6 +41,7 @@ import numpy as np
 
 from glmaas.engines.base import Delta, EngineError, EngineLoad, FinishReason, TokenLogprob, Usage
 from glmaas.engines.constrained import GrammarMatcher
+from glmaas.engines.decode_thread import DecodeThread, deliver
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
 
@@ -177,12 +176,7 @@ def _prepare_all(grammars: list[GrammarMatcher]) -> None:
         grammar.prepare()
 
 
-def _deliver(items: list[tuple[asyncio.Queue, Delta | BaseException]]) -> None:
-    for queue, item in items:
-        queue.put_nowait(item)
-
-
-class DecodeLoop:
+class DecodeLoop(DecodeThread[Sequence]):
     """Owns a llama.cpp context and the thread that decodes all sequences; see module docstring."""
 
     def __init__(self, model: llama_cpp.llama_model_p, vocab: llama_cpp.llama_vocab_p, config: LoopConfig) -> None:
@@ -217,15 +211,9 @@ class DecodeLoop:
         self._batch = _Batch(cparams.n_batch)
         self._slots = [_Slot(i) for i in range(config.slots)]
         self._pieces: dict[tuple[int, bool], bytes] = {}
-        self._cv = threading.Condition()
-        self._inbox: list[Sequence] = []
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
-        self._closing = False
         self._steps = 0
         self._masks = ThreadPoolExecutor(1, thread_name_prefix="llamacpp-grammar")
-        self._thread = threading.Thread(target=self._run, name="llamacpp-decode", daemon=True)
-        self._thread.start()
+        self._start_thread("llamacpp-decode")
 
     # -- called from any thread ------------------------------------------------------------
 
@@ -243,22 +231,6 @@ class DecodeLoop:
             self._pieces[key] = piece
         return piece
 
-    def submit(self, seq: Sequence) -> None:
-        with self._cv:
-            if self._closing:
-                raise EngineError("the engine is closed", retryable=True)
-            self._inbox.append(seq)
-            self._cv.notify()
-
-    def cancel(self, seq: Sequence) -> None:
-        with self._cv:
-            seq.cancelled = True
-            self._cv.notify()
-
-    def active_sequences(self) -> int:
-        with self._cv:
-            return len(self._inbox) + len(self._waiting) + len(self._running)
-
     def load(self) -> EngineLoad:
         """Slots in use, sequences waiting and KV cells holding tokens. Read without the loop's
         lock (the decode thread never waits for a scrape): lengths of lists it replaces whole or
@@ -270,32 +242,12 @@ class DecodeLoop:
                           kv_cells_used=sum(len(s.tokens) for s in slots))
 
     def close(self) -> None:
-        with self._cv:
-            self._closing = True
-            self._cv.notify()
-        self._thread.join()
+        self._stop_thread()
         self._masks.shutdown()
         self._batch.free()
         llama_cpp.llama_free(self._ctx)
 
     # -- the loop thread -------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not (self._closing or self._inbox or self._waiting or self._running):
-                    self._cv.wait()
-                if self._closing:
-                    break
-                self._waiting.extend(self._inbox)
-                self._inbox.clear()
-                self._drop_cancelled()
-            try:
-                self.step()
-            except Exception as exc:  # a fault fails the requests in flight, not the engine
-                log.exception("decode step failed")
-                self._fail_all(EngineError(f"decode failed: {exc}"))
-        self._fail_all(EngineError("the engine was closed", retryable=True))
 
     def step(self) -> None:
         """Admit waiting sequences, feed one batch, sample and deliver each sequence's token."""
@@ -352,7 +304,7 @@ class DecodeLoop:
         self._running = [s for s in self._running if not s.finished]
         for loop, items in deliveries.items():
             try:
-                loop.call_soon_threadsafe(_deliver, items)
+                loop.call_soon_threadsafe(deliver, items)
             except RuntimeError:  # the request's event loop is gone: nobody is listening
                 for seq in outputs:
                     if seq.loop is loop:
@@ -464,19 +416,12 @@ class DecodeLoop:
         for seq in [s for s in self._running if s.cancelled]:
             self._release(seq)
         self._running = [s for s in self._running if not s.finished]
-        kept = deque(s for s in self._waiting if not s.cancelled)
-        self._waiting = kept
+        super()._drop_cancelled()
 
-    def _fail_all(self, error: EngineError) -> None:
-        with self._cv:
-            doomed = list(self._running) + list(self._waiting) + self._inbox
-            self._running, self._waiting, self._inbox = [], deque(), []
-        for seq in doomed:
-            self._release(seq)
-            try:
-                seq.loop.call_soon_threadsafe(seq.queue.put_nowait, error)
-            except RuntimeError:
-                pass
+    def _forget(self, seq: Sequence) -> None:
+        self._release(seq)
+
+    def _after_failure(self) -> None:
         # A failed decode may leave a slot's cache out of step with its token list.
         for slot in self._slots:
             if slot.owner is None:

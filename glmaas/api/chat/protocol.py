@@ -40,6 +40,13 @@ MAX_SEED = 2**64 - 1
 
 
 
+def checked_stops(value: str | list[str] | None) -> str | list[str] | None:
+    """`stop` as OpenAI bounds it (chat and legacy completions alike), or a ValueError."""
+    if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+    return value
+
+
 def checked_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
     """`logit_bias` as OpenAI bounds it (chat and legacy completions alike), or a ValueError."""
     if value is None:
@@ -288,9 +295,7 @@ class ChatCompletionRequest(_Lenient):
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-        return value
+        return checked_stops(value)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
-from glmaas.api.chat.protocol import MAX_SEED, MAX_STOP_STRINGS, MAX_TOKENS, UsageInfo, checked_logit_bias
+from glmaas.api.chat.protocol import MAX_SEED, MAX_TOKENS, UsageInfo, checked_logit_bias, checked_stops
 from glmaas.api.requests import EndUserId, RequestId
 from glmaas.engines.base import TokenLogprob
 
@@ -96,9 +96,7 @@ class CompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-        return value
+        return checked_stops(value)
 
     @field_validator("logit_bias")
     @classmethod
