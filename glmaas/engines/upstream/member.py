@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from glmaas.engines.chat import ChatCall
-from glmaas.engines.upstream.connections import UpstreamConnections
 from glmaas.engines.upstream.config import UpstreamConfig
+from glmaas.engines.upstream.connections import UpstreamConnections
 from glmaas.engines.upstream.wire import as_chunk, authorization, request_body
 
 # How long the end of a stream's body may take to follow its [DONE].
