@@ -37,7 +37,8 @@ async def chat(request: Request) -> StreamingResponse:
         except TimeoutError:
             pass
         yield _event({"content": "lo"}, "stop")
-        yield f"data: {json.dumps({'id': 'held', 'choices': [], 'usage': {'prompt_tokens': 5, 'completion_tokens': 2}})}\n\n"
+        usage = {"prompt_tokens": 5, "completion_tokens": 2}
+        yield f"data: {json.dumps({'id': 'held', 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

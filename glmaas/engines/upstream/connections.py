@@ -61,7 +61,8 @@ class UpstreamConnections(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive connections to upstream servers, at most `max_connections` open; see
     the module docstring."""
 
-    def __init__(self, max_connections: int, keepalive_expiry: float, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, max_connections: int, keepalive_expiry: float,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._max = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
@@ -78,14 +79,16 @@ class UpstreamConnections(httpx.AsyncBaseTransport):
         await self._take_slot(timeouts.get("pool"))
         url = request.url
         origin = httpcore.Origin(url.raw_scheme, url.raw_host, url.port or (443 if url.scheme == "https" else 80))
-        connection = await self._idle_connection(origin)
-        if connection is None:
-            connection = httpcore.AsyncHTTPConnection(origin, ssl_context=self._ssl_context_for(url),
-                                                      keepalive_expiry=self._keepalive_expiry)
-        call = httpcore.Request(request.method, httpcore.URL(scheme=url.raw_scheme, host=url.raw_host,
-                                                             port=url.port, target=url.raw_path),
-                                headers=request.headers.raw, content=request.stream, extensions=request.extensions)
-        try:
+        connection: httpcore.AsyncHTTPConnection | None = None
+        try:  # from here on the slot is this request's: given back however it fails or is cancelled
+            connection = await self._idle_connection(origin)
+            if connection is None:
+                connection = httpcore.AsyncHTTPConnection(origin, ssl_context=self._ssl_context_for(url),
+                                                          keepalive_expiry=self._keepalive_expiry)
+            call = httpcore.Request(request.method, httpcore.URL(scheme=url.raw_scheme, host=url.raw_host,
+                                                                 port=url.port, target=url.raw_path),
+                                    headers=request.headers.raw, content=request.stream,
+                                    extensions=request.extensions)
             with _as_httpx_errors():
                 response = await connection.handle_async_request(call)
         except BaseException:
@@ -124,9 +127,12 @@ class UpstreamConnections(httpx.AsyncBaseTransport):
             self._ssl_context = httpx.create_ssl_context()
         return self._ssl_context
 
-    async def _give_back(self, connection: httpcore.AsyncHTTPConnection) -> None:
-        """A request is over with `connection`: kept for the next if it can take one, else closed."""
+    async def _give_back(self, connection: httpcore.AsyncHTTPConnection | None) -> None:
+        """A request is over with `connection` (None: it failed before it had one): its slot is
+        free, and the connection kept for the next request if it can take one, else closed."""
         self._free.release()
+        if connection is None:
+            return
         if connection.is_idle() and len(self._idle) < self._max:
             self._idle.append(connection)
         elif not connection.is_closed():
