@@ -54,7 +54,9 @@ async def serving(server: CountingServer) -> AsyncIterator[str]:
 
 
 async def _post(pool: UpstreamConnections, url: str) -> bytes:
-    response = await pool.handle_async_request(httpx.Request("POST", url, content=b"{}"))
+    # A slot never given back fails the next request that needs it, instead of hanging the test.
+    request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"pool": 2.0}})
+    response = await pool.handle_async_request(request)
     try:
         return await response.aread()
     finally:
@@ -129,5 +131,23 @@ def test_a_refused_connection_is_httpx_s_connect_error() -> None:
             await _post(pool, url)
         with pytest.raises(httpx.ConnectError):  # the failed attempt gave its slot back
             await _post(pool, url)
+
+    asyncio.run(run())
+
+
+def test_a_request_cancelled_while_it_waits_for_its_reply_gives_its_slot_back() -> None:
+    async def run() -> None:
+        server = CountingServer(delay=0.3)
+        async with serving(server) as url:
+            pool = UpstreamConnections(max_connections=1, keepalive_expiry=30)
+            waiting = asyncio.create_task(_post(pool, url))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"pool": 0.1}})
+            response = await pool.handle_async_request(request)  # not a PoolTimeout: the slot is free
+            assert await response.aread() == b"ok"
+            await pool.aclose()
 
     asyncio.run(run())
