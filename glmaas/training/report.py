@@ -87,18 +87,18 @@ def verdict_lines(results: list[dict], baselines: dict) -> list[str]:
     return out
 
 
-def _fmt(cell: tuple[float, float, int], fmt: str) -> str:
+def _fmt(cell: tuple[float, float, int], fmt: str, std_fmt: str = "{:.3f}") -> str:
     mean, std, n = cell
     if n == 0:
         return "n/a"
-    return fmt.format(mean) + (f" ± {std:.3f}" if n > 1 else "")
+    return fmt.format(mean) + (" ± " + std_fmt.format(std) if n > 1 else "")
 
 
 def table_lines(table: dict, baselines: dict, with_step: bool) -> list[str]:
     head = ["arm"] + (["step"] if with_step else []) + [t for t, _ in METRICS.values()]
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for arm, cell in table.items():
-        step = [_fmt(cell["step"], "{:.0f}")] if with_step else []
+        step = [_fmt(cell["step"], "{:.0f}", "{:.0f}")] if with_step else []
         out.append(f"| {arm} | " + " | ".join(step + [_fmt(cell[m], f) for m, (_, f) in METRICS.items()]) + " |")
     for name, row in baselines.items():
         step = ["—"] if with_step else []

@@ -185,7 +185,7 @@ def test_report_has_both_tables_the_baselines_the_verdict_and_curves(tmp_path):
                       "n_span_items": 8, "n_cloze": 8}}  # fmt: skip
     md = write_report(saved, tmp_path / "objectives.md").read_text()
     assert "| glm-token | 4.500 ± 0.000 |" in md  # last step: 4.0 + 1/2
-    assert "| glm-token | 2 ± 0.000 | 4.500" in md  # best checkpoint: step 2 (lowest selection NLL)
+    assert "| glm-token | 2 ± 0 | 4.500" in md  # best checkpoint: step 2 (lowest selection NLL)
     assert "*unigram count model*" in md and "at the last step (equal steps): reproduced" in md
     assert (tmp_path / "objectives-curves.png").stat().st_size > 1000
     assert any("not reproduced" in line for line in verdict_lines(fake_results(0.05, 0.01, 5.5, 0.5), BASE))
