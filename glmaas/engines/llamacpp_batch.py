@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -44,6 +46,7 @@ from glmaas.engines.constrained import GrammarMatcher
 from glmaas.engines.decode_thread import DecodeThread, deliver
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
+from glmaas.engines.thread_tuner import ThreadTuner
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class LoopConfig:
     slots: int
     slot_context: int  # the most tokens (prompt + output) of one sequence
     chunk: int
-    threads: int
+    threads: int  # llama.cpp threads; 0: chosen step by step by a `ThreadTuner` (up to every core)
     cells: int  # KV cache cells shared by all slots (at least slot_context); 0: a region per slot
 
 
@@ -171,6 +174,14 @@ class _Batch:
         llama_cpp.llama_batch_free(self.raw)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _prepare_all(grammars: list[GrammarMatcher]) -> None:
     for grammar in grammars:
         grammar.prepare()
@@ -187,8 +198,10 @@ class DecodeLoop(DecodeThread[Sequence]):
         cparams.n_seq_max = config.slots
         cparams.n_batch = config.chunk + config.slots
         cparams.n_ubatch = cparams.n_batch
-        cparams.n_threads = config.threads
-        cparams.n_threads_batch = config.threads
+        # A fixed count, or the tuner's (it starts at every core and moves between steps).
+        self.tuner = ThreadTuner(usable_cores()) if config.threads <= 0 else None
+        self.threads = self.tuner.threads if self.tuner is not None else config.threads
+        cparams.n_threads = cparams.n_threads_batch = self.threads
         if self.shared_cache:
             # One cache for all slots, sized by need (see the module docstring); flash attention
             # skips the cells of other sequences, which a plain attention would multiply through.
@@ -232,14 +245,15 @@ class DecodeLoop(DecodeThread[Sequence]):
         return piece
 
     def load(self) -> EngineLoad:
-        """Slots in use, sequences waiting and KV cells holding tokens. Read without the loop's
+        """Slots in use, sequences waiting, KV cells holding tokens and llama.cpp's thread count
+        now. Read without the loop's
         lock (the decode thread never waits for a scrape): lengths of lists it replaces whole or
         appends to, each consistent on its own."""
         slots = self._slots
         return EngineLoad(busy=sum(1 for s in slots if s.owner is not None),
                           waiting=len(self._inbox) + len(self._waiting),
                           slots=len(slots), kv_cells=len(slots) * self.slot_context,
-                          kv_cells_used=sum(len(s.tokens) for s in slots))
+                          kv_cells_used=sum(len(s.tokens) for s in slots), threads=self.threads)
 
     def close(self) -> None:
         self._stop_thread()
@@ -283,7 +297,15 @@ class DecodeLoop(DecodeThread[Sequence]):
             return
         grammars = [s.sampler.grammar for s in outputs if s.sampler.grammar is not None]
         masks = self._masks.submit(_prepare_all, grammars) if grammars else None
+        tuner = self.tuner
+        if tuner is not None and tuner.threads != self.threads:
+            # Takes effect at this decode; outputs do not depend on it (docs/performance.md).
+            self.threads = tuner.threads
+            llama_cpp.llama_set_n_threads(self._ctx, self.threads, self.threads)
+        start = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, batch.raw)
+        if tuner is not None:
+            tuner.observe(self.threads, batch.n, time.perf_counter() - start)
         if masks is not None:
             masks.result()  # before any sampler reads a mask (or a failed decode frees them)
         if rc != 0:

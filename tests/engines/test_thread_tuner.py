@@ -1,0 +1,110 @@
+"""The thread-count tuner driven by synthetic step timings: a 2-core machine, quiet or shared with
+a CPU spinner, batches of varying size, noisy steps (some preempted for a whole time slice)."""
+
+from __future__ import annotations
+
+import random
+
+from glmaas.engines.thread_tuner import ThreadTuner
+
+
+def step_seconds(threads: int, tokens: int, contended: bool, rng: random.Random, *, speedup: float = 1.7,
+                 slowdown: float = 3.0) -> float:
+    """One step on the simulated machine: two quiet threads are `speedup` times faster than one;
+    beside a spinner two threads are `slowdown` times slower than one (the barrier waits for the
+    preempted thread) and one thread is a little slower than on quiet cores."""
+    seconds = 0.008 + 0.004 * tokens  # one thread, quiet
+    if threads == 2:
+        seconds *= slowdown if contended else 1 / speedup
+    elif contended:
+        seconds *= 1.05
+    seconds *= rng.lognormvariate(0, 0.1)
+    if rng.random() < 0.03:  # preempted for a time slice
+        seconds += 0.004 * rng.randint(1, 4)
+    return seconds
+
+
+class Run:
+    """Drives a tuner through simulated decoding; records seconds spent at each count."""
+
+    def __init__(self, seed: int = 0, **tuner_options: float) -> None:
+        self.tuner = ThreadTuner(2, **tuner_options)
+        self.rng = random.Random(seed)
+        self.clock = 0.0
+
+    def decode(self, seconds: float, contended: bool, **machine: float) -> dict[int, float]:
+        """Decode for `seconds` of simulated time; the time spent at each thread count."""
+        spent = {1: 0.0, 2: 0.0}
+        end = self.clock + seconds
+        while self.clock < end:
+            threads = self.tuner.threads
+            # Mostly decoding steps of several sequences; now and then a chunk of prompt.
+            tokens = 272 if self.rng.random() < 0.03 else self.rng.choice((1, 4, 8, 16, 16, 16))
+            s = step_seconds(threads, tokens, contended, self.rng, **machine)
+            self.tuner.observe(threads, tokens, s)
+            spent[threads] += s
+            self.clock += s
+        return spent
+
+
+def share(spent: dict[int, float], threads: int) -> float:
+    return spent[threads] / sum(spent.values())
+
+
+def test_quiet_cores_keep_every_thread() -> None:
+    run = Run()
+    spent = run.decode(60, contended=False)
+    assert run.tuner.best == 2 and run.tuner.switches == 0
+    assert share(spent, 1) < 0.05  # the probes of one thread cost little
+
+
+def test_a_spinner_beside_it_moves_it_to_one_thread_within_seconds() -> None:
+    run = Run()
+    run.decode(3, contended=True)
+    assert run.tuner.best == 1
+    spent = run.decode(60, contended=True)
+    assert run.tuner.best == 1
+    assert share(spent, 2) < 0.1  # probes of two threads, given up at their first slow step
+
+
+def test_it_follows_contention_as_it_comes_and_goes() -> None:
+    run = Run()
+    run.decode(20, contended=False)
+    assert run.tuner.best == 2
+    run.decode(5, contended=True)
+    assert run.tuner.best == 1
+    # The spinner stops: two threads are tried again within the longest wait between probes.
+    run.decode(20, contended=False)
+    assert run.tuner.best == 2
+    run.decode(5, contended=True)
+    assert run.tuner.best == 1
+
+
+def test_counts_that_tie_within_the_noise_do_not_thrash() -> None:
+    for seed in range(5):
+        run = Run(seed)
+        run.decode(120, contended=False, speedup=1.0)
+        assert run.tuner.switches <= 2, seed
+
+
+def test_a_small_but_steady_gain_is_taken() -> None:
+    run = Run()
+    run.decode(60, contended=True, slowdown=0.8)  # two threads 25 % faster even beside a spinner
+    assert run.tuner.best == 2
+
+
+def test_one_core_never_probes() -> None:
+    tuner = ThreadTuner(1)
+    for _ in range(1000):
+        assert tuner.observe(1, 16, 0.05) == 1
+    assert tuner.best == 1
+
+
+def test_more_cores_climb_to_the_fastest_count() -> None:
+    # Eight cores, a neighbour on some of them: five threads is the fastest count.
+    tuner = ThreadTuner(8)
+    per_thread_count = {n: 0.01 * (1 + abs(n - 5) * 0.3) for n in range(1, 9)}
+    for _ in range(5000):
+        n = tuner.threads
+        tuner.observe(n, 16, per_thread_count[n] * 16)
+    assert tuner.best == 5
