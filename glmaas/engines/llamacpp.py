@@ -7,8 +7,8 @@ sequence's next token and hands the deltas to the request's event loop. This mod
 `Engine` face of it: loading, GGUF metadata, tokenizer, and the asyncio side of each request.
 
 Spec options (`--model ID=llamacpp:PATH,threads=auto,slots=16,ctx=2048,cells=0,chunk=256`):
-  threads  CPU threads for llama.cpp: `auto` (the default) starts with every core the process may
-           use and moves between steps to the count that makes the most tokens per second now
+  threads  CPU threads for llama.cpp: `auto` (the default) moves between steps, from 1 up to every
+           core the process may use, to the count that makes the most tokens per second now
            (fewer when other work holds cores: `thread_tuner.py`); N: always N
   slots    sequences decoded together (default 16)
   ctx      context window of one sequence, in tokens (default: min(2048, trained context))

@@ -10,22 +10,28 @@ logits row; the step's masks are computed on a helper thread while `llama_decode
 sequence whose sampling fails (its grammar rejects a token) fails alone.
 
 Every slot is a llama.cpp sequence id and remembers the tokens whose keys and values it holds.
-By default the slots share one KV cache of `cells` cells (`kv_unified=true`), sized by need rather
-than as slots × context: a sequence may grow to `slot_context` tokens, and is admitted only while
-the cells it may come to hold (prompt + max_new) fit beside those of the running sequences and
-the prefixes idle slots keep (which give way, least recently used first, when a sequence needs
-the room). Flash attention skips the cells a sequence's mask hides, so attention costs about a
-sequence's own length, not the whole cache's; but how far the cache is filled changes the order
-of attention's sums, so a greedy sequence decoded beside others may differ from the same
-sequence alone. `cells=0` gives every slot its own region of `slot_context` cells instead
+By default (`cells=0`) every slot has a KV region of its own of `slot_context` cells
 (`kv_unified=false`): slots × context in memory, and a sequence's output independent of its
-neighbours (measured, docs/performance.md).
+neighbours (measured, docs/performance.md). With `cells=N` the slots share one KV cache of N cells
+instead (`kv_unified=true`), sized by need rather than as slots × context: a sequence may grow to
+`slot_context` tokens, and is admitted only while the cells it may come to hold (prompt +
+max_new) fit beside those of the running sequences and the prefixes idle slots keep (which give
+way, least recently used first, when a sequence needs the room). Flash attention skips the cells a
+sequence's mask hides, so attention costs about a sequence's own length, not the whole cache's;
+but how far the cache is filled changes the order of attention's sums, so a greedy sequence
+decoded beside others may differ from the same sequence alone.
 A new request takes the free slot whose tokens share the longest prefix with its prompt and keeps
 that prefix (reported as cached prompt tokens); the rest is removed with `llama_memory_seq_rm`.
 When a busy slot holds a longer prefix (a system prompt that every request shares, say), it is
 copied into a free slot with `llama_memory_seq_cp` instead of being computed again.
 Requests join at any step (when a slot and room are free) and leave at any step: finished,
 stopped or cancelled sequences give back their slot before the next batch is built.
+
+llama.cpp's thread count is fixed (`threads=N`) or, by default, set before each step to what a
+`ThreadTuner` (`thread_tuner.py`) chooses, told after each `llama_decode` how long it took: more
+threads on quiet cores, fewer when other work holds them. Changing it between steps changes no
+output: every thread count gives the same logits, bit for bit (measured and tested,
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -198,9 +204,9 @@ class DecodeLoop(DecodeThread[Sequence]):
         cparams.n_seq_max = config.slots
         cparams.n_batch = config.chunk + config.slots
         cparams.n_ubatch = cparams.n_batch
-        # A fixed count, or the tuner's (it starts at every core and moves between steps).
+        # A fixed count, or the tuner's (it starts with one thread and moves between steps).
         self.tuner = ThreadTuner(usable_cores()) if config.threads <= 0 else None
-        self.threads = self.tuner.threads if self.tuner is not None else config.threads
+        self.threads = self.tuner.best if self.tuner is not None else config.threads
         cparams.n_threads = cparams.n_threads_batch = self.threads
         if self.shared_cache:
             # One cache for all slots, sized by need (see the module docstring); flash attention
@@ -298,10 +304,10 @@ class DecodeLoop(DecodeThread[Sequence]):
         grammars = [s.sampler.grammar for s in outputs if s.sampler.grammar is not None]
         masks = self._masks.submit(_prepare_all, grammars) if grammars else None
         tuner = self.tuner
-        if tuner is not None and tuner.threads != self.threads:
+        if tuner is not None and (threads := tuner.choose(batch.n)) != self.threads:
             # Takes effect at this decode; outputs do not depend on it (docs/performance.md).
-            self.threads = tuner.threads
-            llama_cpp.llama_set_n_threads(self._ctx, self.threads, self.threads)
+            self.threads = threads
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
         start = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, batch.raw)
         if tuner is not None:
