@@ -53,10 +53,13 @@ def outputs(eng) -> list[list[int]]:
     return asyncio.run(together())
 
 
-@pytest.mark.parametrize("cells", ["0", "2048"], ids=["region-per-slot", "shared-cache"])
-def test_outputs_are_the_same_with_one_two_or_changing_threads(cells: str) -> None:
+# Two fixed threads are slow on shared cores (the reason for `auto`): only the default layout
+# runs them; the shared cache compares one thread with a count that changes every step.
+@pytest.mark.parametrize(("cells", "counts"), [("0", ("1", "2", "auto")), ("2048", ("1", "auto"))],
+                         ids=["region-per-slot", "shared-cache"])
+def test_outputs_are_the_same_with_one_two_or_changing_threads(cells: str, counts: tuple[str, ...]) -> None:
     results, switching = [], EveryStep()
-    for threads in ("1", "2", "auto"):
+    for threads in counts:
         eng = engine(threads=threads, cells=cells)
         try:
             if threads == "auto":
@@ -65,7 +68,7 @@ def test_outputs_are_the_same_with_one_two_or_changing_threads(cells: str) -> No
         finally:
             asyncio.run(eng.close())
     assert {1, 2} <= set(switching.seen)  # the count did change between steps
-    assert results[0] == results[1] == results[2]
+    assert all(r == results[0] for r in results[1:])
 
 
 def test_threads_are_chosen_step_by_step_by_default() -> None:
