@@ -87,8 +87,8 @@ def load_model(model_id: str, path: Path) -> llama_cpp.llama_model_p:
     mparams.n_gpu_layers = 0
     # No extra buffer types: on a CPU with AMX, a native build repacks the weights for ggml's AMX
     # kernels, whose matrix product crashes the process at the first decode (llama.cpp issue
-    # 20824, open without a fix). The plain CPU kernels are the ones every figure and every
-    # batch-invariance claim in docs/performance.md was measured with.
+    # 20824, open without a fix). The plain CPU kernels are also the ones the batch- and
+    # thread-count invariance in docs/performance.md was measured with.
     mparams.use_extra_bufts = False
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
     if not model:
