@@ -7,8 +7,10 @@ Two parts:
            systems alternating request by request: time to first token (TTFT, from sending the
            request to the first content chunk) and decode tokens/s (content chunks after the
            first, over the time from the first to the last; llama_cpp.server sends one token per
-           chunk). Prints p50 TTFT and glmaas's added milliseconds, and decode tokens/s as a
-           ratio of direct.
+           chunk). Prints p50 TTFT and glmaas's added milliseconds, decode tokens/s as a ratio
+           of direct, and how long the server in front waited for a core before the first token
+           (its threads' run-queue time, from /proc/PID/task/*/schedstat): waiting that is the
+           machine's, not the server's code.
   noop     the do-nothing upstream of bench/gateway.py (streaming when asked), under wrk on one
            pinned core: requests/s, server CPU ms per request, and from it requests/s per core,
            glmaas / LiteLLM.
@@ -39,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -94,8 +97,10 @@ def start_litellm_for(stack: ExitStack, work: Path, upstream_v1: str, model: str
 # --- stream: TTFT and decode tokens/s through each system ------------------------------------
 
 
-def one_stream(client: httpx.Client, t: gw.Target, model: str, max_tokens: int) -> tuple[float, float | None, int]:
-    """(TTFT ms, decode tokens/s or None when fewer than two tokens came, content chunks)."""
+def one_stream(client: httpx.Client, t: gw.Target, model: str, max_tokens: int,
+               at_first: Callable[[], None] = lambda: None) -> tuple[float, float | None, int]:
+    """(TTFT ms, decode tokens/s or None when fewer than two tokens came, content chunks);
+    `at_first` is called when the first content arrives."""
     headers = {"Authorization": f"Bearer {t.key}"} if t.key else {}
     body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     start = time.perf_counter()
@@ -110,7 +115,9 @@ def one_stream(client: httpx.Client, t: gw.Target, model: str, max_tokens: int) 
             choices = json.loads(line[6:]).get("choices") or [{}]
             if choices[0].get("delta", {}).get("content"):
                 last = time.perf_counter()
-                first = first or last
+                if first is None:
+                    first = last
+                    at_first()
                 chunks += 1
     if first is None:
         sys.exit(f"{t.system}: the stream carried no content")
@@ -130,13 +137,22 @@ def stream_part(args: argparse.Namespace, work: Path) -> list[str]:
             targets.append(start_litellm_for(stack, work, llama.base_url, model, model))
         ttft: dict[str, list[float]] = {t.system: [] for t in targets}
         rate: dict[str, list[float]] = {t.system: [] for t in targets}
+        waited: dict[str, list[float]] = {t.system: [] for t in targets}
+        fronts = {t.system: python_pid(t.pid) for t in targets if t.system != "direct"}
         with httpx.Client(timeout=300) as client:
             for t in targets:
                 one_stream(client, t, model, 4)  # warm each path once
             for n in range(args.requests):
                 # Rotate the order so that no system always follows the same neighbour.
                 for t in targets[n % len(targets):] + targets[:n % len(targets)]:
-                    ms, tps, _ = one_stream(client, t, model, args.max_tokens)
+                    pid = fronts.get(t.system)
+                    before = thread_wait_ns(pid) if pid else 0
+
+                    def note_wait(system: str = t.system, pid: int | None = pid, before: int = before) -> None:
+                        if pid:
+                            waited[system].append((thread_wait_ns(pid) - before) / 1e6)
+
+                    ms, tps, _ = one_stream(client, t, model, args.max_tokens, note_wait)
                     ttft[t.system].append(ms)
                     if tps is not None:
                         rate[t.system].append(tps)
@@ -144,12 +160,14 @@ def stream_part(args: argparse.Namespace, work: Path) -> list[str]:
     base_rate = statistics.median(rate["direct"]) if rate["direct"] else float("nan")
     lines.append(f"stream: llama_cpp.server ({model}, {args.threads} threads), {args.requests} requests per "
                  f"system, max_tokens {args.max_tokens}, temperature 0, load average {os.getloadavg()[0]:.2f}")
-    lines.append("| system | p50 TTFT ms | added p50 ms | decode tok/s (p50) | of direct |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| system | p50 TTFT ms | added p50 ms | decode tok/s (p50) | of direct | front waited for a core "
+                 "before the first token, ms (p50) |")
+    lines.append("|---|---|---|---|---|---|")
     for system in ttft:
         p50 = statistics.median(ttft[system])
         tps = statistics.median(rate[system]) if rate[system] else float("nan")
-        lines.append(f"| {system} | {p50:.1f} | {p50 - base_ttft:+.1f} | {tps:.1f} | {tps / base_rate:.3f} |")
+        wait = f"{statistics.median(waited[system]):.2f}" if waited[system] else "-"
+        lines.append(f"| {system} | {p50:.1f} | {p50 - base_ttft:+.1f} | {tps:.1f} | {tps / base_rate:.3f} | {wait} |")
     return lines
 
 
@@ -191,10 +209,19 @@ def noop_part(args: argparse.Namespace, work: Path) -> list[str]:
 
 def thread_cpu_ns(pid: int) -> int:
     """CPU nanoseconds of the live threads of process `pid` (what schedstat counts, at ns grain)."""
+    return _schedstat(pid, 0)
+
+
+def thread_wait_ns(pid: int) -> int:
+    """Nanoseconds the live threads of process `pid` spent runnable but waiting for a core."""
+    return _schedstat(pid, 1)
+
+
+def _schedstat(pid: int, field: int) -> int:
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            total += int((task / "schedstat").read_text().split()[field])
         except (OSError, IndexError, ValueError):
             continue  # a worker thread that just ended
     return total

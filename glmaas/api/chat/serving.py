@@ -340,27 +340,31 @@ async def stream(run: MeteredRun, deltas: AsyncGenerator[Delta, None], chat: Cha
                     ToolCallOut(index=calls, function=FunctionCallOut(arguments=call.arguments))]))
             calls += 1
 
-    yield chunk(DeltaMessage(role="assistant", content=""))
+    # What a delta makes goes out as one write, and the role chunk with the first delta's: each
+    # write is a system call here and a wake-up of the client, and an upstream's first delta is
+    # already in hand when the stream starts (`first_delta_ahead`), so its content would otherwise
+    # wait behind a write of its own.
+    head = chunk(DeltaMessage(role="assistant", content=""))
     try:
         async for delta in deltas:
-            for event in pieces(piece_of(delta, parser),
-                                ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None):
-                yield event
+            events = head + b"".join(pieces(piece_of(delta, parser),
+                                            ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None))
+            head = b""
+            if events:
+                yield events
     except Exception as exc:
-        for event in await stream_fault_events(run, exc, dialect, fault_chunk):
-            yield event
+        yield head + b"".join(await stream_fault_events(run, exc, dialect, fault_chunk))
         return
     finally:
         # However this generator ends, the engine stops within a step.
         await deltas.aclose()
-    for event in pieces(parser.finish()):
-        yield event
+    tail = [head, *pieces(parser.finish())]
     usage = UsageInfo.of(run, parser.reasoning_tokens) if include_usage else None
     reason = _finish_reason(run, calls)
     if dialect.usage_in_own_chunk:
-        yield finish_chunk(reason)
+        tail.append(finish_chunk(reason))
         if usage is not None:
-            yield chunk(DeltaMessage(), usage=usage, choices=False)
+            tail.append(chunk(DeltaMessage(), usage=usage, choices=False))
     else:
-        yield finish_chunk(reason, usage)
-    yield SSE_DONE
+        tail.append(finish_chunk(reason, usage))
+    yield b"".join((*tail, SSE_DONE))

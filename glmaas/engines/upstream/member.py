@@ -1,7 +1,7 @@
 """One upstream server in a pool: its HTTP client, its health, and one streamed call.
 
-Each member owns one `httpx` transport (a keep-alive connection pool with a cap on
-connections) for its whole life; no client is made per request. Chat requests go to the
+Each member owns one `httpx` transport (`UpstreamConnections`: keep-alive connections with a
+cap on their number) for its whole life; no client is made per request. Chat requests go to the
 transport itself: the client's layers (auth flows, redirects, a cookie jar, event hooks) do
 nothing an upstream needs, yet cost CPU on every request, and a cookie jar would carry one
 tenant's upstream cookies into another's requests. Health checks use a client over the same
@@ -22,11 +22,14 @@ import httpx
 
 from glmaas.engines.chat import ChatCall
 from glmaas.engines.upstream.config import UpstreamConfig
+from glmaas.engines.upstream.connections import UpstreamConnections
 from glmaas.engines.upstream.wire import as_chunk, authorization, request_body
 
 # How long the end of a stream's body may take to follow its [DONE].
 DRAIN_S = 0.25
 CHAT_PATH = "/chat/completions"
+# How long an unused connection to an upstream stays open.
+KEEPALIVE_S = 30.0
 
 
 class Unavailable(Exception):
@@ -51,9 +54,8 @@ class Member:
         self._key = config.api_key(stored_keys)  # kept here only: never logged, never in an error
         self._clock = clock
         timeout = httpx.Timeout(connect=config.connect_timeout, read=None, write=30.0, pool=config.connect_timeout)
-        self.transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=config.max_connections,
-                                max_keepalive_connections=config.max_connections, keepalive_expiry=30.0))
+        self.transport: httpx.AsyncBaseTransport = UpstreamConnections(config.max_connections,
+                                                                       keepalive_expiry=KEEPALIVE_S)
         key_header = authorization(config, self._key) if config.auth == "key" else {}
         self.client = httpx.AsyncClient(base_url=config.base_url, headers=key_header, timeout=timeout,
                                         transport=self.transport)
