@@ -52,7 +52,7 @@ from glmaas.engines.constrained import GrammarMatcher
 from glmaas.engines.decode_thread import DecodeThread, deliver
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
-from glmaas.engines.thread_tuner import ThreadTuner
+from glmaas.engines.thread_tuner import ThreadTuner, free_cores
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,9 @@ class DecodeLoop(DecodeThread[Sequence]):
         cparams.n_batch = config.chunk + config.slots
         cparams.n_ubatch = cparams.n_batch
         # A fixed count, or the tuner's (it starts with one thread and moves between steps).
-        self.tuner = ThreadTuner(usable_cores()) if config.threads <= 0 else None
+        cores = usable_cores()
+        self.tuner = (ThreadTuner(cores, free_cores=lambda running: free_cores(cores, running))
+                      if config.threads <= 0 else None)
         self.threads = self.tuner.best if self.tuner is not None else config.threads
         cparams.n_threads = cparams.n_threads_batch = self.threads
         if self.shared_cache:

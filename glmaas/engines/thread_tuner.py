@@ -24,7 +24,10 @@ and moves there only when that is faster by `margin` in the same shapes. A probe
 given up at its first clearly slower step, and the next waits twice as long (up to `max_period`)
 and at least `cost_ratio` times what the lost probe took, so probing costs a few percent at most
 even where one step at the wrong count takes seconds. When the best count's own speed moves by
-`drift` (contention came or went) the next probe comes as soon as that allows.
+`drift` (contention came or went) the next probe comes as soon as that allows. A probe of more
+threads is put off while other runnable threads leave too few cores for it (`free_cores`, read
+from the kernel's count of runnable threads): here one step at two threads beside busy neighbours
+took seconds, so even one such step is worth avoiding when the answer is plain.
 
 Its clock is the decoding time it is told of, not the wall clock: idle time between requests
 does not age its figures, and tests drive it with synthetic timings.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -44,6 +48,20 @@ def thread_counts(max_threads: int) -> list[int]:
         counts.append(n)
         n *= 2
     return [*counts, max(1, max_threads)]
+
+
+def free_cores(cores: int, own_running: int) -> int:
+    """Cores that other runnable threads leave free right now: `cores` less the threads the kernel
+    counts as runnable (`procs_running` in /proc/stat), `own_running` of them ours. All of them
+    where the kernel does not say."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"procs_running"):
+                    return cores - max(0, int(line.split()[1]) - own_running)
+    except OSError:
+        pass
+    return cores
 
 
 @dataclass
@@ -86,6 +104,7 @@ class ThreadTuner:
         margin: float = 0.1,  # how much faster (per token) a count must be to replace the best
         give_up: float = 3.0,  # a probe step this much slower ends the probe at once
         drift: float = 0.3,  # the best count's speed moving this much brings the next probe forward
+        free_cores: Callable[[int], int] | None = None,  # (our threads running) -> cores free now
     ) -> None:
         self.counts = thread_counts(max_threads)
         self.best = self.counts[0]
@@ -93,6 +112,7 @@ class ThreadTuner:
         self._period, self._max_period, self._cost_ratio = period, max_period, cost_ratio
         self._probe_steps, self._margin, self._give_up = probe_steps, margin, give_up
         self._drift = drift
+        self._free_cores = free_cores
         self._clock = 0.0
         self._wait = period
         self._next_probe = period
@@ -151,11 +171,13 @@ class ThreadTuner:
     def _start_probe(self) -> None:
         i = self.counts.index(self.best)
         up, down = self.counts[i + 1 : i + 2], self.counts[max(0, i - 1) : i]
+        if up and self._free_cores is not None and self._free_cores(self.best) < up[0]:
+            up = []  # other work holds the cores more threads would need
         candidates = up + down if self._upward else down + up
-        if not candidates:  # one core: nothing to choose
-            self._next_probe = float("inf")
-            return
         self._upward = not self._upward
+        if not candidates:  # one core, or no room to grow: look again later
+            self._next_probe = self._clock + self._wait if len(self.counts) > 1 else float("inf")
+            return
         self._probe = _Probe(candidates[0], [])
 
     def _probed(self, shape: int, per_token: float) -> None:

@@ -3,9 +3,12 @@ a CPU spinner, batches of varying size, noisy steps (some preempted for a whole 
 
 from __future__ import annotations
 
+import os
 import random
 
-from glmaas.engines.thread_tuner import ThreadTuner, thread_counts
+import pytest
+
+from glmaas.engines.thread_tuner import ThreadTuner, free_cores, thread_counts
 
 
 def step_seconds(threads: int, tokens: int, contended: bool, rng: random.Random, *, speedup: float = 1.7,
@@ -27,7 +30,7 @@ def step_seconds(threads: int, tokens: int, contended: bool, rng: random.Random,
 class Run:
     """Drives a tuner through simulated decoding; records seconds spent at each count."""
 
-    def __init__(self, seed: int = 0, **tuner_options: float) -> None:
+    def __init__(self, seed: int = 0, **tuner_options: object) -> None:
         self.tuner = ThreadTuner(2, **tuner_options)
         self.rng = random.Random(seed)
         self.clock = 0.0
@@ -118,3 +121,26 @@ def test_more_cores_climb_to_the_fastest_count() -> None:
         n = tuner.choose(16)
         tuner.observe(n, 16, per_token[n] * 16)
     assert tuner.best == 4
+
+
+def test_no_probe_of_more_threads_while_other_work_holds_the_cores() -> None:
+    run = Run(free_cores=lambda running: 1)  # a neighbour runnable on the other core
+    spent = run.decode(60, contended=True)
+    assert run.tuner.best == 1 and spent[2] == 0
+
+
+def test_cores_freed_by_other_work_are_taken() -> None:
+    room = {"free": 1}
+    run = Run(free_cores=lambda running: room["free"])
+    run.decode(10, contended=True)
+    assert run.tuner.best == 1
+    room["free"] = 2  # the neighbour left
+    run.decode(10, contended=False)
+    assert run.tuner.best == 2
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the kernel's count is Linux's")
+def test_free_cores_reads_the_kernels_count_of_runnable_threads() -> None:
+    # This thread is runnable while it reads, so at most every core is free.
+    assert free_cores(64, own_running=1) <= 64
+    assert free_cores(64, own_running=0) <= 63
