@@ -26,6 +26,7 @@ import httpx
 import llama_cpp
 
 from glmaas.benchmarks.servers import glmaas_server
+from glmaas.engines.llamacpp_params import plain_cpu_buffers
 from glmaas.engines.registry import default_model_path
 
 STORY = "Write a long, detailed story about a lighthouse keeper and the sea (take {n})."
@@ -105,6 +106,7 @@ def main() -> int:
     print(f"model {model.name}; {os.cpu_count()} cores, threads {args.threads}, max_tokens "
           f"{args.max_tokens}, {args.repeats} repeats; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
+    plain_cpu_buffers()  # the model in the plain CPU layout, as glmaas's engine loads it
     llm = llama_cpp.Llama(str(model), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     with glmaas_server(model, f"threads={args.threads}") as server:
         headers = {"Authorization": f"Bearer {server.api_key}"}

@@ -44,6 +44,7 @@ from glmaas.engines.base import (
 from glmaas.engines.constrained import GrammarMatcher, Grammars
 from glmaas.engines.decode_thread import followed
 from glmaas.engines.llamacpp_batch import DecodeLoop, LoopConfig, Sequence
+from glmaas.engines.llamacpp_params import model_params
 from glmaas.engines.sampling import Sampler
 from glmaas.engines.tool_formats import TOOL_PARSERS
 
@@ -83,14 +84,8 @@ def init_backend() -> None:
 def load_model(model_id: str, path: Path) -> llama_cpp.llama_model_p:
     """The GGUF file at `path`, loaded for the CPU, or an `EngineError` that names it."""
     init_backend()
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0
-    # No extra buffer types: on a CPU with AMX, a native build repacks the weights for ggml's AMX
-    # kernels, whose matrix product crashes the process at the first decode (llama.cpp issue
-    # 20824, open without a fix). The plain CPU kernels are also the ones the batch- and
-    # thread-count invariance in docs/performance.md was measured with.
-    mparams.use_extra_bufts = False
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+    # The plain CPU layout (`llamacpp_params`): ggml's AMX layout crashes at the first decode.
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params())
     if not model:
         raise EngineError(f"model {model_id!r}: llama.cpp could not load {path.name}")
     return model

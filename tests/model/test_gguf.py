@@ -14,9 +14,12 @@ import pytest
 import torch
 from llama_cpp import Llama
 
+from glmaas.engines.llamacpp_params import plain_cpu_buffers
 from glmaas.engines.registry import default_model_path
 from glmaas.model.decoder import Decoder, DecoderConfig, left_pad
 from glmaas.model.weights import TokenizerInfo, export_gguf, llama_cpp_permute, llama_cpp_unpermute, load_gguf
+
+plain_cpu_buffers()  # llama.cpp loads these models as the engine does (llamacpp_params.py)
 
 PROMPTS = [
     "The capital of France is",
