@@ -10,11 +10,11 @@ the serving targets (docs/performance.md); writes JSON and a PNG into --out-dir.
 
 `--contend N` keeps N pure-Python CPU spinners running for the whole run (`glmaas.benchmarks.
 contention`), so both servers share the cores with a neighbour alike; `--threads 0` leaves each
-server at its own default thread count (glmaas: `threads=auto`). `--request-rate R ...` adds
-levels of Poisson arrivals at R requests/s (up to 64 in flight) and reports goodput at the SLO
-(`--slo`, by default TTFT ≤ 2 s and TPOT ≤ 150 ms). Every level's figures carry the load average taken as the level ended; each
-server's resident memory is printed after its start and after the run (`--cells 0`: glmaas with a
-KV region per slot, the engine's default).
+server at its own default thread count (glmaas: `threads=auto`). `--request-rate R ...` adds levels
+of Poisson arrivals at R requests/s (up to 64 in flight) and reports goodput at the SLO (`--slo`,
+by default TTFT ≤ 2 s and TPOT ≤ 150 ms). Every level's figures carry the load average taken as the
+level ended; each server's resident memory is printed after its start and after the run (`--cells
+0`: glmaas with a KV region per slot, the engine's default).
 
     python bench/serve_compare.py                       # threads = all cores
     python bench/serve_compare.py --threads 1 --input-words 16 --max-tokens 64 --out-dir docs/perf

@@ -254,9 +254,8 @@ class DecodeLoop(DecodeThread[Sequence]):
 
     def load(self) -> EngineLoad:
         """Slots in use, sequences waiting, KV cells holding tokens and llama.cpp's thread count
-        now. Read without the loop's
-        lock (the decode thread never waits for a scrape): lengths of lists it replaces whole or
-        appends to, each consistent on its own."""
+        now. Read without the loop's lock (the decode thread never waits for a scrape):
+        lengths of lists it replaces whole or appends to, each consistent on its own."""
         slots = self._slots
         return EngineLoad(busy=sum(1 for s in slots if s.owner is not None),
                           waiting=len(self._inbox) + len(self._waiting),

@@ -13,24 +13,25 @@ before each step and tells it after:
         seconds = time of one llama_decode of `tokens` tokens at n threads
         tuner.observe(n, tokens, seconds)
 
-It keeps, for every thread count and batch shape (the step's token count, by powers of two: a
-step of 16 tokens is compared only with steps of 16–31), the seconds per token of the last few
-steps; their median is the estimate (one step preempted for a whole time slice does not move it,
-three slow steps in a row do). The counts it chooses from are 1, 2, 4, ... and `max_threads`. It starts with one thread
-(a first step with too many threads beside a busy neighbour can take seconds) and runs the best
-count it knows; every `period` seconds of decoding it probes a neighbouring count for a few steps
-of shapes it has fresh figures for at the best count (other steps keep the best count meanwhile)
-and moves there only when that is faster by `margin` in the same shapes. A probe that loses is
-given up at its first clearly slower step, and the next waits twice as long (up to `max_period`)
-and at least `cost_ratio` times what the lost probe took, so probing costs a few percent at most
-even where one step at the wrong count takes seconds. When the best count's own speed moves by
-`drift` (contention came or went) the next probe comes as soon as that allows. A probe of more
-threads is put off while other runnable threads leave too few cores for it (`free_cores`, read
-from the kernel's count of runnable threads): here one step at two threads beside busy neighbours
-took seconds, so even one such step is worth avoiding when the answer is plain.
+It keeps, for every thread count and batch shape (the step's token count, by powers of two: a step
+of 16 tokens is compared only with steps of 16–31), the seconds per token of the last few steps;
+their median is the estimate (one step preempted for a whole time slice does not move it, three
+slow steps in a row do). The counts it chooses from are 1, 2, 4, ... and `max_threads`. It starts
+with one thread (a first step with too many threads beside a busy neighbour can take seconds) and
+runs the best count it knows; every `period` seconds of decoding it probes a neighbouring count for
+a few steps of shapes it has fresh figures for at the best count (other steps keep the best count
+meanwhile) and moves there only when that is faster by `margin` in the same shapes. A probe that
+loses is given up at its first clearly slower step, and the next waits twice as long (up to
+`max_period`) and at least `cost_ratio` times what the lost probe took, so probing costs a few
+percent at most even where one step at the wrong count takes seconds. When the best count's own
+speed moves by `drift` (contention came or went) the next probe comes as soon as that allows. A
+probe of more threads is put off while other runnable threads leave too few cores for it
+(`free_cores`, read from the kernel's count of runnable threads): here one step at two threads
+beside busy neighbours took seconds, so even one such step is worth avoiding when the answer is
+plain.
 
-Its clock is the decoding time it is told of, not the wall clock: idle time between requests
-does not age its figures, and tests drive it with synthetic timings.
+Its clock is the decoding time it is told of, not the wall clock: idle time between requests does
+not age its figures, and tests drive it with synthetic timings.
 """
 
 from __future__ import annotations
