@@ -10,11 +10,11 @@ the serving targets (docs/performance.md); writes JSON and a PNG into --out-dir.
 
 `--contend N` keeps N pure-Python CPU spinners running for the whole run (`glmaas.benchmarks.
 contention`), so both servers share the cores with a neighbour alike; `--threads 0` leaves each
-server at its own default thread count. `--request-rate R ...` adds levels of Poisson arrivals at
-R requests/s (up to 64 in flight) and reports goodput at the SLO (`--slo`, by default TTFT ≤ 2 s
-and TPOT ≤ 150 ms). Every level's figures carry the load average taken as the level ended; each
-server's resident memory is printed after its start and after the run (`--cells 0`: glmaas with a
-KV region per slot, as before the shared cache).
+server at its own default thread count (glmaas: `threads=auto`). `--request-rate R ...` adds levels
+of Poisson arrivals at R requests/s (up to 64 in flight) and reports goodput at the SLO (`--slo`,
+by default TTFT ≤ 2 s and TPOT ≤ 150 ms). Every level's figures carry the load average taken as the
+level ended; each server's resident memory is printed after its start and after the run (`--cells
+0`: glmaas with a KV region per slot, the engine's default).
 
     python bench/serve_compare.py                       # threads = all cores
     python bench/serve_compare.py --threads 1 --input-words 16 --max-tokens 64 --out-dir docs/perf
@@ -51,7 +51,7 @@ from glmaas.benchmarks.serve import (
     with_settings,
 )
 from glmaas.benchmarks.servers import glmaas_server, llama_cpp_server
-from glmaas.engines.llamacpp import init_backend
+from glmaas.engines.llamacpp import load_model
 from glmaas.engines.registry import default_model_path
 
 # Poisson levels: arrivals are not held back by a concurrency cap below what the servers queue.
@@ -100,9 +100,7 @@ def rss_mb(pid: int) -> float:
 def batched_decode_ceiling(model_path: Path, threads: int, n_seq: int, prompt_words: int, steps: int) -> dict:
     """Decode tokens/s of `n_seq` sequences stepped together by llama.cpp in process: prefill
     all prompts, then `steps` batches of one token per sequence, argmax sampling."""
-    init_backend()
-    mparams = llama_cpp.llama_model_default_params()
-    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
+    model = load_model("ceiling", model_path)
     vocab = llama_cpp.llama_model_get_vocab(model)
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     cparams = llama_cpp.llama_context_default_params()

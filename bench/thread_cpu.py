@@ -1,12 +1,13 @@
 """Where a contended glmaas server's time goes, thread by thread.
 
-For each `--threads` value (alternating as given), starts `glmaas serve` on the default model
-with that many llama.cpp threads beside `--contend` CPU spinners, sends 8 streaming requests at
-concurrency 8, and prints the output tokens/s and, per thread of the server, its share of a core
-(utime + stime) and its voluntary (it blocked) and involuntary (it was preempted) context
-switches per second, from /proc/PID/task.
+For each `threads` value (alternating as given: a count, or `auto` for the engine's default),
+starts `glmaas serve` on the default model with those llama.cpp threads beside `--contend` CPU
+spinners, sends `--requests` streaming requests (default 8) of `--max-tokens` output tokens
+(default 32) at concurrency 8, and prints the output tokens/s and, per thread of the server, its
+share of a core (utime + stime) and its voluntary (it blocked) and involuntary (it was preempted)
+context switches per second, from /proc/PID/task.
 
-    python bench/thread_cpu.py 2 1 2 1 [--contend 1]
+    python bench/thread_cpu.py 2 1 auto 2 1 auto [--contend 1] [--requests 32 --max-tokens 64]
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ def threads_of(pid: int) -> dict[str, tuple[int, int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("threads", type=int, nargs="+", help="llama.cpp threads, one run each")
+    parser.add_argument("threads", nargs="+", help="llama.cpp threads (N or auto), one run each")
     parser.add_argument("--contend", type=int, default=1, help="CPU spinners beside the server")
+    parser.add_argument("--requests", type=int, default=8, help="requests per run, 8 at a time")
+    parser.add_argument("--max-tokens", type=int, default=32, help="output tokens of each request")
     args = parser.parse_args()
     for threads in args.threads:
         with spinners(args.contend), glmaas_server(default_model_path(), f"threads={threads}") as server:
             config = BenchConfig(base_url=server.base_url, model=server.model, api_key=server.api_key,
-                                 concurrency=8, num_prompts=8, max_tokens=32, input_words=16)
+                                 concurrency=8, num_prompts=args.requests, max_tokens=args.max_tokens,
+                                 input_words=16)
             before = threads_of(server.pid)
             results, seconds = asyncio.run(run_requests(config))
             after = threads_of(server.pid)

@@ -14,7 +14,7 @@ import time
 
 import llama_cpp
 
-from glmaas.engines.llamacpp import init_backend
+from glmaas.engines.llamacpp import load_model
 from glmaas.engines.registry import default_model_path
 
 SIZES = (1, 2, 4, 8, 16)
@@ -25,8 +25,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
-    init_backend()
-    model = llama_cpp.llama_model_load_from_file(str(default_model_path()).encode(), llama_cpp.llama_model_default_params())
+    model = load_model("smollm2", default_model_path())
     cparams = llama_cpp.llama_context_default_params()
     cparams.n_ctx, cparams.n_seq_max = 1024 * max(SIZES), max(SIZES)
     cparams.n_batch = cparams.n_ubatch = 272

@@ -14,7 +14,7 @@ import llama_cpp
 import numpy as np
 
 from glmaas.engines.base import SamplingParams
-from glmaas.engines.llamacpp import init_backend
+from glmaas.engines.llamacpp import load_model
 from glmaas.engines.registry import default_model_path
 from glmaas.engines.sampling import Sampler
 
@@ -39,8 +39,7 @@ def _per_call_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def main(n: int = 300) -> None:
-    init_backend()
-    model = llama_cpp.llama_model_load_from_file(str(default_model_path()).encode(), llama_cpp.llama_model_default_params())
+    model = load_model("smollm2", default_model_path())
     vocab = llama_cpp.llama_model_get_vocab(model)
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     cparams = llama_cpp.llama_context_default_params()

@@ -57,7 +57,8 @@ def llama_cpp_server(model_path: Path, threads: int | None, n_ctx: int = 2048,
                      log_path: str | None = None) -> Iterator[Server]:
     """llama-cpp-python's own OpenAI server, set up at its best for streaming benchmarks: a new
     request does not interrupt the one running (`--interrupt_requests False`), the thread count
-    that suits the machine (None: its own default), and the chat template from the GGUF."""
+    that suits the machine (None: its own default), and the chat template from the GGUF; weights
+    loaded as glmaas's engine loads them (`glmaas.benchmarks.llama_cpp_server`)."""
     port = free_port()
     argv = [sys.executable, "-m", "glmaas.benchmarks.llama_cpp_server", "--model", str(model_path),
             "--model_alias", DEFAULT_MODEL_ID, "--host", LOCALHOST, "--port", str(port),

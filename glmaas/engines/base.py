@@ -131,13 +131,15 @@ class ModelInfo:
 class EngineLoad:
     """What an engine is doing now, for the server's metrics: read at scrape time from the
     engine's own bookkeeping (never counted on the decode path), so a snapshot, not a lock-step
-    view. `slots`, `kv_cells` and `kv_cells_used` are None for an engine that has no such thing."""
+    view. `slots`, `kv_cells`, `kv_cells_used` and `threads` are None for an engine that has no such
+    thing."""
 
     busy: int  # requests generating now
     waiting: int  # requests admitted by the engine and waiting for a slot
     slots: int | None = None  # requests it can generate at once
     kv_cells: int | None = None  # KV cache cells, all slots together
     kv_cells_used: int | None = None  # of those, holding a token (a freed slot keeps its prefix)
+    threads: int | None = None  # CPU threads it computes with now (llama.cpp: may change per step)
 
 
 class EngineError(Exception):

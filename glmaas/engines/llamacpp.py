@@ -6,8 +6,10 @@ waiting prompt into a single `llama_batch` (one sequence id per request slot), s
 sequence's next token and hands the deltas to the request's event loop. This module is the
 `Engine` face of it: loading, GGUF metadata, tokenizer, and the asyncio side of each request.
 
-Spec options (`--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,cells=0,chunk=256`):
-  threads  CPU threads for llama.cpp (default: all cores)
+Spec options (`--model ID=llamacpp:PATH,threads=auto,slots=16,ctx=2048,cells=0,chunk=256`):
+  threads  CPU threads for llama.cpp: `auto` (the default) moves between steps, from 1 up to every
+           core the process may use, to the count that makes the most tokens per second now
+           (fewer when other work holds cores: `thread_tuner.py`); N: always N
   slots    sequences decoded together (default 16)
   ctx      context window of one sequence, in tokens (default: min(2048, trained context))
   cells    0 (the default): a region of ctx cells per slot (slots x ctx in memory; a sequence's
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from glmaas.engines.base import (
 from glmaas.engines.constrained import GrammarMatcher, Grammars
 from glmaas.engines.decode_thread import followed
 from glmaas.engines.llamacpp_batch import DecodeLoop, LoopConfig, Sequence
+from glmaas.engines.llamacpp_params import model_params
 from glmaas.engines.sampling import Sampler
 from glmaas.engines.tool_formats import TOOL_PARSERS
 
@@ -82,9 +84,8 @@ def init_backend() -> None:
 def load_model(model_id: str, path: Path) -> llama_cpp.llama_model_p:
     """The GGUF file at `path`, loaded for the CPU, or an `EngineError` that names it."""
     init_backend()
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+    # The plain CPU layout (`llamacpp_params`): ggml's AMX layout crashes at the first decode.
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params())
     if not model:
         raise EngineError(f"model {model_id!r}: llama.cpp could not load {path.name}")
     return model
@@ -123,7 +124,7 @@ class LlamaCppEngine:
         model_id: str,
         path: Path,
         *,
-        threads: int | None = None,
+        threads: int | None = None,  # None: chosen step by step (`threads=auto`)
         slots: int = DEFAULT_SLOTS,
         slot_context: int | None = None,
         cells: int = DEFAULT_CELLS,
@@ -140,7 +141,7 @@ class LlamaCppEngine:
             slots=max(1, slots),
             slot_context=slot_context,
             chunk=max(1, chunk),
-            threads=threads or os.cpu_count() or 1,
+            threads=max(0, threads or 0),
             cells=max(cells, slot_context) if cells > 0 else 0,
         )
         self._loop = DecodeLoop(model, self._vocab, config)
@@ -162,25 +163,30 @@ class LlamaCppEngine:
 
     @classmethod
     def from_spec(cls, model_id: str, path: Path, options: dict[str, str]) -> LlamaCppEngine:
-        """Build from the options of `--model ID=llamacpp:PATH,threads=2,slots=16,ctx=2048,cells=8192`
+        """Build from the options of `--model ID=llamacpp:PATH,threads=auto,slots=16,ctx=2048,cells=0`
         (and `tool_parser=NAME` where the chat template does not tell the tool-call format)."""
         options = dict(options)
         tool_parser = options.pop("tool_parser", None)
+        threads = options.pop("threads", "auto")
         if tool_parser is not None and tool_parser not in TOOL_PARSERS:
             raise EngineError(f"model {model_id!r}: unknown tool_parser {tool_parser!r}; "
                               f"known: {', '.join(TOOL_PARSERS)}")
-        known = {"threads", "slots", "ctx", "cells", "chunk"}
+        known = {"slots", "ctx", "cells", "chunk"}
         unknown = set(options) - known
         if unknown:
             raise EngineError(f"model {model_id!r}: unknown llamacpp options {sorted(unknown)}")
         try:
             ints = {k: int(v) for k, v in options.items()}
+            fixed_threads = None if threads == "auto" else int(threads)
         except ValueError as e:
-            raise EngineError(f"model {model_id!r}: llamacpp options are integers ({e})") from None
+            raise EngineError(f"model {model_id!r}: llamacpp options are integers, threads=auto or "
+                              f"a number ({e})") from None
+        if fixed_threads is not None and fixed_threads < 1:
+            raise EngineError(f"model {model_id!r}: threads={threads}: at least 1, or auto")
         return cls(
             model_id,
             path,
-            threads=ints.get("threads"),
+            threads=fixed_threads,
             slots=ints.get("slots", DEFAULT_SLOTS),
             slot_context=ints.get("ctx"),
             cells=ints.get("cells", DEFAULT_CELLS),
@@ -221,7 +227,7 @@ class LlamaCppEngine:
         return self._loop.active_sequences()
 
     def load(self) -> EngineLoad:
-        """Slots busy, requests waiting, KV cells used (`DecodeLoop.load`)."""
+        """Slots busy, requests waiting, KV cells used, threads now (`DecodeLoop.load`)."""
         return self._loop.load()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:

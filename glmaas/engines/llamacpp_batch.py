@@ -10,22 +10,28 @@ logits row; the step's masks are computed on a helper thread while `llama_decode
 sequence whose sampling fails (its grammar rejects a token) fails alone.
 
 Every slot is a llama.cpp sequence id and remembers the tokens whose keys and values it holds.
-By default the slots share one KV cache of `cells` cells (`kv_unified=true`), sized by need rather
-than as slots × context: a sequence may grow to `slot_context` tokens, and is admitted only while
-the cells it may come to hold (prompt + max_new) fit beside those of the running sequences and
-the prefixes idle slots keep (which give way, least recently used first, when a sequence needs
-the room). Flash attention skips the cells a sequence's mask hides, so attention costs about a
-sequence's own length, not the whole cache's; but how far the cache is filled changes the order
-of attention's sums, so a greedy sequence decoded beside others may differ from the same
-sequence alone. `cells=0` gives every slot its own region of `slot_context` cells instead
+By default (`cells=0`) every slot has a KV region of its own of `slot_context` cells
 (`kv_unified=false`): slots × context in memory, and a sequence's output independent of its
-neighbours (measured, docs/performance.md).
+neighbours (measured, docs/performance.md). With `cells=N` the slots share one KV cache of N cells
+instead (`kv_unified=true`), sized by need rather than as slots × context: a sequence may grow to
+`slot_context` tokens, and is admitted only while the cells it may come to hold (prompt +
+max_new) fit beside those of the running sequences and the prefixes idle slots keep (which give
+way, least recently used first, when a sequence needs the room). Flash attention skips the cells a
+sequence's mask hides, so attention costs about a sequence's own length, not the whole cache's;
+but how far the cache is filled changes the order of attention's sums, so a greedy sequence
+decoded beside others may differ from the same sequence alone.
 A new request takes the free slot whose tokens share the longest prefix with its prompt and keeps
 that prefix (reported as cached prompt tokens); the rest is removed with `llama_memory_seq_rm`.
 When a busy slot holds a longer prefix (a system prompt that every request shares, say), it is
 copied into a free slot with `llama_memory_seq_cp` instead of being computed again.
 Requests join at any step (when a slot and room are free) and leave at any step: finished,
 stopped or cancelled sequences give back their slot before the next batch is built.
+
+llama.cpp's thread count is fixed (`threads=N`) or, by default, set before each step to what a
+`ThreadTuner` (`thread_tuner.py`) chooses, told after each `llama_decode` how long it took: more
+threads on quiet cores, fewer when other work holds them. Changing it between steps changes no
+output: every thread count gives the same logits, bit for bit (measured and tested,
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -44,6 +52,7 @@ from glmaas.engines.constrained import GrammarMatcher
 from glmaas.engines.decode_thread import DecodeThread, deliver
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
+from glmaas.engines.thread_tuner import ThreadTuner, free_cores
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,7 @@ class LoopConfig:
     slots: int
     slot_context: int  # the most tokens (prompt + output) of one sequence
     chunk: int
-    threads: int
+    threads: int  # llama.cpp threads; 0: chosen step by step by a `ThreadTuner` (up to every core)
     cells: int  # KV cache cells shared by all slots (at least slot_context); 0: a region per slot
 
 
@@ -171,6 +180,14 @@ class _Batch:
         llama_cpp.llama_batch_free(self.raw)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _prepare_all(grammars: list[GrammarMatcher]) -> None:
     for grammar in grammars:
         grammar.prepare()
@@ -187,8 +204,12 @@ class DecodeLoop(DecodeThread[Sequence]):
         cparams.n_seq_max = config.slots
         cparams.n_batch = config.chunk + config.slots
         cparams.n_ubatch = cparams.n_batch
-        cparams.n_threads = config.threads
-        cparams.n_threads_batch = config.threads
+        # A fixed count, or the tuner's (it starts with one thread and moves between steps).
+        cores = usable_cores()
+        self.tuner = (ThreadTuner(cores, free_cores=lambda running: free_cores(cores, running))
+                      if config.threads <= 0 else None)
+        self.threads = self.tuner.best if self.tuner is not None else config.threads
+        cparams.n_threads = cparams.n_threads_batch = self.threads
         if self.shared_cache:
             # One cache for all slots, sized by need (see the module docstring); flash attention
             # skips the cells of other sequences, which a plain attention would multiply through.
@@ -232,14 +253,14 @@ class DecodeLoop(DecodeThread[Sequence]):
         return piece
 
     def load(self) -> EngineLoad:
-        """Slots in use, sequences waiting and KV cells holding tokens. Read without the loop's
-        lock (the decode thread never waits for a scrape): lengths of lists it replaces whole or
-        appends to, each consistent on its own."""
+        """Slots in use, sequences waiting, KV cells holding tokens and llama.cpp's thread count
+        now. Read without the loop's lock (the decode thread never waits for a scrape):
+        lengths of lists it replaces whole or appends to, each consistent on its own."""
         slots = self._slots
         return EngineLoad(busy=sum(1 for s in slots if s.owner is not None),
                           waiting=len(self._inbox) + len(self._waiting),
                           slots=len(slots), kv_cells=len(slots) * self.slot_context,
-                          kv_cells_used=sum(len(s.tokens) for s in slots))
+                          kv_cells_used=sum(len(s.tokens) for s in slots), threads=self.threads)
 
     def close(self) -> None:
         self._stop_thread()
@@ -283,7 +304,15 @@ class DecodeLoop(DecodeThread[Sequence]):
             return
         grammars = [s.sampler.grammar for s in outputs if s.sampler.grammar is not None]
         masks = self._masks.submit(_prepare_all, grammars) if grammars else None
+        tuner = self.tuner
+        if tuner is not None and (threads := tuner.choose(batch.n)) != self.threads:
+            # Takes effect at this decode; outputs do not depend on it (docs/performance.md).
+            self.threads = threads
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+        start = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx, batch.raw)
+        if tuner is not None:
+            tuner.observe(self.threads, batch.n, time.perf_counter() - start)
         if masks is not None:
             masks.result()  # before any sampler reads a mask (or a failed decode frees them)
         if rc != 0:

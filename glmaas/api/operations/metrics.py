@@ -169,6 +169,8 @@ def _engine_gauges(state: AppState) -> Iterator[Metric]:
     slots = GaugeMetricFamily("glmaas_engine_slots", "Requests an engine can generate at once", labels=["model"])
     kv_used = GaugeMetricFamily("glmaas_engine_kv_cells_used", "KV cache cells holding a token", labels=["model"])
     kv_total = GaugeMetricFamily("glmaas_engine_kv_cells", "KV cache cells, all slots together", labels=["model"])
+    threads = GaugeMetricFamily("glmaas_engine_threads", "CPU threads an engine computes with now (llama.cpp's "
+                                "`threads=auto` moves it with contention)", labels=["model"])
     up = GaugeMetricFamily("glmaas_upstream_healthy", "1 while an upstream member is in use (its circuit "
                            "closed), 0 while it is ejected or on probation", labels=["model", "upstream"])
     outstanding = GaugeMetricFamily("glmaas_upstream_outstanding_requests", "Requests in flight to an upstream "
@@ -189,8 +191,10 @@ def _engine_gauges(state: AppState) -> Iterator[Metric]:
             if now.kv_cells is not None and now.kv_cells_used is not None:
                 kv_total.add_metric([model], now.kv_cells)
                 kv_used.add_metric([model], now.kv_cells_used)
+            if now.threads is not None:
+                threads.add_metric([model], now.threads)
         for member in getattr(engine, "members", ()):
             name = member.config.describe()
             up.add_metric([model, name], 1 if member.state == "closed" else 0)
             outstanding.add_metric([model, name], member.outstanding)
-    yield from (busy, waiting, slots, kv_used, kv_total, up, outstanding)
+    yield from (busy, waiting, slots, kv_used, kv_total, threads, up, outstanding)
