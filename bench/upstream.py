@@ -228,10 +228,11 @@ def _schedstat(pid: int, field: int) -> int:
 
 
 def python_pid(pid: int) -> int:
-    """The server's Python process: `pid` itself, or the child a `taskset` prefix left behind it."""
+    """The server's Python process: `pid` itself (python, or a console script such as `glmaas`
+    or `litellm`), or the child a `taskset` prefix left behind it."""
     comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    return pid if comm.startswith("python") or comm == "glmaas" else int(
-        Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return pid if comm.startswith("python") or not children else int(children[0])
 
 
 def cpu_part(args: argparse.Namespace, work: Path) -> list[str]:
