@@ -226,12 +226,12 @@ def main() -> int:
         decoded = sum(r["decode_tokens"] for r in ceiling_runs)
         ceiling = {
             "sequences": 8,
-            "threads": args.threads,
+            "threads": args.threads or os.cpu_count() or 1,
             "rounds": len(ceiling_runs),
             "decode_tok_s": decoded / sum(r["decode_s"] for r in ceiling_runs),
             "with_prefill_tok_s": decoded / sum(r["total_s"] for r in ceiling_runs),
         }
-        print(f"== llama.cpp in-process batched decode, 8 sequences, {args.threads} threads: "
+        print(f"== llama.cpp in-process batched decode, 8 sequences, {ceiling['threads']} threads: "
               f"{ceiling['decode_tok_s']:.1f} tok/s decoding ({ceiling['with_prefill_tok_s']:.1f} with prefill)")
     load_after = os.getloadavg()
     print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")

@@ -24,8 +24,12 @@ The issue's targets: glmaas adds at most 1 ms p50 TTFT and keeps at least 0.98x 
 decode tokens/s; at least 5x LiteLLM's requests/s per core on the no-op upstream.
 
     python bench/upstream.py [--parts stream,noop,cpu] [--systems glmaas,litellm] [--requests 20]
-                             [--max-tokens 64] [--rounds 3] [--duration 5] [--concurrency 1,8]
-                             [--cpu-requests 300]
+                             [--max-tokens 64] [--threads 1] [--pin] [--rounds 3] [--duration 5]
+                             [--concurrency 1,8] [--cpu-requests 300]
+
+`--pin` puts llama_cpp.server and the client on the core the gateways do not use in the stream
+part too (the noop part always separates them so), so that a front never waits for its core
+behind the upstream's decoding.
 
 LiteLLM is installed on first use into bench/.venv-litellm (bench/gateway.py's). Needs wrk and
 taskset for the noop part.
@@ -130,6 +134,11 @@ def stream_part(args: argparse.Namespace, work: Path) -> list[str]:
     lines = []
     with ExitStack() as stack:
         llama = stack.enter_context(llama_cpp_server(default_model_path(), threads=args.threads))
+        if args.pin:
+            # As in the noop part: the gateways alone on their core, the upstream and the client
+            # on the other, so that a front never waits behind the upstream's decoding.
+            pin(llama.pid, int(gw.LOAD_CORE))
+            os.sched_setaffinity(0, {int(gw.LOAD_CORE)})
         targets = [gw.Target("direct", f"{llama.base_url}/chat/completions", None, llama.pid)]
         if "glmaas" in args.systems:
             targets.append(start_front(stack, work, llama.base_url, model, model))
@@ -159,7 +168,8 @@ def stream_part(args: argparse.Namespace, work: Path) -> list[str]:
     base_ttft = statistics.median(ttft["direct"])
     base_rate = statistics.median(rate["direct"]) if rate["direct"] else float("nan")
     lines.append(f"stream: llama_cpp.server ({model}, {args.threads} threads), {args.requests} requests per "
-                 f"system, max_tokens {args.max_tokens}, temperature 0, load average {os.getloadavg()[0]:.2f}")
+                 f"system, max_tokens {args.max_tokens}, temperature 0, load average {os.getloadavg()[0]:.2f}"
+                 + (f"; llama_cpp.server and the client on core {gw.LOAD_CORE}" if args.pin else ""))
     lines.append("| system | p50 TTFT ms | added p50 ms | decode tok/s (p50) | of direct | front waited for a core "
                  "before the first token, ms (p50) |")
     lines.append("|---|---|---|---|---|---|")
@@ -227,11 +237,18 @@ def _schedstat(pid: int, field: int) -> int:
     return total
 
 
+def pin(pid: int, core: int) -> None:
+    """Every thread of process `pid` on `core`."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {core})
+
+
 def python_pid(pid: int) -> int:
-    """The server's Python process: `pid` itself, or the child a `taskset` prefix left behind it."""
+    """The server's Python process: `pid` itself (python, or a console script such as `glmaas`
+    or `litellm`), or the child a `taskset` prefix left behind it."""
     comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    return pid if comm.startswith("python") or comm == "glmaas" else int(
-        Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return pid if comm.startswith("python") or not children else int(children[0])
 
 
 def cpu_part(args: argparse.Namespace, work: Path) -> list[str]:
@@ -283,6 +300,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="stream: requests per system")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="stream: llama_cpp.server threads")
+    parser.add_argument("--pin", action="store_true",
+                        help="stream: llama_cpp.server and the client on the core the gateways do not use")
     parser.add_argument("--rounds", type=int, default=3, help="noop: rounds (median)")
     parser.add_argument("--duration", type=int, default=5, help="noop: seconds of load per system and round")
     parser.add_argument("--warmup", type=int, default=1)

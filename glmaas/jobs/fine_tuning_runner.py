@@ -29,7 +29,7 @@ from glmaas.platform import files
 from glmaas.store.blobs import BlobStore
 from glmaas.store.db import Database
 from glmaas.store.tables import FineTuningJob
-from glmaas.training.finetune import FineTuneConfig
+from glmaas.training.finetune_config import FineTuneConfig
 
 log = logging.getLogger("glmaas.fine_tuning")
 

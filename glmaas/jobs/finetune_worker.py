@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from glmaas.training.chat_data import ChatFormat, read_examples
-from glmaas.training.finetune import FineTuneConfig, fine_tune
+from glmaas.training.finetune_config import FineTuneConfig
 
 JOB_FILE = "job.json"
 TRAINING_FILE = "training.jsonl"
@@ -67,6 +67,8 @@ def _exit_with_parent() -> None:
 
 def run(job_dir: Path) -> Path:
     """Train the job of `job_dir` (resuming from its last checkpoint) and return its GGUF."""
+    from glmaas.training.finetune import fine_tune  # PyTorch: only this process needs it
+
     cfg = FineTuneConfig(**json.loads((job_dir / JOB_FILE).read_text()))
     fmt = gguf_chat_format(cfg.base)
     train = read_examples((job_dir / TRAINING_FILE).read_bytes(), fmt, cfg.max_len)

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -37,40 +36,12 @@ from glmaas.model.decoder import Decoder
 from glmaas.model.lora import apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
 from glmaas.model.weights import TokenizerInfo, export_gguf, load_gguf
 from glmaas.training.chat_data import Example
+from glmaas.training.finetune_config import FineTuneConfig, default_threads
 from glmaas.training.train import _barrier, _setup_distributed, get_lr
 
 CHECKPOINTS = "checkpoints"
 RESULT = "model.gguf"
-# The learning rates a multiplier of 1 stands for.
-LORA_LR = 2e-4
-FULL_LR = 2e-5
-
 Report = Callable[[dict], None]
-
-
-@dataclass
-class FineTuneConfig:
-    base: str  # the base model's GGUF file
-    out_dir: str  # checkpoints and the result
-    n_epochs: int = 3
-    batch_size: int = 4
-    learning_rate_multiplier: float = 1.0
-    lora: bool = True  # False: train every weight
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    max_len: int = 512  # tokens of one example; longer conversations are cut
-    seed: int = 0
-    threads: int | None = None  # None: default_threads()
-    device: str = "auto"
-
-    @property
-    def learning_rate(self) -> float:
-        return (LORA_LR if self.lora else FULL_LR) * self.learning_rate_multiplier
-
-
-def default_threads() -> int:
-    """Every core but one: the server that started the job keeps a core for its requests."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
