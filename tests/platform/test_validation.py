@@ -211,9 +211,10 @@ def test_a_bad_key_is_named_by_position_not_quoted() -> None:
     assert info.value.field == "tools.0.<key>"
 
 
-@given(JSON_VALUES)
-def test_load_json_reads_back_what_valid_json_holds(value: Any) -> None:
-    raw = json.dumps(value).encode("utf-8", "surrogatepass")
+@given(JSON_VALUES, st.booleans())
+def test_load_json_reads_back_what_valid_json_holds(value: Any, ascii_only: bool) -> None:
+    # Not ASCII-only: a surrogate comes as its own bytes rather than as a `\u` escape.
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     try:
         check_strings(value)
     except InvalidField:
@@ -222,6 +223,17 @@ def test_load_json_reads_back_what_valid_json_holds(value: Any) -> None:
         return
     if depth_of(value) <= 64 and digits_of(value) <= 100:
         assert load_json(raw) == value
+
+
+@pytest.mark.parametrize("raw", [b'{"content": "a\xed\xa0\x80b"}', b'{"a\xed\xbf\xbf": 1}', b'["\\ud800"]'])
+def test_load_json_refuses_a_surrogate_as_bytes_or_escaped(raw: bytes) -> None:
+    with pytest.raises(InvalidField):
+        load_json(raw)
+
+
+def test_load_json_passes_text_whose_bytes_start_with_0xed() -> None:
+    # U+D55C (Hangul) is 0xED 0x95 0x9C in UTF-8: the same lead byte as a surrogate's.
+    assert load_json('{"content": "\ud55c"}'.encode()) == {"content": "\ud55c"}
 
 
 @pytest.mark.parametrize("raw", [b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1e400", b"[-1e309]"])

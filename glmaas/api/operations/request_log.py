@@ -66,7 +66,10 @@ def write_line(record: RequestRecord, endpoint: str, dialect: str) -> None:
     if log.isEnabledFor(logging.INFO):
         fields = request_fields(record, endpoint, dialect)
         text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and not k.endswith("_body"))
-        log.info("%s", text, extra={"fields": fields})
+        # `log.info` would first walk the stack for the caller's file, line and function, which
+        # no formatter here prints; on the request path that walk was about a tenth of the line's cost.
+        # `handle` still applies the logger's filters and handlers, as `info` does.
+        log.handle(log.makeRecord(log.name, logging.INFO, "", 0, "%s", (text,), None, extra={"fields": fields}))
 
 
 class JsonLines(logging.Formatter):
