@@ -141,7 +141,7 @@ class LlamaCppEngine:
             slots=max(1, slots),
             slot_context=slot_context,
             chunk=max(1, chunk),
-            threads=max(0, threads or 0),
+            threads=threads or 0,
             cells=max(cells, slot_context) if cells > 0 else 0,
         )
         self._loop = DecodeLoop(model, self._vocab, config)

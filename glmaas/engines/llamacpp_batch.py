@@ -30,8 +30,8 @@ stopped or cancelled sequences give back their slot before the next batch is bui
 llama.cpp's thread count is fixed (`threads=N`) or, by default, set before each step to what a
 `ThreadTuner` (`thread_tuner.py`) chooses, told after each `llama_decode` how long it took: more
 threads on quiet cores, fewer when other work holds them. Changing it between steps changes no
-output: every thread count gives the same logits, bit for bit (measured and tested,
-docs/performance.md).
+output: greedy and seeded outputs are the same at every thread count
+(tests/engines/test_llamacpp_threads.py, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from glmaas.engines.constrained import GrammarMatcher
 from glmaas.engines.decode_thread import DecodeThread, deliver
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
-from glmaas.engines.thread_tuner import ThreadTuner, free_cores
+from glmaas.engines.thread_tuner import ThreadTuner, free_cores, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +177,6 @@ class _Batch:
 
     def free(self) -> None:
         llama_cpp.llama_batch_free(self.raw)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, else every core)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _prepare_all(grammars: list[GrammarMatcher]) -> None:

@@ -36,6 +36,7 @@ not age its figures, and tests drive it with synthetic timings.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections import deque
 from collections.abc import Callable
@@ -49,6 +50,14 @@ def thread_counts(max_threads: int) -> list[int]:
         counts.append(n)
         n *= 2
     return [*counts, max(1, max_threads)]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def free_cores(cores: int, own_running: int) -> int:

@@ -111,7 +111,8 @@ def load_json(raw: bytes, field: str = "body") -> object:
     that is not JSON at all."""
     check_json_shape(raw, field=field)
     # As `json.loads(raw, ...)` decodes bytes, with a decoder built once (`json.loads` with hooks
-    # builds one per call).
+    # builds one per call). `check_json_shape` has refused any encoding but UTF-8 (with or
+    # without a BOM), so the surrogate bytes to look for below are UTF-8's.
     value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     # A decoded string holds a surrogate only from a `\u` escape or from a surrogate's own bytes
     # (0xED, then 0xA0-0xBF, kept by "surrogatepass"): a body with neither needs no walk.

@@ -53,10 +53,13 @@ async def serving(server: CountingServer) -> AsyncIterator[str]:
         listener.close()
 
 
-async def _post(pool: UpstreamConnections, url: str) -> bytes:
+def _request(url: str, pool_timeout: float = 2.0) -> httpx.Request:
     # A slot never given back fails the next request that needs it, instead of hanging the test.
-    request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"pool": 2.0}})
-    response = await pool.handle_async_request(request)
+    return httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"pool": pool_timeout}})
+
+
+async def _post(pool: UpstreamConnections, url: str) -> bytes:
+    response = await pool.handle_async_request(_request(url))
     try:
         return await response.aread()
     finally:
@@ -97,9 +100,8 @@ def test_a_request_waiting_past_the_pool_timeout_fails() -> None:
             pool = UpstreamConnections(max_connections=1, keepalive_expiry=30)
             busy = asyncio.create_task(_post(pool, url))
             await asyncio.sleep(0.05)
-            request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"pool": 0.1}})
             with pytest.raises(httpx.PoolTimeout):
-                await pool.handle_async_request(request)
+                await pool.handle_async_request(_request(url, pool_timeout=0.1))
             assert await busy == b"ok"
             await pool.aclose()
 
@@ -111,7 +113,7 @@ def test_a_body_closed_unread_gives_up_its_connection() -> None:
         server = CountingServer()
         async with serving(server) as url:
             pool = UpstreamConnections(max_connections=1, keepalive_expiry=30)
-            response = await pool.handle_async_request(httpx.Request("POST", url, content=b"{}"))
+            response = await pool.handle_async_request(_request(url))
             await response.aclose()  # the body was never read: the connection cannot be reused
             assert pool.idle == 0
             assert await _post(pool, url) == b"ok"  # and its slot is free again
@@ -145,8 +147,8 @@ def test_a_request_cancelled_while_it_waits_for_its_reply_gives_its_slot_back() 
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
-            request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"pool": 0.1}})
-            response = await pool.handle_async_request(request)  # not a PoolTimeout: the slot is free
+            # not a PoolTimeout: the slot is free
+            response = await pool.handle_async_request(_request(url, pool_timeout=0.1))
             assert await response.aread() == b"ok"
             await pool.aclose()
 
