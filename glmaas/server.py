@@ -107,9 +107,10 @@ def reserved_memory(registry) -> list[str]:  # type: ignore[no-untyped-def]
     for info in registry.models():
         held = getattr(registry.get(info.model_id), "reservation", None)
         if held is not None:
+            lazily = ", resident as sequences use them" if held.kv_released_bytes else ""
             lines.append(f"{info.model_id} reserved {held.model_bytes / 2**20:.0f} MiB of weights and "
                          f"{held.kv_bytes / 2**20:.0f} MiB of KV cache ({held.kv_cells} cells of "
-                         f"{held.kv_bytes_per_cell / 1024:.1f} KiB)")
+                         f"{held.kv_bytes_per_cell / 1024:.1f} KiB{lazily})")
     return lines
 
 

@@ -52,6 +52,7 @@ from glmaas.engines.decode_thread import DecodeThread, deliver
 from glmaas.engines.sampling import Pick, Sampler
 from glmaas.engines.text import IncrementalDecoder, StopMatcher
 from glmaas.engines.thread_tuner import ThreadTuner, free_cores, usable_cores
+from glmaas.engines.zero_pages import anonymous_ranges, release_zero_pages
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Reservation:
     model_bytes: int
     kv_cells: int
     kv_bytes_per_cell: int
+    kv_released_bytes: int = 0  # of the KV cache, given back at start until sequences use it
 
     @property
     def kv_bytes(self) -> int:
@@ -211,6 +213,7 @@ class DecodeLoop(DecodeThread[Sequence]):
             cparams.n_ctx = config.slots * config.slot_context
             cparams.kv_unified = False
         cparams.no_perf = True
+        mapped_before = anonymous_ranges()
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             raise EngineError("llama.cpp could not create a context")
@@ -218,7 +221,12 @@ class DecodeLoop(DecodeThread[Sequence]):
         self._mem = llama_cpp.llama_get_memory(ctx)
         self.cells = llama_cpp.llama_n_ctx(ctx)
         self.slot_context = min(config.slot_context, llama_cpp.llama_n_ctx_seq(ctx))
-        self.reservation = Reservation(llama_cpp.llama_model_size(model), self.cells, kv_bytes_per_cell(model))
+        per_cell = kv_bytes_per_cell(model)
+        # llama.cpp has just written zeros over the whole KV cache; give those pages back, so that
+        # the cache becomes resident as sequences use it (zero_pages.py). The cache is one
+        # allocation, or two for models with sliding-window layers: a quarter of it at least.
+        released = release_zero_pages(mapped_before, self.cells * per_cell // 4)
+        self.reservation = Reservation(llama_cpp.llama_model_size(model), self.cells, per_cell, released)
         self.chunk = config.chunk
         self._batch = _Batch(cparams.n_batch)
         self._slots = [_Slot(i) for i in range(config.slots)]

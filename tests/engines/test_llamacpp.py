@@ -27,7 +27,7 @@ llamacpp = pytest.importorskip("glmaas.engines.llamacpp")
 SLOTS = 4
 
 
-# Both KV cache layouts: the default shared cache (its cells for four full contexts) and a region
+# Both KV cache layouts: a shared cache (its cells for four full contexts) and the default region
 # per slot (`cells=0`).
 @pytest.fixture(scope="module", params=["1024", "0"], ids=["shared-cache", "region-per-slot"])
 def engine(request: pytest.FixtureRequest):

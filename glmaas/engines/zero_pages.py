@@ -1,0 +1,118 @@
+"""Giving back the memory llama.cpp zeroed but no sequence has used yet.
+
+llama.cpp writes zeros over a new context's whole KV cache, so the kernel counts all of it as
+resident from the start: 16 slots x 2048 cells of SmolLM2-135M are 720 MiB before the first
+token. A page of private anonymous memory that holds only zeros can be handed back with
+`madvise(MADV_DONTNEED)` without anyone being able to tell: the next read of it sees zeros again
+(the kernel's shared zero page), and the next write gets a fresh page. So after the release a KV
+region becomes resident as its cells are written, a page (about 10 cells of one layer's keys or
+values) at a time, and the process holds what its sequences have used rather than slots x context.
+What a sequence has written stays resident after it ends (the slot keeps it as a reusable
+prefix): resident memory follows the longest sequence each slot has held, up to the full cache.
+
+How: `anonymous_ranges()` notes the process's private anonymous address ranges before the
+context is created; `release_zero_pages(before, ...)` finds the ranges mapped since (the KV
+cache is one allocation, mapped on its own), and in those at least as large as the cache, gives
+back every page that is all zeros. Pages that hold anything else are left alone, so memory that
+another allocation placed there is never changed. Linux only; elsewhere it releases nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import mmap
+import sys
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+_MADV_NOHUGEPAGE = 15  # a later write then faults in one small page, not a 2 MiB huge one
+_SCAN = 64 << 20  # bytes read at a time while looking for zero pages
+
+Ranges = list[tuple[int, int]]  # [start, end) address ranges, sorted
+
+
+def anonymous_ranges() -> Ranges:
+    """The private, writable, anonymous address ranges of this process (heap and mmap'd memory)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            # address perms offset dev inode [path]; anonymous memory has inode 0 and no file
+            path = fields[5] if len(fields) > 5 else ""
+            if fields[1] == "rw-p" and fields[4] == "0" and path in ("", "[heap]"):
+                start, end = (int(a, 16) for a in fields[0].split("-"))
+                ranges.append((start, end))
+    return sorted(ranges)
+
+
+def new_ranges(before: Ranges, after: Ranges) -> Ranges:
+    """The parts of `after` not in `before` (a new mapping may have merged with an old one)."""
+    out = []
+    for start, end in after:
+        cursor = start
+        for b_start, b_end in before:
+            if b_end <= cursor or b_start >= end:
+                continue
+            if b_start > cursor:
+                out.append((cursor, b_start))
+            cursor = max(cursor, b_end)
+        if cursor < end:
+            out.append((cursor, end))
+    return out
+
+
+def zero_page_runs(start: int, end: int) -> Ranges:
+    """The runs of all-zero pages in [start, end), which must be readable, page aligned memory."""
+    runs: Ranges = []
+    run_start: int | None = None
+    for chunk in range(start, end, _SCAN):
+        n = min(_SCAN, end - chunk)
+        words = np.frombuffer((ctypes.c_uint8 * n).from_address(chunk), dtype=np.uint64)
+        zero = ~words.reshape(-1, PAGE // 8).any(axis=1)
+        # Page i of the chunk starts or ends a run where it differs from the page before it
+        # (for page 0: from whether a run was open when the last chunk ended).
+        edges = np.flatnonzero(np.diff(np.concatenate(([run_start is not None], zero)).astype(np.int8)))
+        for at in edges:
+            addr = chunk + int(at) * PAGE
+            if run_start is None:
+                run_start = addr
+            else:
+                runs.append((run_start, addr))
+                run_start = None
+    if run_start is not None:
+        runs.append((run_start, end))
+    return runs
+
+
+def release_zero_pages(before: Ranges, min_bytes: int) -> int:
+    """Give back the all-zero pages of the anonymous ranges mapped since `before` that are at
+    least `min_bytes` long; returns the bytes given back (0 where the system offers no way)."""
+    if not sys.platform.startswith("linux") or min_bytes <= 0:
+        return 0
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    resident = resident_anonymous_bytes()
+    for start, end in new_ranges(before, anonymous_ranges()):
+        if end - start < min_bytes:
+            continue
+        for run_start, run_end in zero_page_runs(start, end):
+            size = run_end - run_start
+            libc.madvise(run_start, size, _MADV_NOHUGEPAGE)  # best effort: not every kernel has THP
+            if libc.madvise(run_start, size, _MADV_DONTNEED) != 0:
+                log.debug("madvise(MADV_DONTNEED) failed with errno %d", ctypes.get_errno())
+    # Zero pages never written were not resident to begin with: count what left the process.
+    return max(0, resident - resident_anonymous_bytes())
+
+
+def resident_anonymous_bytes() -> int:
+    """This process's resident anonymous memory (`RssAnon`), in bytes."""
+    with open("/proc/self/status") as status:
+        return next((int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:")), 0)
