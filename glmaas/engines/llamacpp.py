@@ -12,11 +12,13 @@ Spec options (`--model ID=llamacpp:PATH,threads=auto,slots=16,ctx=2048,cells=0,c
            (fewer when other work holds cores: `thread_tuner.py`); N: always N
   slots    sequences decoded together (default 16)
   ctx      context window of one sequence, in tokens (default: min(2048, trained context))
-  cells    0 (the default): a region of ctx cells per slot (slots x ctx in memory; a sequence's
-           seeded or greedy output never depends on its neighbours, see llamacpp_batch.py);
+  cells    0 (the default): a region of ctx cells per slot (slots x ctx reserved, resident only
+           as sequences write them; a sequence's seeded or greedy output never depends on its
+           neighbours, see llamacpp_batch.py);
            N (at least ctx): KV cache cells all sequences share: the cache holds N tokens in all,
-           a request waits until the tokens it may come to hold fit, and far less memory is
-           reserved, but a sequence's sums follow how full the cache is
+           a request waits until the tokens it may come to hold fit, and memory is capped at N
+           cells however long the sequences grow, but a sequence's sums follow how full the
+           cache is
   chunk    most prompt tokens fed per step; longer prompts are prefilled over several steps
            interleaved with decoding (default 256)
 """
@@ -53,9 +55,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SLOTS = 16
 DEFAULT_SLOT_CONTEXT = 2048
 # A region of ctx cells per slot (0) by default: a seeded or greedy sequence's output then never
-# depends on its neighbours, which the shared cache (cells=N) gives up for memory: 16 sequences of
-# ~500 tokens fit in 8192 shared cells, ~190 MB for SmolLM2-135M (23 KB a cell), where 16 regions
-# of a full context hold 750 MB. See docs/performance.md, "Slots and the KV cache".
+# depends on its neighbours, which the shared cache (cells=N) gives up for a firm cap on memory.
+# The regions' 750 MB for SmolLM2-135M (16 x 2048 cells of 23 KB) are reserved, not resident: a
+# page becomes resident when a sequence writes its cells (zero_pages.py), so 16 sequences of ~500
+# tokens hold ~190 MB either way. See docs/performance.md, "Slots and the KV cache".
 DEFAULT_CELLS = 0
 DEFAULT_CHUNK = 256
 _GGML_LOG_WARN, _GGML_LOG_ERROR = 3, 4  # enum ggml_log_level

@@ -11,9 +11,12 @@ sequence whose sampling fails (its grammar rejects a token) fails alone.
 
 Every slot is a llama.cpp sequence id and remembers the tokens whose keys and values it holds.
 By default (`cells=0`) every slot has a KV region of its own of `slot_context` cells
-(`kv_unified=false`): slots × context in memory, and a sequence's output independent of its
-neighbours (measured, docs/performance.md). With `cells=N` the slots share one KV cache of N cells
-instead (`kv_unified=true`), sized by need rather than as slots × context: a sequence may grow to
+(`kv_unified=false`): slots × context reserved, and a sequence's output independent of its
+neighbours (measured, docs/performance.md). The zeros llama.cpp writes over a new cache are given
+back to the kernel (`zero_pages.py`), so a region's memory becomes resident as its cells are
+written: the process holds what its sequences have used, not slots × context. With `cells=N`
+the slots share one KV cache of N cells instead (`kv_unified=true`), which caps memory at N cells
+however long the sequences grow, rather than at slots × context: a sequence may grow to
 `slot_context` tokens, and is admitted only while the cells it may come to hold (prompt +
 max_new) fit beside those of the running sequences and the prefixes idle slots keep (which give
 way, least recently used first, when a sequence needs the room). Flash attention skips the cells a
@@ -426,10 +429,22 @@ class DecodeLoop(DecodeThread[Sequence]):
         return used <= self.cells
 
     def _copy_slot(self, src: _Slot, dst: _Slot) -> None:
-        # In the shared cache the cells are tagged, not copied; with a region per slot llama.cpp
-        # copies the whole region (at the next decode). The caller trims the copy to the prefix.
+        """Give `dst` the cells `src` holds; the caller trims the copy to the prefix it needs."""
         llama_cpp.llama_memory_seq_rm(self._mem, dst.seq_id, -1, -1)
-        llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, -1, -1)
+        if self.shared_cache:
+            # The cells are tagged with one more sequence id, not copied.
+            llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, -1, -1)
+        else:
+            # llama.cpp's own copy between regions moves the whole region, written cells or not,
+            # which would make all of `dst` resident (zero_pages.py); the sequence's saved state
+            # holds only the cells `src` uses, written into `dst`'s region at the same positions.
+            size = llama_cpp.llama_state_seq_get_size(self._ctx, src.seq_id)
+            state = (ctypes.c_uint8 * size)()
+            written = llama_cpp.llama_state_seq_get_data(self._ctx, state, size, src.seq_id)
+            if not written or llama_cpp.llama_state_seq_set_data(self._ctx, state, written, dst.seq_id) != written:
+                llama_cpp.llama_memory_seq_rm(self._mem, dst.seq_id, -1, -1)
+                dst.tokens = []  # computed again instead
+                return
         dst.tokens = list(src.tokens)
 
     def _release(self, seq: Sequence) -> None:

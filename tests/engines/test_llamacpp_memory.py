@@ -144,3 +144,32 @@ def test_serve_tells_at_start_what_each_model_reserved() -> None:
         "resident as sequences use them)",
         "eager reserved 92 MiB of weights and 180 MiB of KV cache (8192 cells of 22.5 KiB)",
     ]
+
+
+def test_a_prefix_copied_between_regions_makes_only_its_cells_resident() -> None:
+    import asyncio
+
+    from glmaas.engines.base import GenerationRequest, SamplingParams
+
+    engine = llamacpp.LlamaCppEngine.from_spec("smollm2", default_model_path(), {"threads": "1"})
+    system = "You answer questions about rivers, deltas and the sea. " * 6
+
+    async def ask(i: int) -> int:
+        prompt = engine.tokenize(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+                                 f"Question {i}: why?<|im_end|>\n<|im_start|>assistant\n")
+        request = GenerationRequest(str(i), tuple(prompt), SamplingParams(max_tokens=16, temperature=0.0))
+        return sum([d.usage.cached_prompt_tokens async for d in engine.generate(request) if d.usage])
+
+    async def together() -> list[int]:
+        return await asyncio.gather(*(ask(i) for i in range(engine.slots)))
+
+    try:
+        before = _rss_bytes()
+        cached = asyncio.run(together())
+        grown = _rss_bytes() - before
+    finally:
+        asyncio.run(engine.close())
+    # The requests after the first find the system prompt in a busy slot and copy it; each of the
+    # 16 regions then holds ~100 cells (~2 MiB), where a copy of whole regions made all 720 MiB resident.
+    assert sum(1 for c in cached if c > 0) >= engine.slots // 2
+    assert grown < 0.15 * engine.reservation.kv_bytes
