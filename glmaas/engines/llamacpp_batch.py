@@ -26,7 +26,7 @@ decoded beside others may differ from the same sequence alone.
 A new request takes the free slot whose tokens share the longest prefix with its prompt and keeps
 that prefix (reported as cached prompt tokens); the rest is removed with `llama_memory_seq_rm`.
 When a busy slot holds a longer prefix (a system prompt that every request shares, say), it is
-copied into a free slot with `llama_memory_seq_cp` instead of being computed again.
+copied into a free slot instead of being computed again (`_copy_slot`).
 Requests join at any step (when a slot and room are free) and leave at any step: finished,
 stopped or cancelled sequences give back their slot before the next batch is built.
 
@@ -59,9 +59,10 @@ from glmaas.engines.zero_pages import anonymous_ranges, release_zero_pages
 
 log = logging.getLogger(__name__)
 
-# A copy tags the donor's cells with one more sequence id (shared cache), or moves a slot's region
-# (~23 KB per cell for SmolLM2-135M, ~15 ms for 2048 cells here), while prefilling costs ~10 ms a
-# token on one loaded core: a copy pays off from a few tokens.
+# A copy tags the donor's cells with one more sequence id (shared cache), or reads the donor's
+# cells out and writes them into the slot's region (~23 KB a cell for SmolLM2-135M, two memory
+# copies), while prefilling costs milliseconds a token on one loaded core: a copy pays off from a
+# few tokens.
 _COPY_MIN = 8
 
 
