@@ -188,7 +188,10 @@ class Member:
         """A failure to reach the upstream or to hear from it in time: counted against it (a
         refused connection ejects it at once)."""
         self.failed(eject=isinstance(exc, httpx.ConnectError))
-        return Unavailable(f"{self.config.describe()}: {type(exc).__name__}")
+        # The reason (refused, a name that does not resolve, a certificate that does not verify)
+        # is what the operator needs; a transport error's text holds no request content or key.
+        reason = f" ({exc})" if isinstance(exc, httpx.TransportError) and str(exc) else ""
+        return Unavailable(f"{self.config.describe()}: {type(exc).__name__}{reason}")
 
     async def _refusal(self, response: httpx.Response) -> None:
         raw = await response.aread()
