@@ -14,7 +14,10 @@ from tests.api.batch_helpers import batch_file, chat_line, jsonl, wait_until
 from tests.api.billing_helpers import funded_key, price_all
 from tests.conftest import start_server
 
-MODELS = ("--no-default-model", "--model", "work=mock:delay=0.01,reply=ab,repeat=10")
+# ~0.3 s a line: one replica alone needs ~4 s for the batch (3 workers), far longer than the other
+# replica's idle workers wait between polls (at most 1 s), so that both take lines however the
+# machine's load delays either.
+MODELS = ("--no-default-model", "--model", "work=mock:delay=0.03,reply=ab,repeat=10")
 LINES = 40
 ENV = {"GLMAAS_ADMIN_TOKEN": "glmaas-admin-test-batch-replicas",
        "GLMAAS_MASTER_KEY": "c2hhcmVkLW1hc3Rlci1rZXktZm9yLXJlcGxpY2EtdGVzdHM"}
