@@ -11,10 +11,12 @@ What a sequence has written stays resident after it ends (the slot keeps it as a
 prefix): resident memory follows the longest sequence each slot has held, up to the full cache.
 
 How: `anonymous_ranges()` notes the process's private anonymous address ranges before the
-context is created; `release_zero_pages(before, ...)` finds the ranges mapped since (the KV
-cache is one allocation, mapped on its own), and in those at least as large as the cache, gives
-back every page that is all zeros. Pages that hold anything else are left alone, so memory that
-another allocation placed there is never changed. Linux only; elsewhere it releases nothing.
+context is created; `release_zero_pages(before, min_bytes)` finds the ranges mapped since (the KV
+cache is one allocation that malloc maps on its own, though the kernel may merge it with a
+neighbouring new mapping), and in those at least `min_bytes` long gives back every resident page
+that is all zeros. Pages that hold anything else are left alone, and so
+are pages not resident (memory that other code has mapped but not yet written). Linux only;
+elsewhere it releases nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import ctypes.util
 import logging
 import mmap
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4
 _MADV_NOHUGEPAGE = 15  # a later write then faults in one small page, not a 2 MiB huge one
-_SCAN = 64 << 20  # bytes read at a time while looking for zero pages
+_SCAN = 32 << 20  # bytes checked, then given back, at a time
 
 Ranges = list[tuple[int, int]]  # [start, end) address ranges, sorted
 
@@ -69,46 +72,56 @@ def new_ranges(before: Ranges, after: Ranges) -> Ranges:
     return out
 
 
-def zero_page_runs(start: int, end: int) -> Ranges:
-    """The runs of all-zero pages in [start, end), which must be readable, page aligned memory."""
-    runs: Ranges = []
-    run_start: int | None = None
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    return libc
+
+
+def zero_page_runs(start: int, end: int, libc: ctypes.CDLL | None = None) -> Iterator[tuple[int, int]]:
+    """The runs of resident, all-zero pages in [start, end) (readable, page aligned memory), a
+    scan chunk at a time: a run that crosses a chunk's end comes as two. A page not resident
+    (never written, or given back) is skipped: nothing to give back, and a buffer just mapped
+    by other code is not resident until that code writes it."""
+    libc = libc or _libc()
     for chunk in range(start, end, _SCAN):
         n = min(_SCAN, end - chunk)
+        pages = n // PAGE
+        vec = (ctypes.c_ubyte * pages)()
+        if libc.mincore(chunk, n, vec) != 0:
+            continue
+        resident = (np.frombuffer(vec, dtype=np.uint8) & 1).astype(bool)
+        if not resident.any():
+            continue
         words = np.frombuffer((ctypes.c_uint8 * n).from_address(chunk), dtype=np.uint64)
-        zero = ~words.reshape(-1, PAGE // 8).any(axis=1)
-        # Page i of the chunk starts or ends a run where it differs from the page before it
-        # (for page 0: from whether a run was open when the last chunk ended).
-        edges = np.flatnonzero(np.diff(np.concatenate(([run_start is not None], zero)).astype(np.int8)))
-        for at in edges:
-            addr = chunk + int(at) * PAGE
-            if run_start is None:
-                run_start = addr
-            else:
-                runs.append((run_start, addr))
-                run_start = None
-    if run_start is not None:
-        runs.append((run_start, end))
-    return runs
+        zero = resident & ~words.reshape(pages, PAGE // 8).any(axis=1)
+        # Where the mask flips, a run starts (even edges) or ends (odd edges).
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], zero, [False])).astype(np.int8)))
+        for first, last in zip(edges[::2], edges[1::2], strict=True):
+            yield chunk + int(first) * PAGE, chunk + int(last) * PAGE
 
 
 def release_zero_pages(before: Ranges, min_bytes: int) -> int:
-    """Give back the all-zero pages of the anonymous ranges mapped since `before` that are at
-    least `min_bytes` long; returns the bytes given back (0 where the system offers no way)."""
+    """Give back the resident all-zero pages of the anonymous ranges mapped since `before` that
+    are at least `min_bytes` long; returns the bytes given back (0 where the system offers no way).
+
+    A page is checked and given back within one scan chunk's time (~10 ms): code on another
+    thread that, in that window, writes a page it had itself filled with zeros could lose the
+    write. The engine calls this as it creates a context, when the only such memory in the new
+    ranges is the KV cache llama.cpp has just cleared."""
     if not sys.platform.startswith("linux") or min_bytes <= 0:
         return 0
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc = _libc()
     resident = resident_anonymous_bytes()
     for start, end in new_ranges(before, anonymous_ranges()):
         if end - start < min_bytes:
             continue
-        for run_start, run_end in zero_page_runs(start, end):
+        for run_start, run_end in zero_page_runs(start, end, libc):
             size = run_end - run_start
             libc.madvise(run_start, size, _MADV_NOHUGEPAGE)  # best effort: not every kernel has THP
             if libc.madvise(run_start, size, _MADV_DONTNEED) != 0:
                 log.debug("madvise(MADV_DONTNEED) failed with errno %d", ctypes.get_errno())
-    # Zero pages never written were not resident to begin with: count what left the process.
     return max(0, resident - resident_anonymous_bytes())
 
 
