@@ -227,9 +227,10 @@ class DecodeLoop(DecodeThread[Sequence]):
         self.slot_context = min(config.slot_context, llama_cpp.llama_n_ctx_seq(ctx))
         per_cell = kv_bytes_per_cell(model)
         # llama.cpp has just written zeros over the whole KV cache; give those pages back, so that
-        # the cache becomes resident as sequences use it (zero_pages.py). The cache is one
-        # allocation, or two for models with sliding-window layers: a quarter of it at least.
-        released = release_zero_pages(mapped_before, self.cells * per_cell // 4)
+        # the cache becomes resident as sequences use it (zero_pages.py). Only in new ranges at
+        # least as long as the cache, which is one allocation: other code's buffers are rarely
+        # that large (a model with sliding-window layers has two smaller caches: left resident).
+        released = release_zero_pages(mapped_before, self.cells * per_cell)
         self.reservation = Reservation(llama_cpp.llama_model_size(model), self.cells, per_cell, released)
         self.chunk = config.chunk
         self._batch = _Batch(cparams.n_batch)
