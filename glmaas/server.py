@@ -62,7 +62,7 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
     return AppState(
         db=db,
         registry=registry,
-        authenticator=Authenticator(db.session, box),
+        authenticator=Authenticator(db.engine, box),
         meter=meter,
         box=box,
         admin_token=load_admin_token(settings.data_dir),

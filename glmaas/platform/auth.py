@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from glmaas.platform.errors import AuthError
 from glmaas.platform.limits import LimitSpec
 from glmaas.platform.secrets import SecretBox
+from glmaas.store.sql import KEY_COLUMNS, Reader
 from glmaas.store.tables import ApiKey
 
 JWT_LEEWAY_S = 60.0
@@ -66,13 +67,13 @@ class Authenticator:
 
     def __init__(
         self,
-        session_factory: Callable[[], Session],
+        engine: Engine,
         box: SecretBox,
         *,
         cache_ttl: float = KEY_CACHE_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._sessions = session_factory
+        self._reader = Reader(engine)
         self._box = box
         self._ttl = cache_ttl
         self._clock = clock
@@ -152,10 +153,8 @@ class Authenticator:
         hit = self._cache.get(key_id)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        with self._sessions() as session:
-            row = session.get(ApiKey, key_id) if len(key_id) <= 64 else None
-            if row is not None:
-                session.expunge(row)
+        found = self._reader.row("key_row", key_id=key_id) if len(key_id) <= 64 else None
+        row = None if found is None else ApiKey(**dict(zip(KEY_COLUMNS, found, strict=True)))
         old = hit[1] if hit else None
         record = None
         if row is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import ParamSpec, Protocol, TypeVar
 
 import anyio
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,9 +40,8 @@ from glmaas.platform.limits import (
     account_model_scope,
     key_scope,
 )
-from glmaas.platform.pricing import PriceSheet, discounted, price_of
-from glmaas.store.sql import DriverTransaction, driver_transaction
-from glmaas.store.tables import AccountModelLimit
+from glmaas.platform.pricing import FREE, PriceSheet, discounted
+from glmaas.store.sql import DriverTransaction, Reader, driver_transaction
 
 __all__ = ["Admission", "Finish", "Meter", "Outcome", "RequestStatus", "SettleObserver", "SettledElsewhere",
            "UsageSource"]
@@ -126,6 +125,7 @@ class Meter:
         self._autocommit = (engine.execution_options(isolation_level="AUTOCOMMIT")
                             if engine.dialect.name == "postgresql" else None)
         self._sessions = session_factory
+        self._reader = Reader(engine)
         self.limiter = limiter
         self.owner = owner
         self._prices = _TtlCache(CONFIG_TTL_S, clock)
@@ -221,15 +221,13 @@ class Meter:
         return self._prices.get(model, lambda: self._load_price(model))
 
     def _load_price(self, model: str) -> PriceSheet:
-        with self._sessions() as session:
-            return price_of(session, model)
+        row = self._reader.row("price_row", model=model)
+        return FREE if row is None else PriceSheet(*row)
 
     def _limits_of(self, account_id: str, model: str) -> LimitSpec:
         return self._account_limits.get((account_id, model), lambda: self._load_limits(account_id, model))
 
     def _load_limits(self, account_id: str, model: str) -> LimitSpec:
-        with self._sessions() as session:
-            rows = {r.model: r for r in session.scalars(select(AccountModelLimit).where(
-                AccountModelLimit.account_id == account_id, AccountModelLimit.model.in_((model, "*"))))}
-        row = rows.get(model) or rows.get("*")
-        return LimitSpec() if row is None else LimitSpec(row.rpm, row.tpm, row.concurrency)
+        rows = {r[0]: r[1:] for r in self._reader.rows("account_model_limits", account_id=account_id, model=model)}
+        limits = rows.get(model) or rows.get("*")
+        return LimitSpec() if limits is None else LimitSpec(*limits)

@@ -35,7 +35,7 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     with db.session() as s, s.begin():
         row, key = create_key(s, box, ensure_account(s, "acme"), name="k")
     clock = [time.time()]
-    auth = Authenticator(db.session, box, cache_ttl=0.0, clock=lambda: clock[0])
+    auth = Authenticator(db.engine, box, cache_ttl=0.0, clock=lambda: clock[0])
     return db, auth, key, clock
 
 
@@ -252,3 +252,11 @@ def test_other_registered_claims_are_not_read(setup, claim: str) -> None:  # typ
     key_id, secret = key.split(".")
     payload = f'{{"api_key":"{key_id}","exp":{int(clock[0] * 1000) + 60_000},{claim}}}'.encode()
     assert auth.authenticate(_sign_raw(_HS256, payload, secret)).key_id == key_id
+
+
+def test_the_key_read_names_every_column_of_the_key_table() -> None:
+    # auth.py builds a key's row from `key_row`'s columns; a column added to the table must be read.
+    from glmaas.store.sql import KEY_COLUMNS
+    from glmaas.store.tables import ApiKey
+
+    assert sorted(KEY_COLUMNS) == sorted(c.name for c in ApiKey.__table__.columns)
