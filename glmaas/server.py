@@ -54,7 +54,7 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
         log.warning("settled %d requests left open by a replica that stopped", recovered)
     registry = ModelRegistry.from_options(settings.models, with_default=settings.default_model,
                                           files=settings.model_files, stored_keys=upstream_keys.opener(db.session, box))
-    meter = Meter(db.engine, db.session, limiter, owner)
+    meter = Meter(db.engine, limiter, owner)
 
     def slots_of(model: str) -> int | None:
         return getattr(registry.get(model), "slots", None)

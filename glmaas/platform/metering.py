@@ -19,7 +19,6 @@ from typing import ParamSpec, Protocol, TypeVar
 import anyio
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from glmaas.platform.auth import Principal
 from glmaas.platform.errors import DuplicateRequest, ModelNotAllowed
@@ -119,12 +118,11 @@ class Meter:
     network (PostgreSQL, Redis), so that concurrent requests' round trips overlap instead of
     queueing on the loop."""
 
-    def __init__(self, engine: Engine, session_factory: Callable[[], Session], limiter: Limiter,
-                 owner: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: Engine, limiter: Limiter, owner: str, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
         self._autocommit = (engine.execution_options(isolation_level="AUTOCOMMIT")
                             if engine.dialect.name == "postgresql" else None)
-        self._sessions = session_factory
         self._reader = Reader(engine)
         self.limiter = limiter
         self.owner = owner

@@ -28,7 +28,7 @@ def meter(tmp_path):  # type: ignore[no-untyped-def]
         credit(s, account.id, "topup", 1_000_000)
         principal = Principal(key.id, account.id, None)
     # An owner on another host with no heartbeat: any survivor takes it for dead.
-    yield db, Meter(db.engine, db.session, LocalLimiter(), "gone-host:4242:1"), principal
+    yield db, Meter(db.engine, LocalLimiter(), "gone-host:4242:1"), principal
     db.dispose()
 
 

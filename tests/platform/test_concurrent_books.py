@@ -42,7 +42,7 @@ def books(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-
         credit(s, account.id, "topup", TOPUP)
         set_price(s, "m", PriceSheet(1_000_000, 100_000, 2_000_000))
         key_id, account_id = key.id, account.id
-    yield db, Meter(db.engine, db.session, limiter, "host:1:1"), key_id, account_id
+    yield db, Meter(db.engine, limiter, "host:1:1"), key_id, account_id
     db.dispose()
 
 
