@@ -80,26 +80,35 @@ def _libc() -> ctypes.CDLL:
 
 
 def zero_page_runs(start: int, end: int, libc: ctypes.CDLL | None = None) -> Iterator[tuple[int, int]]:
-    """The runs of resident, all-zero pages in [start, end) (readable, page aligned memory), a
-    scan chunk at a time: a run that crosses a chunk's end comes as two. A page not resident
-    (never written, or given back) is skipped: nothing to give back, and a buffer just mapped
-    by other code is not resident until that code writes it."""
+    """The runs of resident, all-zero pages in [start, end) (page aligned), a scan chunk at a
+    time: a run that crosses a chunk's end comes as two. A page not resident (never written, or
+    given back) is skipped: nothing to give back, and a buffer just mapped by other code is not
+    resident until that code writes it. The memory is read through /proc/self/mem, so a range
+    that other code unmaps meanwhile is skipped rather than read out of the process's bounds."""
     libc = libc or _libc()
-    for chunk in range(start, end, _SCAN):
-        n = min(_SCAN, end - chunk)
-        pages = n // PAGE
-        vec = (ctypes.c_ubyte * pages)()
-        if libc.mincore(chunk, n, vec) != 0:
-            continue
-        resident = (np.frombuffer(vec, dtype=np.uint8) & 1).astype(bool)
-        if not resident.any():
-            continue
-        words = np.frombuffer((ctypes.c_uint8 * n).from_address(chunk), dtype=np.uint64)
-        zero = resident & ~words.reshape(pages, PAGE // 8).any(axis=1)
-        # Where the mask flips, a run starts (even edges) or ends (odd edges).
-        edges = np.flatnonzero(np.diff(np.concatenate(([False], zero, [False])).astype(np.int8)))
-        for first, last in zip(edges[::2], edges[1::2], strict=True):
-            yield chunk + int(first) * PAGE, chunk + int(last) * PAGE
+    buffer = bytearray(_SCAN)
+    with open("/proc/self/mem", "rb", buffering=0) as memory:
+        for chunk in range(start, end, _SCAN):
+            n = min(_SCAN, end - chunk)
+            pages = n // PAGE
+            vec = (ctypes.c_ubyte * pages)()
+            if libc.mincore(chunk, n, vec) != 0:
+                continue  # (part of) the chunk is no longer mapped
+            resident = (np.frombuffer(vec, dtype=np.uint8) & 1).astype(bool)
+            if not resident.any():
+                continue
+            try:
+                memory.seek(chunk)
+                if memory.readinto(memoryview(buffer)[:n]) != n:
+                    continue
+            except OSError:
+                continue
+            words = np.frombuffer(buffer, dtype=np.uint64, count=n // 8)
+            zero = resident & ~words.reshape(pages, PAGE // 8).any(axis=1)
+            # Where the mask flips, a run starts (even edges) or ends (odd edges).
+            edges = np.flatnonzero(np.diff(np.concatenate(([False], zero, [False])).astype(np.int8)))
+            for first, last in zip(edges[::2], edges[1::2], strict=True):
+                yield chunk + int(first) * PAGE, chunk + int(last) * PAGE
 
 
 def release_zero_pages(before: Ranges, min_bytes: int) -> int:
@@ -114,14 +123,17 @@ def release_zero_pages(before: Ranges, min_bytes: int) -> int:
         return 0
     libc = _libc()
     resident = resident_anonymous_bytes()
-    for start, end in new_ranges(before, anonymous_ranges()):
-        if end - start < min_bytes:
-            continue
-        for run_start, run_end in zero_page_runs(start, end, libc):
-            size = run_end - run_start
-            libc.madvise(run_start, size, _MADV_NOHUGEPAGE)  # best effort: not every kernel has THP
-            if libc.madvise(run_start, size, _MADV_DONTNEED) != 0:
-                log.debug("madvise(MADV_DONTNEED) failed with errno %d", ctypes.get_errno())
+    try:
+        for start, end in new_ranges(before, anonymous_ranges()):
+            if end - start < min_bytes:
+                continue
+            for run_start, run_end in zero_page_runs(start, end, libc):
+                size = run_end - run_start
+                libc.madvise(run_start, size, _MADV_NOHUGEPAGE)  # best effort: not every kernel has THP
+                if libc.madvise(run_start, size, _MADV_DONTNEED) != 0:
+                    log.debug("madvise(MADV_DONTNEED) failed with errno %d", ctypes.get_errno())
+    except OSError as exc:  # /proc/self/mem not readable here: the cache stays resident
+        log.warning("could not give back the KV cache's zero pages: %s", exc)
     return max(0, resident - resident_anonymous_bytes())
 
 
