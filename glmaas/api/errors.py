@@ -40,6 +40,7 @@ class ErrorKind(enum.StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     ENGINE_ERROR = "engine_error"
+    MODEL_UNAVAILABLE = "model_unavailable"
     INTERNAL = "internal"
     SHUTTING_DOWN = "shutting_down"
 
@@ -74,6 +75,7 @@ ERROR_KINDS: dict[ErrorKind, KindOnWire] = {
     ErrorKind.NOT_FOUND: KindOnWire(404, False),
     ErrorKind.CONFLICT: KindOnWire(409, False),
     ErrorKind.ENGINE_ERROR: KindOnWire(500),
+    ErrorKind.MODEL_UNAVAILABLE: KindOnWire(503, True),
     ErrorKind.INTERNAL: KindOnWire(500),
     ErrorKind.SHUTTING_DOWN: KindOnWire(503, True),
 }

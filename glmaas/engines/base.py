@@ -152,6 +152,15 @@ class EngineError(Exception):
         self.retryable = retryable
 
 
+class EngineUnavailable(EngineError):
+    """No part of the engine can take the request now (every upstream of a pool down or its
+    circuit open), and nothing was produced: the same request may succeed in `retry_after_s`."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retryable=True)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidRequest(EngineError):
     """The request asks for what cannot be done as asked (a token id outside the vocabulary, a
     schema feature the grammar library lacks, a request an upstream refused with a 4xx): the

@@ -146,9 +146,14 @@ def test_an_upstream_certificate_the_trust_store_does_not_vouch_for_is_refused(
         key = funded_key(server, "tls", "1")
         r = httpx.post(f"{server.openai_url}/chat/completions", json=BODY, headers={"Authorization": f"Bearer {key}"},
                        timeout=30)
+        zhipu = httpx.post(f"{server.zhipu_url}/chat/completions", json=BODY,
+                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
     finally:
         server.stop()
-    # Answered as any unreachable upstream is, and the operator's log says why.
-    assert r.status_code == 500 and r.json()["error"]["code"] == "engine_error"
+    # Answered as any unreachable upstream is (unavailable, try again later), and the operator's
+    # log says why.
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+    assert int(r.headers["retry-after"]) >= 1 and r.headers["x-should-retry"] == "true"
+    assert zhipu.status_code == 503 and zhipu.json()["error"]["code"] == "1305"  # "overloaded, retry later"
     assert "Hello" not in r.text
     assert "CERTIFICATE_VERIFY_FAILED" in server.log.read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from glmaas.engines.base import EngineError, InvalidRequest
+from glmaas.engines.base import EngineError, EngineUnavailable, InvalidRequest
 from glmaas.engines.chat import ChatCall, ChatDelta
 from glmaas.engines.registry import ModelRegistry, SpecError
 from glmaas.engines.upstream import UpstreamEngine, parse_upstream
@@ -174,9 +174,18 @@ def test_an_ejected_upstream_takes_one_probe_after_its_cooldown() -> None:
     assert member.available() and member.state == "closed"
 
 
-def test_no_upstream_left_is_an_engine_error() -> None:
-    with pytest.raises(EngineError, match="no upstream"):
+def test_no_upstream_left_is_unavailable_until_a_breaker_reopens() -> None:
+    with pytest.raises(EngineUnavailable, match="no upstream") as failed:
         asyncio.run(_collect(_engine(lambda r: httpx.Response(502), lambda r: httpx.Response(500))))
+    assert failed.value.retryable and failed.value.retry_after_s == 0.0  # both still closed: at once
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    engine = _engine(refused, refused)  # a refused connection opens the breaker at once
+    with pytest.raises(EngineUnavailable) as failed:
+        asyncio.run(_collect(engine))
+    assert 4.0 < failed.value.retry_after_s <= engine.members[0].config.cooldown
 
 
 def test_each_tenant_gets_its_own_unguessable_cache_salt() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from glmaas.engines.base import (
     Delta,
     Engine,
     EngineError,
+    EngineUnavailable,
     GenerationRequest,
     InvalidRequest,
     OutputConstraint,
@@ -218,6 +220,9 @@ def engine_error(exc: EngineError | GenerationTimeout) -> ApiError:
         return ApiError(ErrorKind.PROMPT_TOO_LONG, f"The prompt does not fit: {exc}.")
     if isinstance(exc, InvalidRequest):
         return ApiError(ErrorKind.INVALID_REQUEST, f"The request cannot be served as asked: {exc}.")
+    if isinstance(exc, EngineUnavailable):  # nothing was produced; the breakers reopen after their cooldown
+        return ApiError(ErrorKind.MODEL_UNAVAILABLE, f"The model is unavailable: {exc}; send the request again later.",
+                        headers={"retry-after": str(max(1, math.ceil(exc.retry_after_s)))})
     # Tell clients whether sending it again can help, so that retrying wrappers do not multiply
     # one deterministic failure (a timeout would time out again).
     retry = (isinstance(exc, EngineError) and exc.retryable) or isinstance(exc, ShutdownCut)

@@ -36,6 +36,7 @@ TYPES: dict[ErrorKind, tuple[str, str | None]] = {
     ErrorKind.NOT_FOUND: ("invalid_request_error", "not_found"),
     ErrorKind.CONFLICT: ("invalid_request_error", "conflict"),
     ErrorKind.ENGINE_ERROR: ("server_error", "engine_error"),
+    ErrorKind.MODEL_UNAVAILABLE: ("server_error", "model_unavailable"),
     ErrorKind.INTERNAL: ("server_error", None),
     ErrorKind.SHUTTING_DOWN: ("server_error", "service_unavailable"),
 }

@@ -38,6 +38,7 @@ CODES: dict[ErrorKind, str] = {
     ErrorKind.NOT_FOUND: "1222",
     ErrorKind.CONFLICT: "1214",
     ErrorKind.ENGINE_ERROR: "1234",
+    ErrorKind.MODEL_UNAVAILABLE: "1305",  # "model overloaded, retry later"
     ErrorKind.INTERNAL: "500",
     ErrorKind.SHUTTING_DOWN: "1305",  # "model overloaded, retry later"; the SDKs retry a 503
 }

@@ -81,6 +81,12 @@ class Member:
             self.state = "half_open"
         return self.state == "closed" or (self.state == "half_open" and not self._probing)
 
+    def retry_in(self) -> float:
+        """Seconds until this member takes requests again: 0 unless its breaker is open."""
+        if self.state != "open":
+            return 0.0
+        return max(0.0, self.config.cooldown - (self._clock() - self.opened_at))
+
     def succeeded(self) -> None:
         self.state, self.failures, self._probing = "closed", 0, False
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from glmaas.engines.base import EngineError, EngineLoad, InvalidRequest, ModelInfo, Usage
+from glmaas.engines.base import EngineError, EngineLoad, EngineUnavailable, InvalidRequest, ModelInfo, Usage
 from glmaas.engines.chat import ChatCall, ChatDelta, TextCall
 from glmaas.engines.upstream.config import UpstreamConfig
 from glmaas.engines.upstream.member import CHAT_PATH, Member, Refused, Unavailable
@@ -105,7 +105,8 @@ class UpstreamEngine:
             finally:
                 member.outstanding -= 1
                 await chunks.aclose()
-        raise EngineError(f"no upstream of {self.info.model_id} is available")
+        raise EngineUnavailable(f"no upstream of {self.info.model_id} is available",
+                                retry_after_s=min(m.retry_in() for m in self.members))
 
     async def _relay(self, chunks: AsyncIterator[dict], stream: bool,
                      estimate_prompt: Callable[[], int]) -> AsyncIterator[ChatDelta]:
