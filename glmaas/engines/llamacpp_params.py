@@ -20,17 +20,16 @@ import llama_cpp.llama_cpp as low_level
 _library_defaults = low_level.llama_model_default_params
 
 
-def model_params() -> llama_cpp.llama_model_params:
-    """llama.cpp's default model parameters, CPU only, without extra buffer types."""
+def _defaults_without_extra_buffers() -> llama_cpp.llama_model_params:
     params = _library_defaults()
-    params.n_gpu_layers = 0
     params.use_extra_bufts = False
     return params
 
 
-def _defaults_without_extra_buffers() -> llama_cpp.llama_model_params:
-    params = _library_defaults()
-    params.use_extra_bufts = False
+def model_params() -> llama_cpp.llama_model_params:
+    """llama.cpp's default model parameters, CPU only, without extra buffer types."""
+    params = _defaults_without_extra_buffers()
+    params.n_gpu_layers = 0
     return params
 
 
