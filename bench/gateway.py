@@ -27,7 +27,8 @@ first run, which this machine cannot fetch: it is measured in master-key mode.
 
 `--baseline REV` adds "glmaas@REV": the same SQLite set-up served from a checkout of REV (a
 detached git worktree in the work dir), measured in the same rounds, and prints the CPU per
-request of this tree against it.
+request of this tree against it; with glmaas+pg+redis among the systems, also "pg+redis@REV",
+REV on its own fresh PostgreSQL database and Redis database.
 
 Needs wrk (apt-get install wrk) and taskset. LiteLLM is installed on first use into its own
 virtualenv, bench/.venv-litellm.
@@ -67,7 +68,7 @@ SERVER_CORE, LOAD_CORE = "0", "1"
 HOST = "127.0.0.1"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379"
-GLMAAS_REDIS_DB, LITELLM_REDIS_DB = 11, 12
+GLMAAS_REDIS_DB, LITELLM_REDIS_DB, BASELINE_REDIS_DB = 11, 12, 13
 MASTER_KEY = "sk-bench-master-key"
 SYSTEMS = ("glmaas", "glmaas+pg+redis", "litellm", "litellm+redis")
 
@@ -345,11 +346,11 @@ def check_books(t: Target, phases: list[Phase], price_micro: float) -> str:
 
 
 @contextmanager
-def postgres_database():
+def postgres_database(suffix: str = ""):
     """A fresh PostgreSQL database for the run, dropped afterwards; yields its SQLAlchemy URL."""
     import psycopg
 
-    name = f"glmaas_bench_{os.getpid()}"
+    name = f"glmaas_bench_{os.getpid()}{'_' + suffix if suffix else ''}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")
@@ -489,6 +490,15 @@ def print_report(phases: list[Phase], checks: list[str], env: dict[str, str], co
         if a and b:
             print(f"this tree / glmaas@{baseline}, c={c}: CPU per request {a.cpu_ms:.3f} vs {b.cpu_ms:.3f} ms "
                   f"({(a.cpu_ms / b.cpu_ms - 1) * 100:+.1f}%), requests/s {a.rps / b.rps:.2f}x")
+    if len(concurrency) > 1:
+        low, high = min(concurrency), max(concurrency)
+        for system in ("glmaas pg+redis", f"pg+redis@{baseline}"):
+            a, b = by.get((system, high)), by.get((system, low))
+            if a and b:
+                ratio = a.rps / b.rps
+                print(f"target: {system} at c={high} >= 2.5x its requests/s at c={low}: {ratio:.2f}x "
+                      f"{'met' if ratio >= 2.5 else 'MISSED'} (CPU per request {a.cpu_ms:.3f} vs "
+                      f"{b.cpu_ms:.3f} ms)")
     a = by.get(("glmaas sqlite", min(concurrency)))
     if a and a.added_p50_ms is not None:
         print(f"target: added p50 <= 2 ms on SQLite, c={a.concurrency}: {a.added_p50_ms:.2f} ms "
@@ -556,6 +566,10 @@ def main() -> None:
                 database_url = stack.enter_context(postgres_database())
                 targets.append(start_glmaas(stack, "glmaas pg+redis", work, database_url,
                                             f"{REDIS}/{GLMAAS_REDIS_DB}"))
+                if args.baseline:
+                    database_url = stack.enter_context(postgres_database("baseline"))
+                    targets.append(start_glmaas(stack, f"pg+redis@{args.baseline}", work, database_url,
+                                                f"{REDIS}/{BASELINE_REDIS_DB}", tree))
             if "litellm" in systems:
                 targets.append(start_litellm(stack, "litellm", work, backend, with_redis=False))
             if "litellm+redis" in systems:
@@ -576,8 +590,8 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    order = ["upstream", "glmaas sqlite", f"glmaas@{args.baseline}", "glmaas pg+redis", "litellm",
-             "litellm+redis"]
+    order = ["upstream", "glmaas sqlite", f"glmaas@{args.baseline}", "glmaas pg+redis",
+             f"pg+redis@{args.baseline}", "litellm", "litellm+redis"]
     phases = sorted((median_phase(ps) for ps in rounds.values()),
                     key=lambda p: (order.index(p.system), p.concurrency))
     base = {p.concurrency: p.p50_ms for p in phases if p.system == "upstream"}

@@ -20,6 +20,7 @@ import datetime as dt
 import enum
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -125,13 +126,9 @@ def place_hold(conn: Books, *, request_id: str, account_id: str, key_id: str, mo
     The checks are conditional updates, so two requests racing for the last of a balance cannot
     both pass, on SQLite or PostgreSQL. On PostgreSQL, for a key without a budget, the whole step
     is one statement (safe under autocommit); a budget needs two checks, hence a transaction."""
-    amount = hold_amount(price, prompt_tokens, max_tokens)
-    now = time.time()
-    ticket = HoldTicket(request_id, account_id, key_id, model, amount, prompt_tokens, price)
-    hold = dict(account_id=account_id, request_id=request_id, key_id=key_id, model=model, amount=amount,
-                prompt_tokens=prompt_tokens, max_tokens=max_tokens, price_input=price.input,
-                price_cached_input=price.cached_input, price_output=price.output, owner=owner,
-                created_at=now)
+    ticket, hold = hold_of(request_id=request_id, account_id=account_id, key_id=key_id, model=model,
+                           price=price, prompt_tokens=prompt_tokens, max_tokens=max_tokens, owner=owner)
+    amount, now = ticket.amount, hold["created_at"]
     if amount > 0 and not budgeted and conn.dialect.name == "postgresql":
         if not run(conn, "pg_place_hold", **hold).scalar():
             raise _insufficient(conn, account_id, amount, prompt_tokens, max_tokens)
@@ -147,12 +144,27 @@ def place_hold(conn: Books, *, request_id: str, account_id: str, key_id: str, mo
     return ticket
 
 
-def _insufficient(conn: Books, account_id: str, amount: int, prompt_tokens: int,
-                  max_tokens: int) -> InsufficientBalance:
+def hold_of(*, request_id: str, account_id: str, key_id: str, model: str, price: PriceSheet,
+            prompt_tokens: int, max_tokens: int, owner: str) -> tuple[HoldTicket, dict[str, Any]]:
+    """The ticket of a request's hold and the parameters of the statements that write it."""
+    amount = hold_amount(price, prompt_tokens, max_tokens)
+    hold = dict(account_id=account_id, request_id=request_id, key_id=key_id, model=model, amount=amount,
+                prompt_tokens=prompt_tokens, max_tokens=max_tokens, price_input=price.input,
+                price_cached_input=price.cached_input, price_output=price.output, owner=owner,
+                created_at=time.time())
+    return HoldTicket(request_id, account_id, key_id, model, amount, prompt_tokens, price), hold
+
+
+def insufficient_balance(amount: int, prompt_tokens: int, max_tokens: int, balance_now: int) -> InsufficientBalance:
     return InsufficientBalance(
         f"Insufficient balance: this request may cost up to {format_amount(amount)} "
         f"({prompt_tokens} prompt tokens, up to {max_tokens} output tokens) and the "
-        f"account has {format_amount(balance(conn, account_id))}. Top up, or lower max_tokens.")
+        f"account has {format_amount(balance_now)}. Top up, or lower max_tokens.")
+
+
+def _insufficient(conn: Books, account_id: str, amount: int, prompt_tokens: int,
+                  max_tokens: int) -> InsufficientBalance:
+    return insufficient_balance(amount, prompt_tokens, max_tokens, balance(conn, account_id))
 
 
 def record_progress(conn: Books, account_id: str, request_id: str, completion_tokens: int,
@@ -190,19 +202,9 @@ def settle_hold(conn: Books, ticket: HoldTicket, facts: Outcome) -> Settlement |
     statement, safe under autocommit."""
     now = time.time()
     prompt_tokens = ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens
-    # The hold covers every outcome (an upstream's prompt count beyond our estimate included);
-    # clamp so nothing can charge beyond it.
-    charged = min(cost(ticket.price, prompt_tokens, facts.cached_tokens, facts.completion_tokens),
-                  ticket.amount) if ticket.amount and facts.billable else 0
+    charged = charge_of(ticket, facts)
     if conn.dialect.name == "postgresql":
-        claimed = run(conn, "pg_settle_hold", account_id=ticket.account_id, request_id=ticket.request_id,
-                      key_id=ticket.key_id, model=ticket.model, released=ticket.amount, charged=charged,
-                      prompt_tokens=prompt_tokens, cached_tokens=facts.cached_tokens,
-                      completion_tokens=facts.completion_tokens, status=facts.status,
-                      usage_source=facts.usage_source, end_user=facts.end_user,
-                      finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,
-                      first_token_ms=facts.first_token_ms, total_ms=facts.total_ms, created_at=now,
-                      day=_day(now)).scalar()
+        claimed = run(conn, "pg_settle_hold", **pg_settlement(ticket, facts)).scalar()
         return Settlement(ticket.request_id, charged, facts.completion_tokens) if claimed else None
     if not run(conn, "claim_hold", account_id=ticket.account_id, request_id=ticket.request_id).rowcount:
         return None
@@ -220,6 +222,27 @@ def settle_hold(conn: Books, ticket: HoldTicket, facts: Outcome) -> Settlement |
         total_ms=facts.total_ms, created_at=now, **usage)
     run(conn, "add_daily", day=_day(now), **usage)
     return Settlement(ticket.request_id, charged, facts.completion_tokens)
+
+
+def charge_of(ticket: HoldTicket, facts: Outcome) -> int:
+    """What the settlement of `ticket` charges for `facts`."""
+    prompt_tokens = ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens
+    # The hold covers every outcome (an upstream's prompt count beyond our estimate included);
+    # clamp so nothing can charge beyond it.
+    return min(cost(ticket.price, prompt_tokens, facts.cached_tokens, facts.completion_tokens),
+               ticket.amount) if ticket.amount and facts.billable else 0
+
+
+def pg_settlement(ticket: HoldTicket, facts: Outcome) -> dict[str, Any]:
+    """The parameters of `pg_settle_hold`, the settlement as one PostgreSQL statement."""
+    now = time.time()
+    return dict(account_id=ticket.account_id, request_id=ticket.request_id, key_id=ticket.key_id,
+                model=ticket.model, released=ticket.amount, charged=charge_of(ticket, facts),
+                prompt_tokens=ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens,
+                cached_tokens=facts.cached_tokens, completion_tokens=facts.completion_tokens,
+                status=facts.status, usage_source=facts.usage_source, end_user=facts.end_user,
+                finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,
+                first_token_ms=facts.first_token_ms, total_ms=facts.total_ms, created_at=now, day=_day(now))
 
 
 def _day(now: float) -> str:

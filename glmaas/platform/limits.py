@@ -61,6 +61,18 @@ class Grant:
     remaining: Remaining | None = None
 
 
+# What a request asks the limiter for: its scopes, its id and its worst-case tokens.
+Ask = tuple[list[Scope], str, int]
+
+
+def answer(acquire: Callable[..., Grant], *args: object) -> Grant | RateLimited:
+    """`acquire(*args)`'s grant, or its refusal as a value: the answer to one of many asks."""
+    try:
+        return acquire(*args)
+    except RateLimited as exc:
+        return exc
+
+
 @dataclass
 class _Window:
     requests: dict[int, int] = field(default_factory=dict)
@@ -128,6 +140,13 @@ class LocalLimiter:
                 w.inflight.discard(grant.request_id)
                 if unused and grant.second in w.tokens:
                     w.tokens[grant.second] -= unused
+
+    def acquire_many(self, asks: list[Ask]) -> list[Grant | Exception]:
+        return [answer(self.acquire, *ask) for ask in asks]
+
+    def release_many(self, releases: list[tuple[Grant, int]]) -> None:
+        for grant, used_tokens in releases:
+            self.release(grant, used_tokens)
 
     def forget(self, request_id: str, scopes: list[str]) -> None:
         with self._lock:

@@ -18,7 +18,8 @@ response could not be started (a fault between generation and the status line) i
 unbilled. Background work stores its result instead, and is billed when it ends.
 
 Admission, progress and settlement are awaited: each is one step of the books, which the meter
-runs off the event loop when it waits on the network (`Meter.step`). A settlement is shielded from
+runs off the event loop, together with concurrent requests' steps, when it waits on the network
+(`Meter.admit_async` and its siblings). A settlement is shielded from
 cancellation, since it often runs while a disconnect cancels the request.
 """
 
@@ -32,7 +33,16 @@ from typing import Protocol, TypeVar
 import anyio
 
 from glmaas.platform.auth import Principal
-from glmaas.platform.metering import Admission, Finish, Meter, Outcome, RequestStatus, UsageSource
+from glmaas.platform.metering import (
+    Admission,
+    AdmissionAsk,
+    Finish,
+    Meter,
+    Outcome,
+    RequestStatus,
+    SettlementAsk,
+    UsageSource,
+)
 
 
 class GenerationTimeout(Exception):
@@ -140,8 +150,7 @@ class MeteredRun:
                     status = RequestStatus.ERROR
                     raise ShutdownCut("the server is shutting down; send the request again")
                 if self.durable and self.admission.needs_progress(self.completion_tokens):
-                    await self.meter.step(self.meter.progress, self.admission, self.completion_tokens,
-                                          self.cached_tokens)
+                    await self.meter.progress_async(self.admission, self.completion_tokens, self.cached_tokens)
                 yield delta
         except GenerationTimeout as exc:
             self.finish_reason = "error" if isinstance(exc, ShutdownCut) else "timeout"
@@ -222,7 +231,7 @@ class MeteredRun:
             billable=self._billable(status),
         )
         with anyio.CancelScope(shield=True):
-            await self.meter.step(self.meter.settle, self.admission, outcome, self.finish)
+            await self.meter.settle_async(SettlementAsk(self.admission, outcome, self.finish))
 
     def _billable(self, status: RequestStatus) -> bool:
         if self.bills_on_delivery:
@@ -256,7 +265,7 @@ async def start_run(meter: Meter, principal: Principal, model: str, request_id: 
     `price_percent`: sold at that share of the model's prices (batch lines). `finish`: a write
     that commits with the settlement (see `Finish`), so a result and its bill exist together or
     not at all. `end_user`: who the caller says the request is for, written on its usage record."""
-    admission = await meter.step(meter.admit, principal, model, request_id, prompt_tokens, max_tokens,
-                                 price_percent=price_percent)
+    admission = await meter.admit_async(AdmissionAsk(principal, model, request_id, prompt_tokens, max_tokens,
+                                                     price_percent))
     return MeteredRun(meter, admission, request_id, prompt_tokens, arrived, durable=durable, timeout_s=timeout_s,
                       bills_on_delivery=bills_on_delivery, finish=finish, end_user=end_user)

@@ -205,6 +205,41 @@ def run(conn: Books, name: str, **params: Any) -> CursorResult | Ran:
         cursor.close()
 
 
+def run_in_one_round_trip(engine: Engine, steps: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """PostgreSQL only: run the statements `steps` names (name, params) in one transaction that
+    costs one network round trip (psycopg's pipeline mode: BEGIN, the statements and COMMIT are
+    sent together); returns each statement's first column of its first row (None without one).
+    If any statement fails, nothing is committed and its error is raised as SQLAlchemy raises it.
+    The several steps of a group commit (`platform.group_commit`) run this way."""
+    statements = _statements(engine.dialect)
+    error = engine.dialect.loaded_dbapi.Error
+    raw = engine.raw_connection()
+    pg: Any = raw.dbapi_connection
+    try:
+        pg.autocommit = True  # so that BEGIN goes out with the statements, not in a round trip of its own
+        with pg.pipeline():
+            pg.execute("BEGIN")
+            cursors = [pg.execute(statements[name], params) for name, params in steps]
+            pg.execute("COMMIT")
+        pg.autocommit = False  # as the pool hands its connections out
+        return [None if c.description is None or (row := c.fetchone()) is None else row[0] for c in cursors]
+    except BaseException as exc:
+        try:
+            if pg.info.transaction_status != _IDLE:
+                pg.execute("ROLLBACK")
+            pg.autocommit = False
+        except error:
+            raw.invalidate()  # broken: the pool drops it
+        if isinstance(exc, error):
+            raise DBAPIError.instance("BEGIN; ...; COMMIT", {}, exc, error) from exc
+        raise
+    finally:
+        raw.close()
+
+
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
+
+
 @contextmanager
 def _as_sqlalchemy_errors(dialect: Dialect, sql: str, params: dict[str, Any]) -> Iterator[None]:
     """A driver's error on SQLite's own cursor, raised as SQLAlchemy raises it."""
