@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 
 import pytest
@@ -14,6 +15,7 @@ from glmaas.platform.errors import BudgetExceeded, InsufficientBalance
 from glmaas.platform.keys import create_key
 from glmaas.platform.ledger import (
     Outcome,
+    _day,
     balance,
     credit,
     folded_balance,
@@ -138,3 +140,8 @@ def test_key_budget_caps_spend(db) -> None:  # type: ignore[no-untyped-def]
                    prompt_tokens=1, max_tokens=100, owner="o")
     with db.session() as s:
         assert balance(s, account) == folded_balance(s, account) == 10_000 - 100
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_the_day_totals_are_named_by_the_utc_day_of_the_settlement(now: float) -> None:
+    assert _day(now) == dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
