@@ -3,6 +3,8 @@ limits, with every guarantee of a single replica."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
@@ -67,6 +69,44 @@ def test_one_balance_seen_and_spent_from_both(replicas) -> None:  # type: ignore
     for srv in (a, b):
         with admin(srv) as client:
             assert client.get("/admin/accounts/shared-money").json()["balance_micro"] == 1_000_000 - spent
+    _books_balance(url)
+
+
+def test_a_burst_on_both_replicas_is_billed_once_per_request_as_each_client_was_told(replicas) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent requests, streamed and not, on both replicas: their books' steps go to
+    PostgreSQL and Redis in shared round trips (group commit), from two processes at once."""
+    a, b, url, _ = replicas
+    key = funded_key(a, "shared-burst", "10")
+    auth = {"Authorization": f"Bearer {key}"}
+
+    async def one(client: httpx.AsyncClient, i: int) -> int:
+        srv = (a, b)[i % 2]
+        body = {**BODY, "max_tokens": 2 + i % 5, "stream": i % 3 == 0}
+        if body["stream"]:
+            body["stream_options"] = {"include_usage": True}
+            async with client.stream("POST", f"{srv.openai_url}/chat/completions", json=body, headers=auth) as r:
+                assert r.status_code == 200
+                chunks = [json.loads(line[6:]) async for line in r.aiter_lines()
+                          if line.startswith("data: {")]
+            usage = chunks[-1]["usage"]
+        else:
+            r = await client.post(f"{srv.openai_url}/chat/completions", json=body, headers=auth)
+            assert r.status_code == 200, r.text
+            usage = r.json()["usage"]
+        return usage["prompt_tokens"] * 2 + usage["completion_tokens"] * 10
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(48)))
+
+    told = asyncio.run(burst())
+    with admin(a) as client:
+        assert client.get("/admin/accounts/shared-burst").json()["balance_micro"] == 10_000_000 - sum(told)
+    (records,) = _pg(url, """SELECT COUNT(*) FROM usage_records u JOIN accounts a ON a.id = u.account_id
+                              WHERE a.name = 'shared-burst'""")
+    assert records == (48,)
+    assert not _pg(url, """SELECT h.request_id FROM holds h JOIN accounts a ON a.id = h.account_id
+                           WHERE a.name = 'shared-burst' AND h.state = 'open'""")
     _books_balance(url)
 
 

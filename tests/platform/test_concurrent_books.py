@@ -199,3 +199,28 @@ def test_a_budgeted_key_in_a_batch_is_held_on_its_own(books) -> None:  # type: i
     with db.session() as s:
         assert s.get(ApiKey, budgeted_id).held == 20
         assert balance(s, account_id) == folded_balance(s, account_id)
+
+
+def test_a_settlement_with_a_finish_in_a_batch_commits_with_its_own_write(books, round_trips) -> None:  # type: ignore[no-untyped-def]
+    db, meter, key_id, account_id = books
+    principal = Principal(key_id, account_id, None)
+    admitted = meter.admit_many(_asks(principal, ["s1", "lost", "s2"]))
+    finished: list[str] = []
+
+    def lost_lease(conn, outcome) -> bool:  # type: ignore[no-untyped-def]
+        finished.append(outcome.status)
+        return False  # the work passed to another worker: settled unbilled
+
+    outcome = Outcome(RequestStatus.OK, 0, 5, "stop", 0.0, 1.0, 2.0)
+    asks = [SettlementAsk(admitted[0], outcome), SettlementAsk(admitted[1], outcome, lost_lease),
+            SettlementAsk(admitted[2], outcome)]
+    assert meter.settle_many(asks) == [None] * 3
+    assert finished == [RequestStatus.OK]
+    each = 10 * 1 + 5 * 2
+    with db.session() as s:
+        assert balance(s, account_id) == folded_balance(s, account_id) == TOPUP - 2 * each
+        costs = dict(s.execute(select(UsageRecord.request_id, UsageRecord.cost)
+                               .where(UsageRecord.account_id == account_id)).all())
+    assert costs == {"s1": each, "lost": 0, "s2": each}
+    if not meter.in_process:  # the two without a finish went together; the other on its own
+        assert round_trips[-1] == ("pg_settle_hold", 2, "ok")
