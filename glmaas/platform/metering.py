@@ -129,6 +129,15 @@ def _lock_order(ticket: HoldTicket) -> tuple[str, str, str, str]:
     return ticket.account_id, ticket.key_id, ticket.model, ticket.request_id
 
 
+def _batch_failed(what: str, count: int, exc: Exception) -> None:
+    """A group commit wrote nothing; its steps run again one by one. A duplicate request id does
+    that by design (the client's mistake, refused alone); anything else is worth a line, since
+    a store that fails every batch would quietly lose what batching saves."""
+    level = logging.DEBUG if isinstance(exc, IntegrityError) else logging.WARNING
+    log.log(level, "a group commit of %d %s failed (%s); each runs on its own", count, what,
+            type(exc).__name__)
+
+
 def _answer(step: Callable[..., R], *args: Any, **kwargs: Any) -> R | Exception:
     """`step`'s result, or the error it raised, as the answer to one of many."""
     try:
@@ -332,7 +341,8 @@ class Meter:
             together.sort(key=lambda t: _lock_order(t[1]))
             try:
                 placed = run_in_one_round_trip(self._engine, [(name, hold) for _, _, name, hold in together])
-            except Exception:  # noqa: BLE001 - each is placed again on its own below
+            except Exception as exc:  # noqa: BLE001 - each is placed again on its own below
+                _batch_failed("holds", len(together), exc)
                 together = []
             else:
                 for (i, ticket, name, hold), count in zip(together, placed, strict=True):
@@ -357,8 +367,8 @@ class Meter:
                     ("record_progress", dict(account_id=a.ticket.account_id, request_id=a.ticket.request_id,
                                              progress_tokens=tokens, cached_tokens=cached))
                     for a, tokens, cached in ordered])
-            except Exception:  # noqa: BLE001 - each is written again on its own below
-                pass
+            except Exception as exc:  # noqa: BLE001 - each is written again on its own below
+                _batch_failed("progress writes", len(steps), exc)
             else:
                 for admission, tokens, _ in steps:
                     admission.durable_tokens = tokens
@@ -381,8 +391,8 @@ class Meter:
                 charges = [pg_settlement(ask.admission.ticket, ask.outcome) for _, ask in together]
                 try:
                     claimed = run_in_one_round_trip(self._engine, [("pg_settle_hold", c) for c in charges])
-                except Exception:  # noqa: BLE001 - each is settled again on its own below
-                    pass
+                except Exception as exc:  # noqa: BLE001 - each is settled again on its own below
+                    _batch_failed("settlements", len(together), exc)
                 else:
                     for (i, ask), charge, count in zip(together, charges, claimed, strict=True):
                         settled[i] = Settlement(ask.admission.ticket.request_id, charge["charged"],

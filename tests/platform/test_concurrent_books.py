@@ -6,6 +6,7 @@ batch (a duplicate id, the balance, a key's budget) is refused alone."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -224,3 +225,26 @@ def test_a_settlement_with_a_finish_in_a_batch_commits_with_its_own_write(books,
     assert costs == {"s1": each, "lost": 0, "s2": each}
     if not meter.in_process:  # the two without a finish went together; the other on its own
         assert round_trips[-1] == ("pg_settle_hold", 2, "ok")
+
+
+@pytest.mark.parametrize("books", ["postgresql+redis"], indirect=True)  # SQLite runs no batch
+def test_a_store_that_fails_every_batch_still_serves_each_step_alone_and_says_so(  # type: ignore[no-untyped-def]
+        books, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    db, meter, key_id, account_id = books
+
+    def fail(engine, steps):  # type: ignore[no-untyped-def]
+        raise RuntimeError("pipeline mode unavailable")
+
+    monkeypatch.setattr(metering, "run_in_one_round_trip", fail)
+    principal = Principal(key_id, account_id, None)
+    with caplog.at_level(logging.DEBUG, logger="glmaas.books"):
+        admitted = meter.admit_many(_asks(principal, ["f1", "f2", "f3"]))
+        assert all(isinstance(a, Admission) for a in admitted)
+        assert meter.progress_many([(a, 1, 0) for a in admitted]) == [None] * 3
+        outcome = Outcome(RequestStatus.OK, 0, 5, "stop", 0.0, 1.0, 2.0)
+        assert meter.settle_many([SettlementAsk(a, outcome) for a in admitted]) == [None] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"a group commit of 3 {what} failed (RuntimeError); each runs on its own"
+                        for what in ("holds", "progress writes", "settlements")]
+    with db.session() as s:
+        assert balance(s, account_id) == folded_balance(s, account_id) == TOPUP - 3 * (10 * 1 + 5 * 2)
