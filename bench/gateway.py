@@ -100,6 +100,9 @@ class Phase:
     load1: float
     warmup_requests: int = 0
     added_p50_ms: float | None = None
+    # glmaas on PostgreSQL + Redis: steps of the books per round trip over the phase (its
+    # /metrics, group commit); None where the server does not count them.
+    mean_batch: float | None = None
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Target:
     probe_key: str | None = None  # allowed PROBE_RPM requests per minute ...
     probe_model: str = "mock"  # ... on this model
     store: list[str] = field(default_factory=list)  # glmaas: options naming its data dir / db
+    metrics: tuple[str, str] | None = None  # glmaas: its /metrics URL and admin token
 
 
 # --- processes and CPU accounting -------------------------------------------------------------
@@ -240,13 +244,30 @@ def wrk(t: Target, concurrency: int, seconds: int) -> dict:
             "p50": lat["50"], "p99": lat["99"], "errors": errors}
 
 
+def books_round_trips(t: Target) -> tuple[float, float] | None:
+    """(steps, batches) of the books so far, from the server's /metrics; None where it does not
+    count them (SQLite, or a tree from before group commit)."""
+    if t.metrics is None:
+        return None
+    url, token = t.metrics
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    totals = {"steps": 0.0, "batches": 0.0}
+    for name, value in re.findall(r"^glmaas_books_(steps|batches)_total\{[^}]*\} (\S+)$", text, re.M):
+        totals[name] += float(value)
+    return (totals["steps"], totals["batches"]) if totals["batches"] else None
+
+
 def measure(t: Target, concurrency: int, seconds: int, warmup: int) -> Phase:
     """One round: an unrecorded warm-up, then `seconds` of load with CPU accounting around it."""
     warm = wrk(t, concurrency, warmup)["requests"] if warmup else 0
     load1 = os.getloadavg()[0]
+    books0 = books_round_trips(t)  # outside the CPU accounting: a scrape is not a request
     before, (busy0, total0) = _stats(), core_ticks(SERVER_CORE)
     r = wrk(t, concurrency, seconds)
     after, (busy1, total1) = _stats(), core_ticks(SERVER_CORE)
+    books1 = books_round_trips(t)
     n = max(r["requests"], 1)
     cpu = tree_ticks(t.pid, after) - tree_ticks(t.pid, before)
     phase = Phase(
@@ -256,9 +277,12 @@ def measure(t: Target, concurrency: int, seconds: int, warmup: int) -> Phase:
         core0_other_pct=100.0 * max(busy1 - busy0 - cpu, 0) / max(total1 - total0, 1), load1=load1,
         warmup_requests=warm,
     )
+    if books0 and books1 and books1[1] > books0[1]:
+        phase.mean_batch = (books1[0] - books0[0]) / (books1[1] - books0[1])
+    batch = "" if phase.mean_batch is None else f"  books {phase.mean_batch:.1f} steps/round trip"
     print(f"  {t.system:16} c={concurrency:<3} {phase.rps:8.1f} req/s  cpu {phase.cpu_ms:6.2f} ms/req  "
           f"p50 {phase.p50_ms:7.2f} ms  p99 {phase.p99_ms:7.2f} ms  errors {phase.errors}  "
-          f"load {load1:.2f}  core0 other {phase.core0_other_pct:.0f}%", flush=True)
+          f"load {load1:.2f}  core0 other {phase.core0_other_pct:.0f}%{batch}", flush=True)
     return phase
 
 
@@ -266,9 +290,11 @@ def median_phase(rounds: list[Phase]) -> Phase:
     """The median of each figure over rounds; requests, warm-ups and errors are summed."""
     med = {k: statistics.median(getattr(p, k) for p in rounds)
            for k in ("rps", "p50_ms", "p99_ms", "cpu_ms", "store_cpu_ms", "core0_other_pct", "load1")}
+    batches = [p.mean_batch for p in rounds if p.mean_batch is not None]
     return Phase(system=rounds[0].system, concurrency=rounds[0].concurrency,
                  requests=sum(p.requests for p in rounds), errors=sum(p.errors for p in rounds),
-                 warmup_requests=sum(p.warmup_requests for p in rounds), **med)
+                 warmup_requests=sum(p.warmup_requests for p in rounds),
+                 mean_batch=statistics.median(batches) if batches else None, **med)
 
 
 # --- the systems -------------------------------------------------------------------------------
@@ -326,8 +352,10 @@ def start_glmaas(stack: ExitStack, system: str, work: Path, database_url: str | 
     except harness.ServerFailed as exc:
         sys.exit(str(exc))
     stack.callback(server.stop)
+    token = (work / name / "admin.token").read_text().strip()
     return Target(system, f"{server.openai_url}/chat/completions", key.strip().splitlines()[-1],
-                  server.pid, probe_key.strip().splitlines()[-1], "mock", store)
+                  server.pid, probe_key.strip().splitlines()[-1], "mock", store,
+                  (f"{server.base_url}/metrics", token))
 
 
 def check_books(t: Target, phases: list[Phase], price_micro: float) -> str:
@@ -490,6 +518,10 @@ def print_report(phases: list[Phase], checks: list[str], env: dict[str, str], co
         if a and b:
             print(f"this tree / glmaas@{baseline}, c={c}: CPU per request {a.cpu_ms:.3f} vs {b.cpu_ms:.3f} ms "
                   f"({(a.cpu_ms / b.cpu_ms - 1) * 100:+.1f}%), requests/s {a.rps / b.rps:.2f}x")
+    for p in phases:
+        if p.mean_batch is not None:
+            print(f"{p.system} c={p.concurrency}: the books carried {p.mean_batch:.2f} steps per round trip "
+                  "(group commit; median over rounds)")
     if len(concurrency) > 1:
         low, high = min(concurrency), max(concurrency)
         for system in ("glmaas pg+redis", f"pg+redis@{baseline}"):

@@ -58,6 +58,9 @@ class StepQueue(Generic[T, R]):
         self._queue: list[_Entry[T, R]] = []
         self._busy = False
         self._thread = anyio.CapacityLimiter(1)
+        # Since start: batches sent and the steps they carried (their ratio is the mean batch).
+        self.batches = 0
+        self.steps = 0
 
     async def run(self, item: T) -> R:
         """The result of `item`'s step, run alone or in a batch with its neighbours' steps."""
@@ -83,6 +86,8 @@ class StepQueue(Generic[T, R]):
         entries, and hand the lead to the first entry still waiting, if any."""
         batch = self._queue[:self._max_batch]
         del self._queue[:self._max_batch]
+        self.batches += 1
+        self.steps += len(batch)
         try:
             results = await anyio.to_thread.run_sync(self._run_batch, [e.item for e in batch],
                                                      limiter=self._thread)

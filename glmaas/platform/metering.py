@@ -193,6 +193,14 @@ class Meter:
         self._progress = StepQueue(self.progress_many)
         self._settlements = StepQueue(self.settle_many)
 
+    def batching(self) -> dict[str, tuple[int, int]]:
+        """Per kind of step, the batches sent and the steps they carried since start (empty
+        when the steps run in line): how much the group commit shares its round trips."""
+        if self.in_process:
+            return {}
+        queues = {"admission": self._admissions, "progress": self._progress, "settlement": self._settlements}
+        return {kind: (q.batches, q.steps) for kind, q in queues.items()}
+
     # --- on the event loop -------------------------------------------------------------------
 
     async def admit_async(self, ask: AdmissionAsk) -> Admission:

@@ -12,6 +12,7 @@ import time
 import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.billing_helpers import admin, funded_key, price_all
 from tests.api.test_crash_recovery import Client
@@ -105,6 +106,14 @@ def test_a_burst_on_both_replicas_is_billed_once_per_request_as_each_client_was_
     (records,) = _pg(url, """SELECT COUNT(*) FROM usage_records u JOIN accounts a ON a.id = u.account_id
                               WHERE a.name = 'shared-burst'""")
     assert records == (48,)
+    # Each replica counts its round trips: at most one per step, fewer when steps shared one.
+    for srv, served in ((a, 24), (b, 24)):
+        with admin(srv) as client:
+            metrics = {(m.name, m.labels.get("step")): m.value
+                       for f in text_string_to_metric_families(client.get("/metrics").text) for m in f.samples}
+        for step in ("admission", "settlement"):
+            steps, batches = metrics[("glmaas_books_steps_total", step)], metrics[("glmaas_books_batches_total", step)]
+            assert steps >= served and 1 <= batches <= steps
     assert not _pg(url, """SELECT h.request_id FROM holds h JOIN accounts a ON a.id = h.account_id
                            WHERE a.name = 'shared-burst' AND h.state = 'open'""")
     _books_balance(url)

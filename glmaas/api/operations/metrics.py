@@ -6,8 +6,9 @@ Measurements come from three places, none of them a resource's own code:
   queue time, tokens and money, by model — so every metered resource and background work counts;
 - every HTTP request's record (`api.metered.RequestRecord`): requests by endpoint, dialect,
   model and status, and refusals by their error code;
-- at scrape time (`ServerCollector`): engines' slots, queues and KV cells, open holds, upstream
-  members' health, in-flight requests and the drain — read from what the server already keeps.
+- at scrape time (`ServerCollector`): engines' slots, queues and KV cells, open holds, the books'
+  group commit (round trips and the steps they carried), upstream members' health, in-flight
+  requests and the drain — read from what the server already keeps.
 
 One process per replica: each replica is scraped on its own (`job`/`instance` labels tell them
 apart); no multi-process aggregation is needed.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from glmaas.api.errors import ErrorKind
@@ -154,6 +155,15 @@ class ServerCollector(Collector):
         for model, n in sorted(dict(state.meter.open_by_model).items()):
             holds.add_metric([model], n)
         yield holds
+        batches = CounterMetricFamily("glmaas_books_batches", "Round trips of the books on PostgreSQL and "
+                                      "Redis, by step (group commit; none on SQLite)", labels=["step"])
+        steps = CounterMetricFamily("glmaas_books_steps", "Steps those round trips carried: steps / batches "
+                                    "is the mean batch", labels=["step"])
+        for kind, (sent, carried) in state.meter.batching().items():
+            batches.add_metric([kind], sent)
+            steps.add_metric([kind], carried)
+        yield batches
+        yield steps
         yield from _engine_gauges(state)
         drain = self.drain
         yield GaugeMetricFamily("glmaas_in_flight_requests", "HTTP requests being served (probes and "
