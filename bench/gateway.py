@@ -13,7 +13,8 @@ fixed concurrency) through:
 and prints requests/s, server CPU ms per request (utime+stime of the server's process tree) and
 from it requests/s per core (1000 / CPU ms: what one saturated core would serve), latency p50/p99,
 added p50 (p50 minus the upstream's p50 at the same concurrency), the CPU that PostgreSQL and Redis
-spent per request, and the glmaas / LiteLLM ratios. Every server under test is started once and
+spent per request, the steps of glmaas's books per round trip on PostgreSQL + Redis (from its
+/metrics: group commit), and the glmaas / LiteLLM ratios. Every server under test is started once and
 pinned to core 0; wrk, and the mock upstream that LiteLLM calls, share core 1. The systems are
 measured in rounds, in a rotating order, so that a neighbour's load hits them alike; each figure is
 the median over rounds, printed with the load average and the share of core 0 that other processes
