@@ -388,9 +388,11 @@ class Meter:
         the ones without a `finish` go in one transaction, one round trip (as `_hold_many`), and
         their limits are given back in one more."""
         out: list[Exception | None] = [None] * len(asks)
-        todo = [(i, ask) for i, ask in enumerate(asks) if not ask.admission.settled]
-        for _, ask in todo:
-            ask.admission.settled = True
+        todo: list[tuple[int, SettlementAsk]] = []
+        for i, ask in enumerate(asks):
+            if not ask.admission.settled:  # a second settlement, even in the same batch, does nothing
+                ask.admission.settled = True
+                todo.append((i, ask))
         try:
             together = [(i, ask) for i, ask in todo if ask.finish is None] if self._batched else []
             settled: dict[int, Settlement | None] = {}
