@@ -252,14 +252,14 @@ def test_a_store_that_fails_every_batch_still_serves_each_step_alone_and_says_so
 
 def test_one_admission_settled_twice_in_one_batch_is_settled_once(books) -> None:  # type: ignore[no-untyped-def]
     db, meter, key_id, account_id = books
-    (admission, other) = meter.admit_many(_asks(Principal(key_id, account_id, None), ["twice", "once"]))
+    (admission, other) = meter.admit_many(_asks(Principal(key_id, account_id, None), ["settled-twice", "settled-once"]))
     told: list[tuple[str, int | None]] = []
     meter.observers.append(lambda ticket, outcome, settlement: told.append(
         (ticket.request_id, settlement and settlement.cost)))
     outcome = Outcome(RequestStatus.OK, 0, 5, "stop", 0.0, 1.0, 2.0)
     asks = [SettlementAsk(admission, outcome), SettlementAsk(other, outcome), SettlementAsk(admission, outcome)]
     assert meter.settle_many(asks) == [None] * 3
-    assert sorted(told) == [("once", 20), ("twice", 20)]  # the observers hear of each once
+    assert sorted(told) == [("settled-once", 20), ("settled-twice", 20)]  # the observers hear of each once
     assert meter.open_by_model == {}
     with db.session() as s:
         assert balance(s, account_id) == folded_balance(s, account_id) == TOPUP - 2 * (10 * 1 + 5 * 2)

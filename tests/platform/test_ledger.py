@@ -112,7 +112,8 @@ def test_a_hold_settles_once(db) -> None:  # type: ignore[no-untyped-def]
         assert balance(s, account) == 10_000 - 140 == folded_balance(s, account)
         row = s.get(ApiKey, key)
         assert (row.held, row.spent) == (0, 140)
-        (usage,) = s.scalars(select(UsageRecord).where(UsageRecord.request_id == "once")).all()
+        (usage,) = s.scalars(select(UsageRecord).where(UsageRecord.account_id == account,
+                                                        UsageRecord.request_id == "once")).all()
         assert (usage.completion_tokens, usage.cost) == (40, 140)
 
 
