@@ -201,12 +201,13 @@ def settle_hold(conn: Books, ticket: HoldTicket, facts: Outcome) -> Settlement |
     write the usage record and the day's totals. Returns None (and changes nothing) when the hold
     was already settled, so a settlement can never happen twice. On PostgreSQL this is one
     statement, safe under autocommit."""
-    now = time.time()
-    prompt_tokens = ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens
-    charged = charge_of(ticket, facts)
     if conn.dialect.name == "postgresql":
-        claimed = run(conn, "pg_settle_hold", **pg_settlement(ticket, facts)).scalar()
-        return Settlement(ticket.request_id, charged, facts.completion_tokens) if claimed else None
+        params = pg_settlement(ticket, facts)
+        claimed = run(conn, "pg_settle_hold", **params).scalar()
+        return Settlement(ticket.request_id, params["charged"], facts.completion_tokens) if claimed else None
+    now = time.time()
+    prompt_tokens = _prompt_tokens(ticket, facts)
+    charged = charge_of(ticket, facts)
     if not run(conn, "claim_hold", account_id=ticket.account_id, request_id=ticket.request_id).rowcount:
         return None
     run(conn, "insert_release_and_settlement", account_id=ticket.account_id, request_id=ticket.request_id,
@@ -225,12 +226,16 @@ def settle_hold(conn: Books, ticket: HoldTicket, facts: Outcome) -> Settlement |
     return Settlement(ticket.request_id, charged, facts.completion_tokens)
 
 
+def _prompt_tokens(ticket: HoldTicket, facts: Outcome) -> int:
+    """The prompt as the engine counted it, else as admitted."""
+    return ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens
+
+
 def charge_of(ticket: HoldTicket, facts: Outcome) -> int:
     """What the settlement of `ticket` charges for `facts`."""
-    prompt_tokens = ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens
     # The hold covers every outcome (an upstream's prompt count beyond our estimate included);
     # clamp so nothing can charge beyond it.
-    return min(cost(ticket.price, prompt_tokens, facts.cached_tokens, facts.completion_tokens),
+    return min(cost(ticket.price, _prompt_tokens(ticket, facts), facts.cached_tokens, facts.completion_tokens),
                ticket.amount) if ticket.amount and facts.billable else 0
 
 
@@ -239,7 +244,7 @@ def pg_settlement(ticket: HoldTicket, facts: Outcome) -> dict[str, Any]:
     now = time.time()
     return dict(account_id=ticket.account_id, request_id=ticket.request_id, key_id=ticket.key_id,
                 model=ticket.model, released=ticket.amount, charged=charge_of(ticket, facts),
-                prompt_tokens=ticket.prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens,
+                prompt_tokens=_prompt_tokens(ticket, facts),
                 cached_tokens=facts.cached_tokens, completion_tokens=facts.completion_tokens,
                 status=facts.status, usage_source=facts.usage_source, end_user=facts.end_user,
                 finish_reason=facts.finish_reason, queue_ms=facts.queue_ms,

@@ -206,7 +206,7 @@ class Meter:
     async def admit_async(self, ask: AdmissionAsk) -> Admission:
         """`admit`, awaited (see the class docstring)."""
         if self.in_process:
-            return self.admit(**vars(ask))
+            return self._admit(ask)
         return await self._admissions.run(ask)
 
     async def progress_async(self, admission: Admission, completion_tokens: int, cached_tokens: int) -> None:
@@ -228,14 +228,19 @@ class Meter:
         """Admit a request or raise a `PlatformError` saying why not (`ModelNotAllowed`,
         `RateLimited`, `InsufficientBalance`, `BudgetExceeded`, `DuplicateRequest`).
         `price_percent`: the request is sold at that share of the model's prices (batches)."""
-        scopes, price = self._terms(principal, model, price_percent)
-        grant = self.limiter.acquire(scopes, f"{principal.account_id}/{request_id}", prompt_tokens + max_tokens)
+        return self._admit(AdmissionAsk(principal, model, request_id, prompt_tokens, max_tokens, price_percent))
+
+    def _admit(self, ask: AdmissionAsk) -> Admission:
+        principal = ask.principal
+        scopes, price = self._terms(principal, ask.model, ask.price_percent)
+        grant = self.limiter.acquire(scopes, f"{principal.account_id}/{ask.request_id}",
+                                     ask.prompt_tokens + ask.max_tokens)
         try:
-            ticket = self._hold(AdmissionAsk(principal, model, request_id, prompt_tokens, max_tokens), price)
+            ticket = self._hold(ask, price)
         except BaseException:
             self.limiter.release(grant, 0)
             raise
-        self.open_by_model[model] += 1
+        self.open_by_model[ask.model] += 1
         return Admission(principal, ticket, grant)
 
     def _terms(self, principal: Principal, model: str, price_percent: int) -> tuple[list[Scope], PriceSheet]:
@@ -296,7 +301,7 @@ class Meter:
         Their limits are checked in one round trip, and on PostgreSQL their holds are written in
         one transaction (see `_hold_many`)."""
         if len(asks) == 1:
-            return [_answer(self.admit, **vars(asks[0]))]
+            return [_answer(self._admit, asks[0])]
         out: list[Admission | Exception | None] = [None] * len(asks)
         terms: list[tuple[int, list[Scope], PriceSheet]] = []
         for i, ask in enumerate(asks):
