@@ -4,7 +4,8 @@ A batch of N admissions (`Meter.admit_many`: limits in one Redis pipeline, holds
 PostgreSQL transaction) and then their N settlements (`Meter.settle_many`), for N = 1, 2, 4, 8,
 in rounds so that the sizes take turns. N = 1 is the path a lone request takes (a single
 statement on each, as before group commit). Prints, per size, the CPU time of the calling thread
-per request and the wall time per batch, medians over rounds.
+per request and the wall time per batch, medians over rounds; and what the wait for neighbours
+before a batch leaves costs a lone request.
 
     python bench/group_commit.py [--rounds 5] [--requests 200]
 
@@ -19,11 +20,14 @@ import os
 import statistics
 import time
 
+import anyio
 import psycopg
 import redis
+import uvloop
 
 from glmaas.platform.accounts import create_account
 from glmaas.platform.auth import Principal
+from glmaas.platform.group_commit import GATHER_TURNS
 from glmaas.platform.keys import create_key
 from glmaas.platform.ledger import Outcome, credit
 from glmaas.platform.limits import LimitSpec
@@ -89,6 +93,8 @@ def main() -> None:
             rows = figures[size][1:]
             med = [statistics.median(r[i] for r in rows) for i in range(4)]
             print(f"{size:>5} {med[0]:16.0f} {med[1]:17.0f} {med[2]:14.2f} {med[3]:15.2f}")
+        print(f"a lone step first waits {GATHER_TURNS} turns of the event loop for neighbours: "
+              f"{_gather_cost_us():.1f} us on uvloop")
         alone = [statistics.median(r[i] for r in figures[1][1:]) for i in (0, 1)]
         eight = [statistics.median(r[i] for r in figures[8][1:]) for i in (0, 1)]
         print(f"CPU per request, batches of 8 against one at a time: {sum(eight) / sum(alone):.2f}x")
@@ -96,6 +102,19 @@ def main() -> None:
         db.dispose()
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _gather_cost_us(steps: int = 20_000) -> float:
+    """Wall time of the turns a `StepQueue` leader waits before sending its batch, when no other
+    task is ready (a lone request), per step."""
+    async def turns() -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            for _ in range(GATHER_TURNS):
+                await anyio.sleep(0)
+        return (time.perf_counter() - start) / steps * 1e6
+
+    return uvloop.run(turns())
 
 
 if __name__ == "__main__":
