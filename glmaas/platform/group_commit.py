@@ -31,8 +31,9 @@ R = TypeVar("R")
 MAX_BATCH = 64
 # Turns of the event loop a batch waits for its neighbours before it leaves. Each lets every
 # ready task run on to its next await; a request needs a few to get from one step of its HTTP
-# path to the next. Four turns cost a lone request about 15 µs; under load they made batches of
-# one step rare (bench/README.md, "Group commit on PostgreSQL + Redis").
+# path to the next. Four turns cost a lone request about 17 µs (`bench/group_commit.py`); under
+# load they served a quarter more requests than one turn did (bench/README.md, "Group commit on
+# PostgreSQL + Redis").
 GATHER_TURNS = 4
 
 
