@@ -254,8 +254,13 @@ def books_round_trips(t: Target) -> tuple[float, float] | None:
         return None
     url, token = t.metrics
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        text = response.read().decode()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # a tree from before /metrics
+            return None
+        raise
     totals = {"steps": 0.0, "batches": 0.0}
     for name, value in re.findall(r"^glmaas_books_(steps|batches)_total\{[^}]*\} (\S+)$", text, re.M):
         totals[name] += float(value)

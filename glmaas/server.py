@@ -87,13 +87,16 @@ def build_state(settings: Settings):  # type: ignore[no-untyped-def]
 
 def configure_logging(log_format: str) -> None:
     """Log lines as text, or (`json`) one JSON object per line, uvicorn's own lines included."""
-    from glmaas.api.operations.request_log import JsonLines
+    from glmaas.api.operations.request_log import JsonLines, TextLines
 
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLines())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextLines("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # No format here prints the thread or the process; looking them up is about a fifth of making
+    # a log record (2.0 against 1.6 µs, timed in a loop), and a request makes one.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

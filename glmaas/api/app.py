@@ -72,11 +72,10 @@ class BodySizeLimit:
             return
         upload = scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/files")
         limit = self.upload_limit if upload else self.body_limit
-        too_large = ApiError(ErrorKind.BODY_TOO_LARGE, f"The request body exceeds {limit} bytes.")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 if not value.isdigit() or int(value) > limit:
-                    await response_for(Request(scope), too_large)(scope, receive, send)
+                    await response_for(Request(scope), _too_large(limit))(scope, receive, send)
                     return
         seen = 0
 
@@ -86,10 +85,14 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise too_large
+                    raise _too_large(limit)
             return message
 
         await self.app(scope, limited, send)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(ErrorKind.BODY_TOO_LARGE, f"The request body exceeds {limit} bytes.")
 
 
 def create_app(state: AppState) -> FastAPI:

@@ -51,12 +51,12 @@ class ServerFaults:
             # The client's own id when it passed the edge checks (it is set only then), else ours.
             request_id = getattr(request.state, "request_id", None) or new_request_id()
             # The path is the client's: repr keeps its control characters out of the log line.
-            log.exception("request %s: unhandled error on %s %r", request_id, request.method, request.url.path)
+            log.exception("request %s: unhandled error on %s %r", request_id, request.method, request.scope["path"])
             if started:
                 return
             error = ApiError(ErrorKind.INTERNAL, f"The server failed on this request (request id {request_id}); "
                                                  f"the error has been logged.")
-            response = dialect_of(request.url.path).error_response(error, request_id)
+            response = dialect_of(request.scope["path"]).error_response(error, request_id)
             try:
                 await response(scope, receive, send)
             except Exception:

@@ -7,8 +7,10 @@ route's schema sees it; ids a client chooses are typed `RequestId` or `EndUserId
 
 from __future__ import annotations
 
+import functools
 import json
-import secrets
+import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +50,32 @@ EndUserId = Annotated[str, AfterValidator(_end_user_id)]
 
 def new_request_id() -> str:
     """Time-ordered and unique: `<yyyymmddHHMMSS><16 hex>` like the Zhipu platform's ids."""
-    return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(8)
+    return _second_named(int(time.time())) + _random_hex()
+
+
+@functools.lru_cache(maxsize=2)
+def _second_named(second: int) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(second))
+
+
+class _RandomHex:
+    """16 hex digits of the operating system's randomness (what `secrets` reads), taken from
+    4 KiB read at once: one system call per 512 ids instead of one per id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._at = 0
+
+    def __call__(self) -> str:
+        with self._lock:  # ids are also made on worker threads: no two may share bytes
+            if self._at == len(self._pool):
+                self._pool, self._at = os.urandom(4096), 0
+            self._at += 8
+            return self._pool[self._at - 8:self._at].hex()
+
+
+_random_hex = _RandomHex()
 
 
 def take_request_id(request: Request, given: str | None) -> str:

@@ -5,11 +5,16 @@ the output is ever in the log — unless `--log-content` asks for the bodies."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from glmaas.api.operations.request_log import JsonLines, TextLines
 from glmaas.benchmarks.harness import free_port
 from tests.conftest import Server, start_server
 
@@ -87,3 +92,31 @@ def test_log_content_puts_the_bodies_in_the_lines(tmp_path: Path) -> None:
     assert PROMPT in whole["request_body"]
     assert answers[0].json()["choices"][0]["message"]["content"] in json.loads(whole["response_body"])[
         "choices"][0]["message"]["content"]
+
+
+# The formatters format each second's time once; a line must read as logging's own formatter
+# writes it, whatever the order of the records' times.
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False), min_size=1, max_size=6))
+def test_text_lines_read_as_logging_writes_them(times: list[float]) -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ours, theirs = TextLines(fmt), logging.Formatter(fmt)
+    for created in times:
+        record = _record_at(created)
+        assert ours.format(record) == theirs.format(record)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False), min_size=1, max_size=6))
+def test_json_lines_time_is_utc_to_the_millisecond(times: list[float]) -> None:
+    formatter = JsonLines()
+    for created in times:
+        record = _record_at(created)
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(created))) + f".{int(record.msecs):03d}Z"
+        assert json.loads(formatter.format(record))["time"] == expected
+
+
+def _record_at(created: float) -> logging.LogRecord:
+    record = logging.LogRecord("glmaas.test", logging.INFO, "", 0, "at %s", (created,), None)
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    return record

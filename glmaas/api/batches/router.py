@@ -30,7 +30,7 @@ async def create_batch(request: Request) -> Response:
     with refusals_on_wire(), state.db.session() as session, session.begin():
         batch = batches.create_batch(
             session, state.blobs, account_id=principal.account_id, key_id=principal.key_id,
-            dialect=dialect_of(request.url.path).name, input_file_id=body.input_file_id,
+            dialect=dialect_of(request.scope["path"]).name, input_file_id=body.input_file_id,
             endpoint=body.endpoint, completion_window=body.completion_window, metadata=body.metadata)
         session.flush()
         obj = BatchObject.of(batch, batches.request_counts(session, batch))

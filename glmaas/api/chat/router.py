@@ -32,7 +32,7 @@ from glmaas.api.requests import (
 async def chat_completions(request: Request) -> Response:
     """parse → authenticate → build prompt → admit → generate → settle → serialize."""
     arrived = time.monotonic()
-    dialect = dialect_of(request.url.path)
+    dialect = dialect_of(request.scope["path"])
     state = app_state(request)
     principal = authenticate(request)
     chat = to_canonical(await parse_body(request, ChatCompletionRequest))

@@ -24,4 +24,4 @@ def response_for(request: Request, error: ApiError) -> JSONResponse:
     """`error` as the response to `request`, in the request's dialect; its kind is kept on the
     request's state for its log line and metrics."""
     request.state.error_kind = error.kind
-    return dialect_of(request.url.path).error_response(error, getattr(request.state, "request_id", None))
+    return dialect_of(request.scope["path"]).error_response(error, getattr(request.state, "request_id", None))
