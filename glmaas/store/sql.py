@@ -224,8 +224,10 @@ def run_in_one_round_trip(engine: Engine, steps: list[tuple[str, dict[str, Any]]
         pg.autocommit = False  # as the pool hands its connections out
         return [None if c.description is None or (row := c.fetchone()) is None else row[0] for c in cursors]
     except BaseException as exc:
+        from psycopg.pq import TransactionStatus  # here: SQLite deployments never load psycopg
+
         try:
-            if pg.info.transaction_status != _IDLE:
+            if pg.info.transaction_status != TransactionStatus.IDLE:
                 pg.execute("ROLLBACK")
             pg.autocommit = False
         except error:
@@ -235,9 +237,6 @@ def run_in_one_round_trip(engine: Engine, steps: list[tuple[str, dict[str, Any]]
         raise
     finally:
         raw.close()
-
-
-_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 
 
 @contextmanager
